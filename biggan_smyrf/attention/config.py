@@ -1,0 +1,102 @@
+"""One typed description of "which attention, with which parameters".
+
+The model blocks, the training schedule and `sample.py` all pass an `AttentionConfig` around;
+nothing else in the code base needs to know the SMYRF parameter names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Optional
+
+AttentionKind = Literal["dense", "smyrf"]
+KINDS = ("dense", "smyrf")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Attention kind and SMYRF parameters.
+
+    kind: "dense" (exact softmax attention) or "smyrf" (balanced asymmetric-LSH clusters).
+    n_hashes: SMYRF hash rounds; outputs of the rounds are combined by their logsumexp.
+    q_cluster_size: queries per cluster. Must divide the number of queries.
+    k_cluster_size: keys per cluster. None means "same number of clusters as the queries",
+        i.e. q_cluster_size * n_keys / n_queries (q_cluster_size / 4 with BigGAN's pooled keys).
+    The SMYRF fields are kept (and ignored) when kind == "dense", so a dense <-> SMYRF swap is
+    a one-field change.
+    """
+
+    kind: AttentionKind = "dense"
+    n_hashes: int = 4
+    q_cluster_size: int = 2048
+    k_cluster_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
+        if self.n_hashes < 1:
+            raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
+        if self.q_cluster_size < 1:
+            raise ValueError(f"q_cluster_size must be >= 1, got {self.q_cluster_size}")
+        if self.k_cluster_size is not None and self.k_cluster_size < 1:
+            raise ValueError(f"k_cluster_size must be >= 1 or None, got {self.k_cluster_size}")
+
+    def with_(self, **changes) -> "AttentionConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def cluster_sizes(self, n_queries: int, n_keys: int, where: str = "attention") -> tuple[int, int]:
+        """(q_cluster_size, k_cluster_size) for this many tokens, or a ValueError saying what fits."""
+        return resolve_cluster_sizes(n_queries, n_keys, self.q_cluster_size, self.k_cluster_size, where)
+
+    def validate_for(self, n_queries: int, n_keys: int, where: str = "attention") -> None:
+        """Fail early (at model build or swap time) if SMYRF's cluster sizes don't fit the tokens."""
+        if self.kind == "smyrf":
+            self.cluster_sizes(n_queries, n_keys, where)
+
+    def describe(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        k = "auto" if self.k_cluster_size is None else self.k_cluster_size
+        return f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k)"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def valid_q_cluster_sizes(n_queries: int, n_keys: int) -> list[int]:
+    """Query cluster sizes that give a whole number of clusters for both queries and keys."""
+    return [c for c in _divisors(n_queries) if n_keys % (n_queries // c) == 0]
+
+
+def resolve_cluster_sizes(
+    n_queries: int, n_keys: int, q_cluster_size: int, k_cluster_size: Optional[int], where: str = "attention"
+) -> tuple[int, int]:
+    """Check that the clusters tile queries and keys exactly; fill in the default key cluster size."""
+    if q_cluster_size < 1 or (k_cluster_size is not None and k_cluster_size < 1):
+        raise ValueError(f"{where}: cluster sizes must be positive, got q={q_cluster_size}, k={k_cluster_size}")
+
+    def hint() -> str:
+        sizes = [c for c in valid_q_cluster_sizes(n_queries, n_keys) if c > 1][-8:]
+        pairs = ", ".join(f"{c}/{c * n_keys // n_queries}" for c in sizes)
+        return f" Sizes that fit (q_cluster_size/k_cluster_size): {pairs}."
+
+    if n_queries % q_cluster_size:
+        raise ValueError(
+            f"{where}: {n_queries} queries are not divisible by q_cluster_size={q_cluster_size}." + hint()
+        )
+    n_clusters = n_queries // q_cluster_size
+    if k_cluster_size is None:
+        if n_keys % n_clusters:
+            raise ValueError(
+                f"{where}: {n_keys} keys cannot be cut into the {n_clusters} clusters that "
+                f"q_cluster_size={q_cluster_size} makes of {n_queries} queries." + hint()
+            )
+        k_cluster_size = n_keys // n_clusters
+    elif k_cluster_size * n_clusters != n_keys:
+        raise ValueError(
+            f"{where}: q_cluster_size={q_cluster_size} gives {n_clusters} query clusters but "
+            f"k_cluster_size={k_cluster_size} gives {n_keys / k_cluster_size:g} key clusters "
+            f"({n_queries} queries, {n_keys} keys); they must be equal." + hint()
+        )
+    return q_cluster_size, k_cluster_size

@@ -1,0 +1,122 @@
+"""Batched attention inside clusters that also returns the logsumexp, forward and backward.
+
+q: (G, Lq, d), k: (G, Lk, d), v: (G, Lk, dv) for G independent clusters -> o: (G, Lq, dv) and
+lse: (G, Lq) float32. The backward takes `out`, the tensor whose row-dot with the output gradient
+is subtracted from the score gradient (FlashAttention's D = rowsum(dO * O)). Passing the *combined*
+multi-round SMYRF output there instead of this round's output is exactly the gradient through the
+logsumexp weights (see `smyrf.py`), which is why no kernel here needs a gradient for lse.
+
+Two implementations:
+- "flash": PyTorch's fused CPU flash-attention kernels (aten ops behind F.scaled_dot_product_attention).
+  Never materialises scores. CPU only; no masks.
+- "chunked": plain matmuls over chunks of clusters with recomputation in the backward. Works on
+  any device and with key masks; memory O(chunk * Lq * Lk) for the scores.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+Kernel = Literal["auto", "flash", "chunked"]
+
+# Scores held at once by the chunked kernel: 2^24 float32 = 64 MiB.
+CHUNK_SCORES = 1 << 24
+
+
+def pick_kernel(kernel: Kernel, device: torch.device, has_mask: bool) -> str:
+    if kernel == "auto":
+        return "flash" if device.type == "cpu" and not has_mask else "chunked"
+    if kernel == "flash" and (device.type != "cpu" or has_mask):
+        raise ValueError("the 'flash' cluster kernel runs on the CPU without masks; use kernel='chunked'")
+    if kernel not in ("flash", "chunked"):
+        raise ValueError(f"kernel must be 'auto', 'flash' or 'chunked', got {kernel!r}")
+    return kernel
+
+
+def attention_forward(q, k, v, scale: float, kernel: str, key_mask: Optional[torch.Tensor] = None):
+    if kernel == "flash":
+        return _flash_forward(q, k, v, scale)
+    return _chunked_forward(q, k, v, scale, key_mask)
+
+
+def attention_backward(grad, q, k, v, out, lse, scale: float, kernel: str, key_mask: Optional[torch.Tensor] = None):
+    if kernel == "flash":
+        return _flash_backward(grad, q, k, v, out, lse, scale)
+    return _chunked_backward(grad, q, k, v, out, lse, scale, key_mask)
+
+
+# --- flash (CPU) -------------------------------------------------------------------------------
+# The fused kernels need one head dim for q, k and v: zero-pad to d = max(d_qk, d_v), which keeps
+# every logit, and cut the padding off again. Layout (batch=1, heads=G, tokens, dim).
+
+
+def _pad(x: torch.Tensor, d: int) -> torch.Tensor:
+    return (x if x.shape[-1] == d else F.pad(x, (0, d - x.shape[-1])))[None]
+
+
+def _flash_forward(q, k, v, scale):
+    d = max(q.shape[-1], v.shape[-1])
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        _pad(q, d), _pad(k, d), _pad(v, d), 0.0, False, scale=scale
+    )
+    return out[0, ..., : v.shape[-1]], lse[0]
+
+
+def _flash_backward(grad, q, k, v, out, lse, scale):
+    d = max(q.shape[-1], v.shape[-1])
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        _pad(grad, d), _pad(q, d), _pad(k, d), _pad(v, d), _pad(out, d), lse[None], 0.0, False, scale=scale
+    )
+    return dq[0, ..., : q.shape[-1]], dk[0, ..., : k.shape[-1]], dv[0, ..., : v.shape[-1]]
+
+
+# --- chunked (any device) ----------------------------------------------------------------------
+
+
+def _chunks(q: torch.Tensor, k: torch.Tensor):
+    step = max(1, CHUNK_SCORES // (q.shape[1] * k.shape[1]))
+    return [slice(i, i + step) for i in range(0, q.shape[0], step)]
+
+
+def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half inputs, float64 stays float64 (gradcheck)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _scores(q, k, scale, key_mask):
+    acc = _accumulate_dtype(q)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, :], float("-inf"))
+    return s
+
+
+def _probabilities(s, lse):
+    """exp(s - lse); rows with every key masked (lse = -inf) give p = 0 instead of NaN."""
+    return torch.exp(s - lse.nan_to_num(neginf=0.0)[..., None])
+
+
+def _chunked_forward(q, k, v, scale, key_mask):
+    out = q.new_empty(*q.shape[:2], v.shape[-1])
+    lse = q.new_empty(q.shape[:2], dtype=_accumulate_dtype(q))
+    for c in _chunks(q, k):
+        s = _scores(q[c], k[c], scale, None if key_mask is None else key_mask[c])
+        lse[c] = torch.logsumexp(s, dim=-1)
+        out[c] = torch.matmul(_probabilities(s, lse[c]), v[c].to(s.dtype)).to(v.dtype)
+    return out, lse
+
+
+def _chunked_backward(grad, q, k, v, out, lse, scale, key_mask):
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    for c in _chunks(q, k):
+        s = _scores(q[c], k[c], scale, None if key_mask is None else key_mask[c])
+        p = _probabilities(s, lse[c])
+        g = grad[c].to(s.dtype)
+        dv[c] = torch.matmul(p.transpose(-1, -2), g).to(v.dtype)
+        dp = torch.matmul(g, v[c].to(s.dtype).transpose(-1, -2))
+        ds = p * (dp - (g * out[c].to(s.dtype)).sum(-1, keepdim=True)) * scale
+        dq[c] = torch.matmul(ds, k[c].to(s.dtype)).to(q.dtype)
+        dk[c] = torch.matmul(ds.transpose(-1, -2), q[c].to(s.dtype)).to(k.dtype)
+    return dq, dk, dv
