@@ -1,0 +1,282 @@
+"""The attention core: exactness, balance, gradients, seeding, errors, precision, accuracy."""
+import pytest
+import torch
+
+from biggan_smyrf.attention import (
+    AttentionConfig,
+    attend,
+    cluster_orders,
+    dense_attention,
+    smyrf_attention,
+    xbox_plus,
+)
+from biggan_smyrf.attention.synthetic import clustered_qkv, relative_error, smooth_feature_qkv
+
+KERNELS = ["flash", "chunked"]
+
+
+def qkv(b=2, n=64, m=16, d_qk=4, d_v=8, dtype=torch.float64, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    ts = [torch.randn(b, t, d, generator=g, dtype=dtype) for t, d in ((n, d_qk), (m, d_qk), (m, d_v))]
+    return [t.requires_grad_(grad) for t in ts]
+
+
+def grads(f, *inputs):
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    out = f(*inputs)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), [x.grad for x in inputs]
+
+
+# --- dense ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3])
+def test_dense_sdpa_matches_math_with_unequal_dims(scale):
+    q, k, v = qkv(n=48, m=12, d_qk=4, d_v=10)
+    exact = dense_attention(q, k, v, scale=scale, backend="math")
+    torch.testing.assert_close(dense_attention(q, k, v, scale=scale), exact)
+    s = 4**-0.5 if scale is None else scale
+    manual = torch.softmax(s * q @ k.transpose(1, 2), -1) @ v
+    torch.testing.assert_close(exact, manual)
+
+
+def test_dense_mask_matches_math():
+    q, k, v = qkv()
+    mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(1)) > 0.3
+    torch.testing.assert_close(
+        dense_attention(q, k, v, key_padding_mask=mask), dense_attention(q, k, v, key_padding_mask=mask, backend="math")
+    )
+
+
+# --- SMYRF exactness --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n_hashes", [1, 3])
+def test_one_cluster_equals_dense_forward_and_backward(kernel, n_hashes):
+    q, k, v = qkv(n=64, m=16, d_qk=4, d_v=8)
+    dense_out, dense_grads = grads(lambda q, k, v: dense_attention(q, k, v, scale=1.0, backend="math"), q, k, v)
+    smyrf_out, smyrf_grads = grads(
+        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=n_hashes, q_cluster_size=64, scale=1.0, kernel=kernel),
+        q, k, v,
+    )
+    torch.testing.assert_close(smyrf_out, dense_out)
+    for a, b in zip(smyrf_grads, dense_grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_multi_round_small_clusters(kernel):
+    """Gradients flow through the per-round logsumexp weights too (float64 finite differences)."""
+    q, k, v = qkv(b=2, n=32, m=8, d_qk=3, d_v=5, grad=True)
+
+    def f(q, k, v):
+        return smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, scale=0.7, kernel=kernel)
+
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_gradcheck_with_key_mask():
+    q, k, v = qkv(b=1, n=16, m=8, d_qk=3, d_v=4, grad=True)
+    mask = torch.tensor([[True, False, True, True, False, True, True, True]])
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, key_padding_mask=mask), (q, k, v)
+    )
+
+
+def test_kernels_agree_with_small_clusters():
+    q, k, v = qkv(n=128, m=32)
+
+    def run(kernel):
+        return grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=4, q_cluster_size=16, kernel=kernel), q, k, v)
+
+    (out_f, g_f), (out_c, g_c) = run("flash"), run("chunked")
+    torch.testing.assert_close(out_f, out_c)
+    for a, b in zip(g_f, g_c):
+        torch.testing.assert_close(a, b)
+
+
+def test_mask_with_one_cluster_equals_masked_dense():
+    q, k, v = qkv()
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[:, 3:9] = False
+    out, (gq, gk, gv) = grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, key_padding_mask=mask), q, k, v)
+    torch.testing.assert_close(out, dense_attention(q, k, v, key_padding_mask=mask, backend="math"))
+    assert gk[:, 3:9].abs().max() == 0 and gv[:, 3:9].abs().max() == 0
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+
+def test_xbox_plus_preserves_inner_products_and_equalises_norms():
+    q, k, _ = qkv(b=3, n=40, m=10, dtype=torch.float32)
+    q_ext, k_ext = xbox_plus(q, k)
+    torch.testing.assert_close(q_ext @ k_ext.transpose(1, 2), q @ k.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    norms = torch.cat([q_ext.norm(dim=-1), k_ext.norm(dim=-1)], dim=1)
+    torch.testing.assert_close(norms, norms[:, :1].expand_as(norms))
+
+
+@pytest.mark.parametrize("hashing", ["xbox", "random"])
+def test_clusters_are_balanced_permutations(hashing):
+    q, k, _ = qkv(b=2, n=64, m=16, dtype=torch.float32)
+    q_order, k_order = cluster_orders(q, k, 5, torch.Generator().manual_seed(0), hashing)
+    assert q_order.shape == (2, 5, 64) and k_order.shape == (2, 5, 16)
+    # Every round is a permutation of the batch element's own tokens: cutting it into runs gives
+    # clusters of exactly the requested size, none empty, none shared with another batch element.
+    assert torch.equal(q_order.sort(-1).values, torch.arange(64).expand(2, 5, 64))
+    assert torch.equal(k_order.sort(-1).values, torch.arange(16).expand(2, 5, 16))
+
+
+def test_batch_elements_do_not_interact():
+    q, k, v = qkv(b=3, n=64, m=16)
+    full = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=16, seed=3)
+    alone = smyrf_attention(q[1:2], k[1:2], v[1:2], n_hashes=2, q_cluster_size=16, seed=3)
+    torch.testing.assert_close(full[1:2], alone)
+
+
+def test_xbox_clusters_put_queries_with_their_best_key_more_often_than_random():
+    q, k, _ = clustered_qkv(1, 1024, 256, 8, 8, torch.Generator().manual_seed(0))
+    best = (q @ k.transpose(1, 2)).argmax(-1)[0]
+
+    def hit_rate(hashing):
+        q_order, k_order = cluster_orders(q, k, 1, torch.Generator().manual_seed(0), hashing)
+        q_cluster = torch.empty(1024, dtype=torch.long)
+        q_cluster[q_order[0, 0]] = torch.arange(1024) // 64
+        k_cluster = torch.empty(256, dtype=torch.long)
+        k_cluster[k_order[0, 0]] = torch.arange(256) // 16
+        return (q_cluster == k_cluster[best]).float().mean().item()
+
+    assert hit_rate("xbox") > 3 * hit_rate("random")
+
+
+# --- seeding ----------------------------------------------------------------------------------
+
+
+def test_same_seed_bitwise_same_and_global_rng_untouched():
+    q, k, v = qkv(dtype=torch.float32)
+    state = torch.get_rng_state()
+    a = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, seed=7)
+    b = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, generator=torch.Generator().manual_seed(7))
+    c = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, seed=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_generator_advances_between_calls():
+    q, k, v = qkv(dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    first = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, generator=g)
+    second = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, generator=g)
+    assert not torch.equal(first, second)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(q_cluster_size=7), "not divisible by q_cluster_size=7"),
+        (dict(q_cluster_size=8, k_cluster_size=4), "must be equal"),
+        (dict(q_cluster_size=0), "positive"),
+        (dict(q_cluster_size=8, k_cluster_size=-2), "positive"),
+        (dict(q_cluster_size=8, n_hashes=0), "n_hashes"),
+    ],
+)
+def test_bad_cluster_settings_fail_with_hint(kwargs, match):
+    q, k, v = qkv(dtype=torch.float32)
+    kwargs = {"n_hashes": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        smyrf_attention(q, k, v, **kwargs)
+
+
+def test_error_lists_sizes_that_fit():
+    q, k, v = qkv(n=64, m=16, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"Sizes that fit .*16/4.*64/16"):
+        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=48)
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 64, 4), (3, 16, 4), (3, 16, 8)), "batch sizes differ"),
+        (((2, 64, 4), (2, 16, 5), (2, 16, 8)), "same feature dim"),
+        (((2, 64, 4), (2, 16, 4), (2, 12, 8)), "same number of tokens"),
+        (((64, 4), (2, 16, 4), (2, 16, 8)), "must be \\(batch, tokens, dim\\)"),
+    ],
+)
+@pytest.mark.parametrize("fn", ["dense", "smyrf"])
+def test_bad_shapes_fail(shapes, match, fn):
+    q, k, v = (torch.randn(*s) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        if fn == "dense":
+            dense_attention(q, k, v)
+        else:
+            smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=16)
+
+
+def test_bad_mask_fails():
+    q, k, v = qkv(dtype=torch.float32)
+    with pytest.raises(ValueError, match="key_padding_mask must be \\(batch, keys\\)"):
+        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=8, key_padding_mask=torch.ones(2, 15, dtype=torch.bool))
+    with pytest.raises(ValueError, match="must be bool"):
+        dense_attention(q, k, v, key_padding_mask=torch.ones(2, 16))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AttentionConfig(kind="sparse")
+    cfg = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=2048)
+    assert cfg.cluster_sizes(16384, 4096) == (2048, 512)
+    with pytest.raises(ValueError, match="G attention at 32x32: 1024 queries"):
+        cfg.validate_for(1024, 256, where="G attention at 32x32")
+    AttentionConfig(kind="dense", q_cluster_size=2048).validate_for(1024, 256)  # dense ignores sizes
+
+
+# --- precision and the unified entry point ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_float32(dtype):
+    # Reference on the same rounded inputs, so both runs hash into identical clusters.
+    q, k, v = (t.to(dtype).float() for t in qkv(n=256, m=64, d_qk=8, d_v=16, dtype=torch.float32))
+    ref_out, ref_grads = grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0), q, k, v)
+    out, half_grads = grads(
+        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0),
+        *(t.to(dtype) for t in (q, k, v)),
+    )
+    assert out.dtype == dtype
+    assert relative_error(out, ref_out) < 0.02
+    for a, b in zip(half_grads, ref_grads):
+        assert torch.isfinite(a).all() and relative_error(a, b) < 0.1
+
+
+def test_attend_dispatches_on_config():
+    q, k, v = qkv()
+    dense = attend(q, k, v, AttentionConfig(kind="dense"), scale=1.0)
+    torch.testing.assert_close(dense, dense_attention(q, k, v, scale=1.0))
+    one_cluster = attend(q, k, v, AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=64), scale=1.0)
+    torch.testing.assert_close(one_cluster, dense)
+    small = attend(q, k, v, AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=8), scale=1.0)
+    assert not torch.allclose(small, dense)
+
+
+# --- accuracy on structured inputs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["clustered", "smooth"])
+def test_smyrf_beats_random_clusters_on_structured_inputs(family):
+    g = torch.Generator().manual_seed(0)
+    if family == "clustered":
+        q, k, v = clustered_qkv(1, 1024, 256, 12, 48, g)
+    else:
+        q, k, v = smooth_feature_qkv(1, 32, 12, 48, g)
+    exact = dense_attention(q, k, v, scale=1.0)
+
+    def error(hashing):
+        runs = [smyrf_attention(q, k, v, n_hashes=4, q_cluster_size=128, scale=1.0, seed=s, hashing=hashing) for s in range(3)]
+        return sum(relative_error(r, exact) for r in runs) / len(runs)
+
+    assert error("xbox") < 0.9 * error("random")
