@@ -89,27 +89,30 @@ class _ClusteredAttention(torch.autograd.Function):
             _to_clusters(qs, q_cluster_size), _to_clusters(ks, k_cluster_size), _to_clusters(vs, k_cluster_size),
             scale, kernel, cluster_mask,
         )
-        o_sorted = o_sorted.reshape(B, H, N, -1)
         lse_sorted = lse_sorted.reshape(B, H, N)
 
-        # Back to token order, then weight the rounds by softmax over their logsumexp.
-        o = torch.empty_like(o_sorted).scatter_(2, q_order[..., None].expand_as(o_sorted), o_sorted)
+        # Round weights softmax_r(lse_r) need each token's rounds side by side: un-sort only the
+        # (B, H, N) logsumexps, then scatter-add the weighted outputs straight into token order,
+        # which never holds an un-sorted (B, H, N, d_v) copy.
         lse = torch.empty_like(lse_sorted).scatter_(2, q_order, lse_sorted)
-        w = torch.softmax(lse, dim=1)
-        out = (w[..., None] * o.to(w.dtype)).sum(1).to(qs.dtype)
+        w_sorted = torch.softmax(lse, dim=1).gather(2, q_order)
+        weighted = (w_sorted[..., None] * o_sorted.reshape(B, H, N, -1)).reshape(B, H * N, -1)
+        out = weighted.new_zeros(B, N, weighted.shape[-1])
+        out.scatter_add_(1, q_order.reshape(B, H * N, 1).expand_as(weighted), weighted)
+        out = out.to(qs.dtype)
 
-        ctx.save_for_backward(qs, ks, vs, q_order, mask, lse_sorted, w, out)
+        ctx.save_for_backward(qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out)
         ctx.config = (scale, q_cluster_size, k_cluster_size, kernel)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qs, ks, vs, q_order, mask, lse_sorted, w, out = ctx.saved_tensors
+        qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out = ctx.saved_tensors
         scale, q_cluster_size, k_cluster_size, kernel = ctx.config
         B, H, N, _ = qs.shape
-        index = q_order[..., None].expand(B, H, N, out.shape[-1])
-        grad_sorted = (w[..., None] * grad_out[:, None].to(w.dtype)).to(qs.dtype).gather(2, index)
-        out_sorted = out[:, None].expand(B, H, N, out.shape[-1]).gather(2, index)
+        index = q_order.reshape(B, H * N, 1).expand(B, H * N, out.shape[-1])
+        grad_sorted = (w_sorted[..., None] * grad_out.gather(1, index).view(B, H, N, -1)).to(qs.dtype)
+        out_sorted = out.gather(1, index).view(B, H, N, -1)
         cluster_mask = None if mask is None else mask.reshape(-1, k_cluster_size)
         dq, dk, dv = attention_backward(
             _to_clusters(grad_sorted, q_cluster_size),

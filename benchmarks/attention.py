@@ -1,0 +1,139 @@
+"""Attention core benchmark: time, peak memory and error of dense vs SMYRF.
+
+    python benchmarks/attention.py            # full table (CPU: ~15 min on 2 cores)
+    python benchmarks/attention.py --quick    # N <= 4096, a sanity run
+
+Shapes as in BigGAN ch=96: d_qk = 12, d_v = 48, keys 2x2-pooled (M = N/4), scale 1.
+Each CPU case runs in a fresh process so that peak RSS belongs to that case alone.
+Error = |out - exact| / |exact| at batch 1, on Gaussian inputs and on the BigGAN-like
+"smooth feature map" family (biggan_smyrf.attention.synthetic), mean over 2 seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results  # noqa: E402
+
+from biggan_smyrf.attention import dense_attention, smyrf_attention  # noqa: E402
+from biggan_smyrf.attention.synthetic import gaussian_qkv, relative_error, smooth_feature_qkv  # noqa: E402
+
+D_QK, D_V = 12, 48
+METHODS = {
+    "dense naive": dict(kind="naive"),
+    "dense SDPA": dict(kind="sdpa"),
+    "smyrf 1x256": dict(kind="smyrf", n_hashes=1, q_cluster_size=256),
+    "smyrf 4x256": dict(kind="smyrf", n_hashes=4, q_cluster_size=256),
+    "smyrf 4x2048": dict(kind="smyrf", n_hashes=4, q_cluster_size=2048),
+    "smyrf 8x1024": dict(kind="smyrf", n_hashes=8, q_cluster_size=1024),
+}
+# The naive O(N*M) score matrix (with its softmax and gradient) past this is not attempted.
+NAIVE_LIMIT_BYTES = 12 * 2**30
+
+
+def attention_fn(method: dict):
+    if method["kind"] == "naive":
+        return lambda q, k, v: dense_attention(q, k, v, scale=1.0, backend="math")
+    if method["kind"] == "sdpa":
+        return lambda q, k, v: dense_attention(q, k, v, scale=1.0)
+    return lambda q, k, v: smyrf_attention(
+        q, k, v, n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0
+    )
+
+
+def run_case(case: dict) -> dict:
+    """One (N, batch, method): memory first (fresh process), then times, then errors."""
+    device = torch.device(case["device"])
+    n, batch = case["n"], case["batch"]
+    fn = attention_fn(METHODS[case["method"]])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (t.to(device).requires_grad_() for t in gaussian_qkv(batch, n, n // 4, D_QK, D_V, g))
+
+    def forward():
+        with torch.no_grad():
+            return fn(q, k, v)
+
+    def forward_backward():
+        fn(q, k, v).sum().backward()
+
+    peak = peak_extra_bytes(forward_backward, device)
+    reps = 5 if n <= 4096 else 3 if n <= 16384 else 1
+    result = {
+        **case,
+        "peak_mb": peak / 2**20,
+        "fwd_ms": 1e3 * median_seconds(forward, device, reps),
+        "fwd_bwd_ms": 1e3 * median_seconds(forward_backward, device, reps),
+    }
+    if batch == 1:
+        result.update(errors(fn, n, device))
+    return result
+
+
+def errors(fn, n: int, device: torch.device) -> dict:
+    out = {}
+    side = int(round(n**0.5))
+    for family in ("gaussian", "smooth"):
+        errs = []
+        for seed in range(2):
+            g = torch.Generator().manual_seed(100 + seed)
+            if family == "gaussian":
+                q, k, v = gaussian_qkv(1, n, n // 4, D_QK, D_V, g)
+            else:
+                q, k, v = smooth_feature_qkv(1, side, D_QK, D_V, g)
+            q, k, v = (t.to(device) for t in (q, k, v))
+            with torch.no_grad():
+                errs.append(relative_error(fn(q, k, v), dense_attention(q, k, v, scale=1.0)))
+        out[f"err_{family}"] = sum(errs) / len(errs)
+    return out
+
+
+def cases(device: torch.device, quick: bool):
+    sizes = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
+    for n in sizes:
+        for batch in (1, 4):
+            for name, method in METHODS.items():
+                if method.get("q_cluster_size", 0) > n:
+                    continue
+                case = {"device": device.type, "n": n, "batch": batch, "method": name}
+                naive_bytes = 3 * 4 * batch * n * (n // 4)
+                if method["kind"] == "naive" and naive_bytes > NAIVE_LIMIT_BYTES:
+                    yield {**case, "skipped": f"scores need ~{naive_bytes / 2**30:.0f} GiB"}
+                else:
+                    yield case
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="only N <= 4096")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+
+    device = torch.device(args.device)
+    rows = []
+    for case in cases(device, args.quick):
+        if "skipped" not in case:
+            case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_case(case)
+        rows.append(case)
+        print(json.dumps(case), flush=True)
+    columns = [
+        ("n", "N"), ("batch", "batch"), ("method", "method"), ("fwd_ms", "fwd ms"), ("fwd_bwd_ms", "fwd+bwd ms"),
+        ("peak_mb", "peak MB (fwd+bwd)"), ("err_gaussian", "err gaussian"), ("err_smooth", "err structured"),
+        ("skipped", "note"),
+    ]
+    table = markdown_table(rows, columns)
+    print(table)
+    stem = write_results("attention", device, rows, table, {"d_qk": D_QK, "d_v": D_V, "quick": args.quick})
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
