@@ -31,6 +31,8 @@ METHODS = {
     "smyrf 4x256": dict(kind="smyrf", n_hashes=4, q_cluster_size=256),
     "smyrf 4x2048": dict(kind="smyrf", n_hashes=4, q_cluster_size=2048),
     "smyrf 8x1024": dict(kind="smyrf", n_hashes=8, q_cluster_size=1024),
+    # Same sizes and cost as smyrf 4x2048 with random balanced clusters: the bar SMYRF must clear.
+    "random 4x2048": dict(kind="smyrf", n_hashes=4, q_cluster_size=2048, hashing="random"),
 }
 # The naive O(N*M) score matrix (with its softmax and gradient) past this is not attempted.
 NAIVE_LIMIT_BYTES = 12 * 2**30
@@ -42,7 +44,8 @@ def attention_fn(method: dict):
     if method["kind"] == "sdpa":
         return lambda q, k, v: dense_attention(q, k, v, scale=1.0)
     return lambda q, k, v: smyrf_attention(
-        q, k, v, n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0
+        q, k, v, n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
+        hashing=method.get("hashing", "xbox"),
     )
 
 
