@@ -117,10 +117,11 @@ def test_xbox_plus_preserves_inner_products_and_equalises_norms():
     torch.testing.assert_close(norms, norms[:, :1].expand_as(norms))
 
 
-@pytest.mark.parametrize("hashing", ["xbox", "random"])
-def test_clusters_are_balanced_permutations(hashing):
+@pytest.mark.parametrize("hashing", ["kd", "xbox", "random"])
+@pytest.mark.parametrize("n_clusters", [1, 4, 8, 16])
+def test_clusters_are_balanced_permutations(hashing, n_clusters):
     q, k, _ = qkv(b=2, n=64, m=16, dtype=torch.float32)
-    q_order, k_order = cluster_orders(q, k, 5, torch.Generator().manual_seed(0), hashing)
+    q_order, k_order = cluster_orders(q, k, 5, n_clusters, torch.Generator().manual_seed(0), hashing)
     assert q_order.shape == (2, 5, 64) and k_order.shape == (2, 5, 16)
     # Every round is a permutation of the batch element's own tokens: cutting it into runs gives
     # clusters of exactly the requested size, none empty, none shared with another batch element.
@@ -135,19 +136,20 @@ def test_batch_elements_do_not_interact():
     torch.testing.assert_close(full[1:2], alone)
 
 
-def test_xbox_clusters_put_queries_with_their_best_key_more_often_than_random():
+@pytest.mark.parametrize("hashing", ["kd", "xbox"])
+def test_lsh_clusters_put_queries_with_their_best_key_more_often_than_random(hashing):
     q, k, _ = clustered_qkv(1, 1024, 256, 8, 8, torch.Generator().manual_seed(0))
     best = (q @ k.transpose(1, 2)).argmax(-1)[0]
 
     def hit_rate(hashing):
-        q_order, k_order = cluster_orders(q, k, 1, torch.Generator().manual_seed(0), hashing)
+        q_order, k_order = cluster_orders(q, k, 1, 16, torch.Generator().manual_seed(0), hashing)
         q_cluster = torch.empty(1024, dtype=torch.long)
         q_cluster[q_order[0, 0]] = torch.arange(1024) // 64
         k_cluster = torch.empty(256, dtype=torch.long)
         k_cluster[k_order[0, 0]] = torch.arange(256) // 16
         return (q_cluster == k_cluster[best]).float().mean().item()
 
-    assert hit_rate("xbox") > 3 * hit_rate("random")
+    assert hit_rate(hashing) > 3 * hit_rate("random")
 
 
 # --- seeding ----------------------------------------------------------------------------------
@@ -280,3 +282,112 @@ def test_smyrf_beats_random_clusters_on_structured_inputs(family):
         return sum(relative_error(r, exact) for r in runs) / len(runs)
 
     assert error("xbox") < 0.9 * error("random")
+
+
+# --- beyond the paper: k-d hashing, hub keys, dedup -----------------------------------------
+
+
+def reference_smyrf(q, k, v, n_hashes, n_clusters, n_hub, scale, seed, dedup):
+    """The same algorithm with materialised masks and plain autograd (small sizes only)."""
+    from biggan_smyrf.attention.hashing import hub_keys
+    from biggan_smyrf.attention.smyrf import log_participation
+
+    g = torch.Generator().manual_seed(seed)
+    B, N, M = q.shape[0], q.shape[1], k.shape[1]
+    hubs = hub_keys(q, k, n_hub, 256, scale, g) if n_hub else torch.empty(B, 0, dtype=torch.long)
+    q_order, k_order = cluster_orders(q, k, n_hashes, n_clusters, g, "kd")
+    is_hub = torch.zeros(B, M, dtype=torch.bool).scatter_(1, hubs, True)
+    scores = scale * q @ k.transpose(1, 2)
+    lses, outs = [], []
+    for r in range(n_hashes):
+        q_cluster = torch.empty(B, N, dtype=torch.long).scatter_(1, q_order[:, r], torch.arange(N).expand(B, N) // (N // n_clusters))
+        k_cluster = torch.empty(B, M, dtype=torch.long).scatter_(1, k_order[:, r], torch.arange(M).expand(B, M) // (M // n_clusters))
+        allowed = (q_cluster[:, :, None] == k_cluster[:, None, :]) & ~is_hub[:, None, :]
+        s = scores.masked_fill(~allowed, float("-inf"))
+        lses.append(torch.logsumexp(s, -1))
+        outs.append(torch.softmax(s, -1) @ v)
+    lse = torch.stack(lses, 1)
+    if n_hub:
+        s = scores.masked_fill(~is_hub[:, None, :], float("-inf"))
+        if dedup:
+            lse = lse - log_participation(lse).detach()
+        lse = torch.cat([lse, torch.logsumexp(s, -1)[:, None]], 1)
+        outs.append(torch.softmax(s, -1) @ v)
+    w = torch.softmax(lse, 1)
+    return (w[..., None] * torch.stack(outs, 1)).sum(1)
+
+
+@pytest.mark.parametrize("n_hub, dedup", [(0, False), (3, False), (3, True)])
+def test_kd_hub_dedup_match_a_materialised_reference(n_hub, dedup):
+    """Forward and gradients equal the same algorithm written with masks and autograd (the dedup
+    correction counts as a constant in both)."""
+    q, k, v = qkv(b=2, n=64, m=16, d_qk=4, d_v=6)
+    kwargs = dict(n_hashes=3, n_clusters=4, n_hub=n_hub, scale=0.8, seed=5, dedup=dedup)
+    ref_out, ref_grads = grads(lambda q, k, v: reference_smyrf(q, k, v, **kwargs), q, k, v)
+    for kernel in KERNELS:
+        out, got = grads(
+            lambda q, k, v: smyrf_attention(
+                q, k, v, n_hashes=3, q_cluster_size=16, scale=0.8, seed=5, hashing="kd", n_hub_keys=n_hub,
+                dedup="estimate" if dedup else "none", kernel=kernel,
+            ),
+            q, k, v,
+        )
+        torch.testing.assert_close(out, ref_out)
+        for a, b in zip(got, ref_grads):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_with_hub_keys(kernel):
+    q, k, v = qkv(b=1, n=32, m=8, d_qk=3, d_v=4, grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=2, kernel=kernel),
+        (q, k, v),
+    )
+
+
+def test_library_defaults_with_one_cluster_equal_dense():
+    """Hub keys + dedup keep SMYRF exact at one cluster: every key is counted exactly once."""
+    q, k, v = qkv()
+    cfg = AttentionConfig(kind="smyrf", n_hashes=3, q_cluster_size=64, n_hub_keys=4)
+    torch.testing.assert_close(attend(q, k, v, cfg), dense_attention(q, k, v))
+
+
+def test_hub_keys_are_the_most_attended():
+    from biggan_smyrf.attention.hashing import hub_keys
+
+    q, k, _ = qkv(b=1, n=64, m=16, dtype=torch.float32)
+    k[0, 5] *= 6  # one key with a large norm gets most of the attention
+    mass = torch.softmax(q @ k.transpose(1, 2), -1).sum(1)
+    got = hub_keys(q, k, 2, 64, 1.0, torch.Generator().manual_seed(0))
+    assert set(got[0].tolist()) == set(mass.topk(2).indices[0].tolist())
+
+
+def test_paper_preset_and_bad_options():
+    cfg = AttentionConfig.paper(n_hashes=4, q_cluster_size=2048)
+    assert (cfg.kind, cfg.hashing, cfg.n_hub_keys, cfg.dedup) == ("smyrf", "xbox", 0, "none")
+    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).hub_keys_for(16384, 4096) == 128
+    with pytest.raises(ValueError, match="hashing must be"):
+        AttentionConfig(hashing="lsh")
+    with pytest.raises(ValueError, match="n_hub_keys=16 must be below"):
+        AttentionConfig(kind="smyrf", q_cluster_size=16, n_hub_keys=16).validate_for(64, 16)
+    q, k, v = qkv(dtype=torch.float32)
+    with pytest.raises(ValueError, match="n_hub_keys must be in"):
+        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=8, n_hub_keys=16)
+
+
+@pytest.mark.parametrize("family", ["clustered", "smooth"])
+def test_library_defaults_halve_the_papers_error_on_structured_inputs(family):
+    """At the paper's shape ratio (8 clusters of 4 rounds), N = 4096 to stay fast."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = clustered_qkv(1, 4096, 1024, 12, 48, g) if family == "clustered" else smooth_feature_qkv(1, 64, 12, 48, g)
+    exact = dense_attention(q, k, v, scale=1.0)
+
+    def error(cfg):
+        return sum(relative_error(attend(q, k, v, cfg, scale=1.0, generator=torch.Generator().manual_seed(s)), exact)
+                   for s in range(3)) / 3
+
+    ours = error(AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=512))
+    paper = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512))
+    random = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512, hashing="random"))
+    assert ours < 0.6 * paper and ours < 0.6 * random

@@ -21,6 +21,13 @@ class AttentionConfig:
     q_cluster_size: queries per cluster. Must divide the number of queries.
     k_cluster_size: keys per cluster. None means "same number of clusters as the queries",
         i.e. q_cluster_size * n_keys / n_queries (q_cluster_size / 4 with BigGAN's pooled keys).
+    hashing: "kd" (default: balanced k-d cells after XBOX+), "xbox" (the paper: one projection
+        per round), "random" (random balanced clusters, a baseline).
+    n_hub_keys: keys with the most estimated attention mass that every query attends once, in an
+        extra round; None = k_cluster_size // 4 (+1/16 of the products at 4 rounds), 0 = off (the paper).
+    hub_sample: queries sampled to estimate which keys are hubs.
+    dedup: "estimate" (default) corrects for keys met in several rounds; "none" = the paper.
+    The paper's exact recipe: `AttentionConfig.paper(...)` (hashing="xbox", n_hub_keys=0, dedup="none").
     The SMYRF fields are kept (and ignored) when kind == "dense", so a dense <-> SMYRF swap is
     a one-field change.
     """
@@ -29,6 +36,15 @@ class AttentionConfig:
     n_hashes: int = 4
     q_cluster_size: int = 2048
     k_cluster_size: Optional[int] = None
+    hashing: Literal["kd", "xbox", "random"] = "kd"
+    n_hub_keys: Optional[int] = None
+    hub_sample: int = 256
+    dedup: Literal["estimate", "none"] = "estimate"
+
+    @classmethod
+    def paper(cls, **kwargs) -> "AttentionConfig":
+        """SMYRF exactly as published: XBOX+, one E2LSH projection per round, no hub keys or dedup."""
+        return cls(**{"kind": "smyrf", "hashing": "xbox", "n_hub_keys": 0, "dedup": "none", **kwargs})
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -39,6 +55,14 @@ class AttentionConfig:
             raise ValueError(f"q_cluster_size must be >= 1, got {self.q_cluster_size}")
         if self.k_cluster_size is not None and self.k_cluster_size < 1:
             raise ValueError(f"k_cluster_size must be >= 1 or None, got {self.k_cluster_size}")
+        if self.hashing not in ("kd", "xbox", "random"):
+            raise ValueError(f"hashing must be 'kd', 'xbox' or 'random', got {self.hashing!r}")
+        if self.n_hub_keys is not None and self.n_hub_keys < 0:
+            raise ValueError(f"n_hub_keys must be >= 0 or None, got {self.n_hub_keys}")
+        if self.hub_sample < 1:
+            raise ValueError(f"hub_sample must be >= 1, got {self.hub_sample}")
+        if self.dedup not in ("estimate", "none"):
+            raise ValueError(f"dedup must be 'estimate' or 'none', got {self.dedup!r}")
 
     def with_(self, **changes) -> "AttentionConfig":
         """A copy with some fields changed (validated again)."""
@@ -48,16 +72,25 @@ class AttentionConfig:
         """(q_cluster_size, k_cluster_size) for this many tokens, or a ValueError saying what fits."""
         return resolve_cluster_sizes(n_queries, n_keys, self.q_cluster_size, self.k_cluster_size, where)
 
+    def hub_keys_for(self, n_queries: int, n_keys: int) -> int:
+        """The number of hub keys at these token counts (resolves the None default)."""
+        if self.n_hub_keys is not None:
+            return self.n_hub_keys
+        return self.cluster_sizes(n_queries, n_keys)[1] // 4
+
     def validate_for(self, n_queries: int, n_keys: int, where: str = "attention") -> None:
-        """Fail early (at model build or swap time) if SMYRF's cluster sizes don't fit the tokens."""
+        """Fail early (at model build or swap time) if SMYRF's sizes don't fit the tokens."""
         if self.kind == "smyrf":
             self.cluster_sizes(n_queries, n_keys, where)
+            if self.hub_keys_for(n_queries, n_keys) >= n_keys:
+                raise ValueError(f"{where}: n_hub_keys={self.n_hub_keys} must be below the {n_keys} keys")
 
     def describe(self) -> str:
         if self.kind == "dense":
             return "dense"
         k = "auto" if self.k_cluster_size is None else self.k_cluster_size
-        return f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k)"
+        hubs = "auto" if self.n_hub_keys is None else self.n_hub_keys
+        return f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, dedup={self.dedup})"
 
 
 def _divisors(n: int) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 import torch
 
-Hashing = Literal["xbox", "random"]
+Hashing = Literal["kd", "xbox", "random"]
 
 
 def xbox_plus(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,27 +46,103 @@ def cluster_orders(
     q: torch.Tensor,
     k: torch.Tensor,
     n_hashes: int,
+    n_clusters: int,
     generator: torch.Generator,
-    hashing: Hashing = "xbox",
+    hashing: Hashing = "kd",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per round, an ordering of queries and of keys whose consecutive runs are the clusters.
 
     Returns q_order (B, n_hashes, N) and k_order (B, n_hashes, M), int64 token indices. Cutting
-    q_order into runs of q_cluster_size and k_order into runs of k_cluster_size gives balanced
-    clusters: every cluster has exactly its size, none is empty, none crosses a batch element.
-    hashing="random" gives random balanced clusters of the same sizes, the baseline SMYRF must beat.
+    q_order into n_clusters runs of N / n_clusters and k_order into runs of M / n_clusters gives
+    balanced clusters: every cluster has exactly its size, none is empty, none crosses a batch
+    element. The hashings:
+      "xbox"   the paper's recipe: XBOX+, one E2LSH projection per round, sort, cut.
+      "kd"     XBOX+, then a balanced k-d split per round: cut into f equal parts along a random
+               direction, then each part along its own direction, for each prime factor f of
+               n_clusters. Cells are compact instead of thin slabs, so neighbours share a
+               cluster more often. Same O((N + M) log(N + M)) cost per level.
+      "random" random balanced clusters of the same sizes: the baseline any hashing must beat.
     """
-    if hashing == "xbox":
-        q_ext, k_ext = xbox_plus(q, k)
-        a = random_projections(q_ext.shape[-1], n_hashes, generator, q.device)
-        q_order = torch.argsort(q_ext @ a, dim=1).transpose(1, 2)
-        k_order = torch.argsort(k_ext @ a, dim=1).transpose(1, 2)
-        return q_order.contiguous(), k_order.contiguous()
     if hashing == "random":
         (B, N), M = q.shape[:2], k.shape[1]
         keys = torch.rand(B, n_hashes, N + M, generator=generator).to(q.device)
         return keys[..., :N].argsort(-1), keys[..., N:].argsort(-1)
-    raise ValueError(f"hashing must be 'xbox' or 'random', got {hashing!r}")
+    q_ext, k_ext = xbox_plus(q, k)
+    if hashing == "xbox":
+        a = random_projections(q_ext.shape[-1], n_hashes, generator, q.device)
+        q_order = torch.argsort(q_ext @ a, dim=1).transpose(1, 2)
+        k_order = torch.argsort(k_ext @ a, dim=1).transpose(1, 2)
+        return q_order.contiguous(), k_order.contiguous()
+    if hashing == "kd":
+        q_order = _identity_orders(q_ext, n_hashes)
+        k_order = _identity_orders(k_ext, n_hashes)
+        nodes = 1
+        for factor in prime_factors(n_clusters):
+            # One direction per (round, node), shared by the node's queries and keys.
+            a = torch.randn(n_hashes, nodes, q_ext.shape[-1], generator=generator).to(q.device)
+            q_order = _sort_within_nodes(q_ext, q_order, a)
+            k_order = _sort_within_nodes(k_ext, k_order, a)
+            nodes *= factor
+        return q_order, k_order
+    raise ValueError(f"hashing must be 'kd', 'xbox' or 'random', got {hashing!r}")
+
+
+def prime_factors(n: int) -> list[int]:
+    """Largest first: the widest split happens at the root, where directions see the most points."""
+    factors, f = [], 2
+    while f * f <= n:
+        while n % f == 0:
+            factors.append(f)
+            n //= f
+        f += 1
+    if n > 1:
+        factors.append(n)
+    return sorted(factors, reverse=True)
+
+
+def _identity_orders(x: torch.Tensor, n_hashes: int) -> torch.Tensor:
+    B, T = x.shape[:2]
+    return torch.arange(T, device=x.device).expand(B, n_hashes, T).contiguous()
+
+
+def _sort_within_nodes(x: torch.Tensor, order: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Re-sort each node's run of `order` by the projection on that node's direction.
+
+    x: (B, T, D), order: (B, H, T) current cut into `nodes` equal runs, directions: (H, nodes, D).
+    Afterwards every run, cut into `factor` equal pieces, gives the children of that node.
+    """
+    B, H, T = order.shape
+    nodes = directions.shape[1]
+    points = x.gather(1, order.reshape(B, H * T, 1).expand(-1, -1, x.shape[-1]))
+    points = points.view(B, H, nodes, T // nodes, x.shape[-1])
+    projection = torch.einsum("bhnpd,hnd->bhnp", points, directions)
+    within = projection.argsort(dim=-1)
+    return order.view(B, H, nodes, T // nodes).gather(-1, within).view(B, H, T)
+
+
+@torch.no_grad()
+def hub_keys(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    n_hub: int,
+    n_sample: int,
+    scale: float,
+    generator: torch.Generator,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The n_hub keys that receive the most attention mass from a random sample of queries.
+
+    Peaky attention maps (BigGAN's) send much of all mass to a few keys; giving every query those
+    keys exactly once removes the largest error of any clustering. Cost O(n_sample * M * d).
+    Returns (B, n_hub) key indices.
+    """
+    B, N, _ = q.shape
+    pick = torch.randperm(N, generator=generator)[: min(n_sample, N)].to(q.device)
+    logits = scale * torch.einsum("bsd,bmd->bsm", q[:, pick].float(), k.float())
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
+    mass = torch.softmax(logits, dim=-1).nan_to_num(0.0).sum(1)
+    return mass.topk(n_hub, dim=-1).indices
 
 
 def make_generator(generator: Optional[torch.Generator], seed: Optional[int]) -> torch.Generator:

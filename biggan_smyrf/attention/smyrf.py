@@ -1,10 +1,22 @@
 """SMYRF attention (Daras et al., NeurIPS 2020): balanced asymmetric-LSH clusters.
 
-Per hash round r the queries and keys are sorted by their LSH value and cut into clusters of
+Per hash round r the queries and keys are ordered by their hash and cut into clusters of
 q_cluster_size queries and k_cluster_size keys; exact softmax attention runs inside each cluster,
 giving o_r and its logsumexp lse_r. The rounds are combined as
     out = sum_r w_r o_r,   w = softmax_r(lse_r),
 which is softmax attention over the union (with multiplicity) of the keys a query met.
+
+Beyond the paper (each measured in benchmarks/accuracy.py; the paper's recipe is
+hashing="xbox", n_hub_keys=0, dedup="none"):
+- hashing="kd": balanced k-d cells instead of slabs along one projection (see hashing.py).
+- Hub keys: the n_hub_keys keys with the most estimated attention mass are attended by every
+  query in one extra "round" and masked out of the hashed rounds, so each query sees them
+  exactly once. Cost O(N * n_hub_keys).
+- dedup="estimate": a key met in several hashed rounds would count several times against the hub
+  round; each query's hashed rounds are down-weighted by the participation ratio of their
+  logsumexps, (sum_r e^lse_r)^2 / sum_r e^(2 lse_r), an estimate of how many rounds saw the same
+  keys (exactly n_hashes when all rounds agree). The correction is treated as a constant in the
+  backward. With no hub keys it cancels out and changes nothing.
 
 Cost: H = n_hashes, C = k_cluster_size. Time O(H * N * C * d) for the cluster attention plus
 O(H * (N + M) log(N + M)) for the sorts. Memory O(H * (N + M) * (d_qk + d_v)) for the sorted
@@ -18,14 +30,19 @@ autograd Function around the fused kernels, with no score tensor kept for the ba
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
 from .checks import check_qkv, default_scale
 from .config import resolve_cluster_sizes
-from .hashing import Hashing, cluster_orders, make_generator
+from .hashing import Hashing, cluster_orders, hub_keys, make_generator
 from .kernels import Kernel, attention_backward, attention_forward, pick_kernel
+
+Dedup = Literal["estimate", "none"]
+
+# Logit offset that removes hub keys from the hashed rounds: exp(-1e4) is 0 in every float type.
+HUB_MASK_LOGIT = -1e4
 
 
 def smyrf_attention(
@@ -41,6 +58,9 @@ def smyrf_attention(
     seed: Optional[int] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
     hashing: Hashing = "xbox",
+    n_hub_keys: int = 0,
+    hub_sample: int = 256,
+    dedup: Dedup = "none",
     kernel: Kernel = "auto",
 ) -> torch.Tensor:
     """Approximate softmax(scale * q kᵀ) v with SMYRF. q: (B, N, d_qk), k: (B, M, d_qk), v: (B, M, d_v).
@@ -48,29 +68,58 @@ def smyrf_attention(
     N / q_cluster_size must equal M / k_cluster_size (the number of clusters per round);
     k_cluster_size=None picks it so. Randomness comes only from `generator` (a CPU
     torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
-    key_padding_mask: (B, M) bool, True = attend. hashing="random" gives the random-cluster
-    baseline. With one cluster (q_cluster_size=N) the result equals dense attention.
+    key_padding_mask: (B, M) bool, True = attend. The defaults here are the paper's recipe;
+    `AttentionConfig` holds the library's defaults (k-d hashing, hub keys, dedup).
+    With one cluster (q_cluster_size=N) the result equals dense attention.
     """
     check_qkv(q, k, v, key_padding_mask)
     if n_hashes < 1:
         raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
+    if not 0 <= n_hub_keys < k.shape[1]:
+        raise ValueError(f"n_hub_keys must be in [0, {k.shape[1]}) for {k.shape[1]} keys, got {n_hub_keys}")
+    if dedup not in ("estimate", "none"):
+        raise ValueError(f"dedup must be 'estimate' or 'none', got {dedup!r}")
     (B, N, _), M = q.shape, k.shape[1]
     q_cluster_size, k_cluster_size = resolve_cluster_sizes(N, M, q_cluster_size, k_cluster_size, "smyrf_attention")
     kernel = pick_kernel(kernel, q.device, key_padding_mask is not None)
+    scale = default_scale(scale, q.shape[-1])
+    generator = make_generator(generator, seed)
 
-    q_order, k_order = cluster_orders(q, k, n_hashes, make_generator(generator, seed), hashing)
-    qs, ks, vs = _gather(q, q_order), _gather(k, k_order), _gather(v, k_order)
+    hub = hub_v = hub_k = hub_mask = None
+    q_hashed, k_hashed = q, k
+    if n_hub_keys:
+        hub = hub_keys(q, k, n_hub_keys, hub_sample, scale, generator, key_padding_mask)
+        hub_k, hub_v = _take(k, hub), _take(v, hub)
+        hub_mask = None if key_padding_mask is None else key_padding_mask.gather(1, hub)
+        q_hashed, k_hashed = _mask_out_keys(q, k, hub, scale)
+
+    q_order, k_order = cluster_orders(q, k, n_hashes, N // q_cluster_size, generator, hashing)
+    qs, ks, vs = _gather(q_hashed, q_order), _gather(k_hashed, k_order), _gather(v, k_order)
     mask = None if key_padding_mask is None else key_padding_mask.gather(1, k_order.flatten(1))
     return _ClusteredAttention.apply(
-        qs, ks, vs, q_order, mask, default_scale(scale, q.shape[-1]), q_cluster_size, k_cluster_size, kernel
+        qs, ks, vs, q_order, mask, q, hub_k, hub_v, hub_mask,
+        (scale, q_cluster_size, k_cluster_size, kernel, dedup == "estimate"),
     )
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, d), index: (B, K) -> (B, K, d)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """x: (B, T, d), order: (B, H, T) -> (B, H, T, d) with x's tokens in each round's order."""
     B, H, T = order.shape
-    index = order.reshape(B, H * T, 1).expand(-1, -1, x.shape[-1])
-    return x.gather(1, index).view(B, H, T, x.shape[-1])
+    return _take(x, order.reshape(B, H * T)).view(B, H, T, x.shape[-1])
+
+
+def _mask_out_keys(q: torch.Tensor, k: torch.Tensor, index: torch.Tensor, scale: float):
+    """Append a feature (1 for queries, 0 or a large negative for keys) that zeroes the attention
+    to the indexed keys. Costs one feature, which the flash kernels' padding usually absorbs."""
+    offset = torch.zeros(*k.shape[:2], 1, dtype=k.dtype, device=k.device)
+    offset.scatter_(1, index[..., None], HUB_MASK_LOGIT / scale)
+    ones = torch.ones(*q.shape[:2], 1, dtype=q.dtype, device=q.device)
+    return torch.cat([q, ones], dim=-1), torch.cat([k, offset], dim=-1)
 
 
 def _to_clusters(x: torch.Tensor, cluster_size: int) -> torch.Tensor:
@@ -78,11 +127,17 @@ def _to_clusters(x: torch.Tensor, cluster_size: int) -> torch.Tensor:
     return x.reshape(-1, cluster_size, x.shape[-1])
 
 
+def log_participation(lse: torch.Tensor) -> torch.Tensor:
+    """log((sum_r e^l_r)^2 / sum_r e^(2 l_r)) over dim 1: log of the effective number of rounds."""
+    return 2 * torch.logsumexp(lse, dim=1, keepdim=True) - torch.logsumexp(2 * lse, dim=1, keepdim=True)
+
+
 class _ClusteredAttention(torch.autograd.Function):
-    """Cluster attention of every round, un-sorting, and the logsumexp-weighted combination."""
+    """Cluster attention of every round (+ the hub round), un-sorting, and the combination."""
 
     @staticmethod
-    def forward(ctx, qs, ks, vs, q_order, mask, scale, q_cluster_size, k_cluster_size, kernel):
+    def forward(ctx, qs, ks, vs, q_order, mask, q, hub_k, hub_v, hub_mask, config):
+        scale, q_cluster_size, k_cluster_size, kernel, dedup = config
         B, H, N, _ = qs.shape
         cluster_mask = None if mask is None else mask.reshape(-1, k_cluster_size)
         o_sorted, lse_sorted = attention_forward(
@@ -90,34 +145,54 @@ class _ClusteredAttention(torch.autograd.Function):
             scale, kernel, cluster_mask,
         )
         lse_sorted = lse_sorted.reshape(B, H, N)
-
         # Round weights softmax_r(lse_r) need each token's rounds side by side: un-sort only the
         # (B, H, N) logsumexps, then scatter-add the weighted outputs straight into token order,
         # which never holds an un-sorted (B, H, N, d_v) copy.
         lse = torch.empty_like(lse_sorted).scatter_(2, q_order, lse_sorted)
-        w_sorted = torch.softmax(lse, dim=1).gather(2, q_order)
+        o_hub = lse_hub = w_hub = None
+        if hub_k is not None:
+            o_hub, lse_hub = attention_forward(q, hub_k, hub_v, scale, kernel, hub_mask)
+            if dedup and H > 1:
+                lse = lse - log_participation(lse)
+            w = torch.softmax(torch.cat([lse, lse_hub[:, None].to(lse.dtype)], dim=1), dim=1)
+            w, w_hub = w[:, :H], w[:, H]
+        else:
+            w = torch.softmax(lse, dim=1)
+        w_sorted = w.gather(2, q_order)
         weighted = (w_sorted[..., None] * o_sorted.reshape(B, H, N, -1)).reshape(B, H * N, -1)
         out = weighted.new_zeros(B, N, weighted.shape[-1])
         out.scatter_add_(1, q_order.reshape(B, H * N, 1).expand_as(weighted), weighted)
+        if o_hub is not None:
+            out += w_hub[..., None] * o_hub.to(out.dtype)
         out = out.to(qs.dtype)
 
-        ctx.save_for_backward(qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out)
-        ctx.config = (scale, q_cluster_size, k_cluster_size, kernel)
+        ctx.save_for_backward(qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out, q, hub_k, hub_v, hub_mask, lse_hub, w_hub)
+        ctx.config = config
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out = ctx.saved_tensors
-        scale, q_cluster_size, k_cluster_size, kernel = ctx.config
+        qs, ks, vs, q_order, mask, lse_sorted, w_sorted, out, q, hub_k, hub_v, hub_mask, lse_hub, w_hub = ctx.saved_tensors
+        scale, q_cluster_size, k_cluster_size, kernel, _ = ctx.config
         B, H, N, _ = qs.shape
         index = q_order.reshape(B, H * N, 1).expand(B, H * N, out.shape[-1])
         grad_sorted = (w_sorted[..., None] * grad_out.gather(1, index).view(B, H, N, -1)).to(qs.dtype)
         out_sorted = out.gather(1, index).view(B, H, N, -1)
         cluster_mask = None if mask is None else mask.reshape(-1, k_cluster_size)
-        dq, dk, dv = attention_backward(
+        dqs, dks, dvs = attention_backward(
             _to_clusters(grad_sorted, q_cluster_size),
             _to_clusters(qs, q_cluster_size), _to_clusters(ks, k_cluster_size), _to_clusters(vs, k_cluster_size),
             _to_clusters(out_sorted, q_cluster_size), lse_sorted.reshape(-1, q_cluster_size),
             scale, kernel, cluster_mask,
         )
-        return dq.reshape(qs.shape), dk.reshape(ks.shape), dv.reshape(vs.shape), None, None, None, None, None, None
+        dq = d_hub_k = d_hub_v = None
+        if hub_k is not None:
+            grad_hub = (w_hub[..., None] * grad_out).to(q.dtype)
+            dq, d_hub_k, d_hub_v = attention_backward(
+                grad_hub, q, hub_k, hub_v, out, lse_hub, scale, kernel, hub_mask
+            )
+        return (
+            dqs.reshape(qs.shape), dks.reshape(ks.shape), dvs.reshape(vs.shape), None, None,
+            dq, d_hub_k, d_hub_v, None, None,
+        )
+
