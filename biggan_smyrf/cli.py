@@ -1,0 +1,94 @@
+"""`train.py`: LightningCLI over the BigGAN module and the image DataModule.
+
+    python train.py --config configs/demo.yaml                   # `fit` is the default subcommand
+    python train.py fit --config configs/celebahq128_smyrf.yaml --data.root /data/celeba_hq
+    python train.py fit --config ... --run myrun --ckpt_path last  # resume checkpoints/myrun/last.ckpt
+    python train.py validate --config ... --ckpt_path checkpoints/myrun/last.ckpt
+
+Everything a run writes goes to checkpoints/<run>/: last.ckpt, samples/*.png, TensorBoard logs in
+tb/, and the resolved config. Intervals are in G iterations (see biggan_smyrf/training/config.py),
+translated here into Lightning's optimizer-step and batch counts.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from biggan_smyrf.data import ImageDataModule
+from biggan_smyrf.training import BigGAN
+from biggan_smyrf.training.callbacks import FinalCheckpoint, RunSummary, SampleGrid
+
+SUBCOMMANDS = ("fit", "validate")
+CHECKPOINT_ROOT = Path("checkpoints")
+
+
+class BigGANCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.add_argument("--run", default="default", help="run name: outputs go to checkpoints/<run>/")
+        # One image size for everything: D and the data follow G's resolution.
+        parser.link_arguments("model.generator.resolution", "model.discriminator.resolution")
+        parser.link_arguments("model.generator.resolution", "data.resolution")
+
+    def before_instantiate_classes(self):
+        """Refuse to overwrite a run's checkpoint unless it is being resumed."""
+        if self.subcommand != "fit":
+            return
+        cfg = self.config[self.subcommand]
+        last = CHECKPOINT_ROOT / cfg["run"] / "last.ckpt"
+        if last.exists() and cfg.get("ckpt_path") is None:
+            raise SystemExit(
+                f"error: {last} already exists. Resume it with --ckpt_path last, or start a new run "
+                f"with another --run name (nothing was overwritten)."
+            )
+
+    def instantiate_trainer(self, **kwargs):
+        model = self.model
+        run_dir = CHECKPOINT_ROOT / self._get(self.config, "run")
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        steps_per_g = model.optimizer_steps_per_g_iter
+        batches_per_g = model.optim_cfg.num_d_steps * model.optim_cfg.accumulate
+        kwargs.update(
+            default_root_dir=str(run_dir),
+            # One training batch per D micro-step: validation every `val_every` G iterations.
+            val_check_interval=model.loop_cfg.val_every * batches_per_g,
+            check_val_every_n_epoch=None,
+        )
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        callbacks += [
+            ModelCheckpoint(
+                dirpath=run_dir,
+                save_last=True,
+                save_top_k=0,
+                enable_version_counter=False,  # FinalCheckpoint writes last.ckpt too: same file, no last-v1
+                every_n_train_steps=model.loop_cfg.ckpt_every * steps_per_g,
+            ),
+            FinalCheckpoint(run_dir / "last.ckpt"),
+            SampleGrid(run_dir / "samples"),
+            RunSummary(run_dir),
+        ]
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args=None):
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
+        argv.insert(0, "fit")
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI warns when given both args and a command line
+        argv = None
+    BigGANCLI(
+        BigGAN,
+        ImageDataModule,
+        args=argv,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0},
+        parser_kwargs={"default_env": False},
+    )

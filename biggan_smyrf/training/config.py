@@ -1,0 +1,79 @@
+"""Typed training options. LightningCLI reads these dataclasses straight from the YAML configs.
+
+Every length and interval here counts **G iterations**: one G iteration is `num_d_steps` D updates
+(each over `accumulate` micro-batches) followed by one G update. Lightning's `global_step` counts
+optimizer steps of both networks, `num_d_steps + 1` per G iteration, so it is never used for
+lengths directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from biggan_smyrf.attention import AttentionConfig
+
+
+@dataclass
+class OptimConfig:
+    """Adam for both networks. Defaults: the SMYRF paper's CelebA-HQ run (BigGAN settings)."""
+
+    lr_g: float = 5e-5
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-6
+    num_d_steps: int = 2
+    accumulate: int = 1  # micro-batches per optimizer step, for both G and D
+    ortho_reg: float = 0.0  # BigGAN's orthogonal regularisation strength (1e-4 in the paper); 0 = off
+
+    def __post_init__(self):
+        if self.num_d_steps < 1 or self.accumulate < 1:
+            raise ValueError(f"num_d_steps and accumulate must be >= 1, got {self.num_d_steps}, {self.accumulate}")
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of G (G_ema), used for samples and metrics.
+
+    Until `start` G iterations G_ema is a plain copy of G; afterwards
+    G_ema <- decay * G_ema + (1 - decay) * G after every G update (buffers included).
+    """
+
+    decay: float = 0.9999
+    start: int = 1000
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
+
+
+@dataclass
+class AttentionSchedule:
+    """Which attention G uses when training and when evaluating (validation, sample grids).
+
+    None keeps the kind the generator was built with (`generator.attention`). Example: train with
+    SMYRF to afford 128x128 attention and evaluate with exact dense attention:
+        train: {kind: smyrf, n_hashes: 4, q_cluster_size: 2048}
+        eval:  {kind: dense}
+    Both apply to every attention block of G; D keeps `discriminator.attention`.
+    """
+
+    train: Optional[AttentionConfig] = None
+    eval: Optional[AttentionConfig] = None
+
+
+@dataclass
+class LoopConfig:
+    """Run length and intervals, all in G iterations."""
+
+    max_g_iters: int = 100_000
+    log_every: int = 50
+    sample_every: int = 1000  # fixed-z sample grids of G and G_ema in TensorBoard
+    ckpt_every: int = 1000  # checkpoints/<run>/last.ckpt
+    val_every: int = 1000  # validation loop (metrics, best checkpoint)
+    n_samples: int = 16  # images in each sample grid
+
+    def __post_init__(self):
+        for name in ("max_g_iters", "log_every", "sample_every", "ckpt_every", "val_every", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loop.{name} must be >= 1, got {getattr(self, name)}")

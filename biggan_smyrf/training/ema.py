@@ -1,0 +1,36 @@
+"""G_ema: PyTorch's AveragedModel with an EMA rule, buffers included.
+
+BN question, answered: G_ema is always run in eval mode. Its BatchNorm running statistics are
+averaged together with the weights (use_buffers=True), as BigGAN-PyTorch does, so samples do not
+depend on how many or which z are in a batch. Spectral norm's power-iteration vectors u, v are
+buffers too; averaging shrinks them slightly below unit length, and the eval-mode spectral norm
+(which does no power iteration) would then under-estimate sigma. They are re-normalised after
+every update, which keeps sigma = uᵀ W_ema v an estimate of W_ema's top singular value.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def make_ema(generator: nn.Module, decay: float) -> AveragedModel:
+    ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, generator: nn.Module, copy: bool) -> None:
+    """One EMA step, or a plain copy of G while `copy` (before the EMA start iteration)."""
+    if copy:
+        ema.n_averaged.zero_()  # AveragedModel copies the weights when nothing was averaged yet
+    ema.update_parameters(generator)
+    for module in ema.modules():
+        spectral = getattr(getattr(module, "parametrizations", None), "weight", None)
+        for param in spectral or []:
+            if hasattr(param, "_u"):
+                param._u.copy_(F.normalize(param._u, dim=0, eps=param.eps))
+                param._v.copy_(F.normalize(param._v, dim=0, eps=param.eps))

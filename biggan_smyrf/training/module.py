@@ -1,0 +1,260 @@
+"""The BigGAN LightningModule: hinge loss, several D steps per G step, G_ema, attention schedule.
+
+Manual optimisation, because a GAN step is two optimisers with their own cadence. Each
+`training_step` receives one real micro-batch and does one D micro-step; after `accumulate`
+micro-steps D's optimiser steps, and after `num_d_steps` D steps the same training_step also does
+the G update (over `accumulate` micro-batches of fresh z). Real and fake go through D in one
+concatenated forward pass, so spectral norm's power iteration runs once per D step and DDP never
+sees two forwards before a backward.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.models import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    attention_configs,
+    orthogonal_regularization,
+)
+from biggan_smyrf.models import attention as swap_attention
+
+from biggan_smyrf.typed import coerce
+
+from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig
+from .ema import make_ema, update_ema
+from .state import attention_generators, restore_rng_state, rng_state
+
+
+def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+
+
+def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    return -d_fake.mean()
+
+
+class BigGAN(pl.LightningModule):
+    """BigGAN G + D + G_ema with dense or SMYRF attention.
+
+    Args:
+        generator, discriminator: architecture (resolution, width, where attention sits, its kind).
+        optim: learning rates, Adam betas, D steps per G step, accumulation, ortho reg.
+        ema: G_ema decay and start (in G iterations).
+        attention: which attention G uses for training steps and for evaluation.
+        loop: run length and intervals, in G iterations.
+    """
+
+    def __init__(
+        self,
+        generator: GeneratorConfig = GeneratorConfig(),
+        discriminator: DiscriminatorConfig = DiscriminatorConfig(),
+        optim: OptimConfig = OptimConfig(),
+        ema: EMAConfig = EMAConfig(),
+        attention: AttentionSchedule = AttentionSchedule(),
+        loop: LoopConfig = LoopConfig(),
+    ):
+        super().__init__()
+        # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
+        generator, discriminator = coerce(GeneratorConfig, generator), coerce(DiscriminatorConfig, discriminator)
+        optim, ema, loop = coerce(OptimConfig, optim), coerce(EMAConfig, ema), coerce(LoopConfig, loop)
+        attention = coerce(AttentionSchedule, attention)
+        if generator.resolution != discriminator.resolution:
+            raise ValueError(
+                f"generator.resolution={generator.resolution} but discriminator.resolution="
+                f"{discriminator.resolution}: set both to the training image size"
+            )
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.optim_cfg, self.ema_cfg, self.schedule, self.loop_cfg = optim, ema, attention, loop
+
+        self.G = Generator(generator)
+        self.D = Discriminator(discriminator)
+        # Validate the schedule's SMYRF sizes against G's token counts now, not mid-run.
+        for cfg in (attention.train, attention.eval):
+            if cfg is not None:
+                with swap_attention(self.G, cfg):
+                    pass
+        self.G_ema = make_ema(self.G, ema.decay)
+        self.register_buffer("fixed_z", torch.randn(loop.n_samples, generator.dim_z, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer("fixed_y", torch.arange(loop.n_samples) % generator.n_classes)
+
+        self.g_iters = 0  # completed G updates: the unit of every length and interval
+        self._micro_step = 0  # D micro-batches since the last G update
+        self._last_log = (time.perf_counter(), 0)
+
+    # --- attention schedule -------------------------------------------------------------------
+
+    @contextmanager
+    def attention_kind(self, cfg: Optional[AttentionConfig]):
+        """G and G_ema use `cfg` inside the block (None: as built), their previous configs after."""
+        if cfg is None:
+            yield
+            return
+        with swap_attention(self.G, cfg), swap_attention(self.G_ema, cfg):
+            yield
+
+    def kind_tag(self, cfg: Optional[AttentionConfig]) -> str:
+        """'dense', 'smyrf' (or 'dense_smyrf' for a mixed G): the suffix of every logged metric."""
+        kinds = {c.kind for c in ([cfg] if cfg is not None else attention_configs(self.G).values())}
+        return "_".join(sorted(kinds)) or "none"
+
+    # --- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        betas = (o.beta1, o.beta2)
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=betas, eps=o.eps)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=betas, eps=o.eps)
+        return [opt_g, opt_d]
+
+    @property
+    def optimizer_steps_per_g_iter(self) -> int:
+        """How far Lightning's global_step advances per G iteration."""
+        return self.optim_cfg.num_d_steps + 1
+
+    def sample_latents(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(batch_size, self.G.config.dim_z, device=self.device)
+        y = torch.randint(self.G.config.n_classes, (batch_size,), device=self.device)
+        return z, y
+
+    def training_step(self, batch, batch_idx):
+        real, y_real = batch
+        opt_g, opt_d = self.optimizers()
+        o = self.optim_cfg
+        with self.attention_kind(self.schedule.train):
+            d_loss, d_real, d_fake = self.d_micro_step(real, y_real, opt_d)
+            self._micro_step += 1
+            g_loss = None
+            if self._micro_step == o.num_d_steps * o.accumulate:
+                self._micro_step = 0
+                g_loss = self.g_step(real.shape[0], opt_g)
+                update_ema(self.G_ema, self.G, copy=self.g_iters < self.ema_cfg.start)
+                self.g_iters += 1
+        self.log_progress(d_loss, d_real, d_fake, g_loss, real.shape[0])
+        if self.g_iters >= self.loop_cfg.max_g_iters:
+            self.trainer.should_stop = True
+
+    def d_micro_step(self, real, y_real, opt_d):
+        o = self.optim_cfg
+        with torch.no_grad():
+            z, y_fake = self.sample_latents(real.shape[0])
+            fake = self.G(z, y_fake)
+        self.toggle_optimizer(opt_d)
+        scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y_fake]))
+        d_real, d_fake = scores.split(real.shape[0])
+        loss = d_hinge_loss(d_real, d_fake)
+        if o.ortho_reg > 0:
+            loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
+        self.manual_backward(loss / o.accumulate)
+        if self._micro_step % o.accumulate == o.accumulate - 1:
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_d)
+        return loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
+
+    def g_step(self, batch_size, opt_g):
+        o = self.optim_cfg
+        self.toggle_optimizer(opt_g)
+        for _ in range(o.accumulate):
+            z, y = self.sample_latents(batch_size)
+            loss = g_hinge_loss(self.D(self.G(z, y), y))
+            if o.ortho_reg > 0:
+                loss = loss + o.ortho_reg * orthogonal_regularization(self.G)
+            self.manual_backward(loss / o.accumulate)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_g)
+        return loss.detach()
+
+    # --- logging ------------------------------------------------------------------------------
+
+    def log_progress(self, d_loss, d_real, d_fake, g_loss, batch_size):
+        self.log("g_iter", float(self.g_iters), prog_bar=True, logger=False)
+        self.log("loss_d", d_loss, prog_bar=True, logger=False)
+        if g_loss is None or self.g_iters % self.loop_cfg.log_every:
+            return
+        tag = self.kind_tag(self.schedule.train)
+        o = self.optim_cfg
+        now = time.perf_counter()
+        images = self.g_iters * batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
+        last_time, last_images = self._last_log
+        self._last_log = (now, images)
+        opt_g, opt_d = self.optimizers()
+        metrics = {
+            f"train/loss_d_{tag}": d_loss,
+            f"train/loss_g_{tag}": g_loss,
+            f"train/d_real_{tag}": d_real,
+            f"train/d_fake_{tag}": d_fake,
+            "train/lr_g": opt_g.param_groups[0]["lr"],
+            "train/lr_d": opt_d.param_groups[0]["lr"],
+            "train/real_images_per_s": (images - last_images) / max(now - last_time, 1e-9),
+        }
+        if self.device.type == "cuda":
+            metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log("loss_g", g_loss, prog_bar=True, logger=False)
+        self.log_dict(metrics)
+        self.log("step", float(self.g_iters))  # x-axis: G iterations
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_grid_images(self, use_ema: bool = True) -> torch.Tensor:
+        """G(fixed z) in [-1, 1] with the eval attention; G_ema by default."""
+        net = self.G_ema.module if use_ema else self.G
+        was_training = net.training
+        net.eval()
+        with self.attention_kind(self.schedule.eval):
+            images = net(self.fixed_z, self.fixed_y)
+        net.train(was_training)
+        return images
+
+    def validation_step(self, batch, batch_idx):
+        """D's view of real images and of G_ema samples under the eval attention (cheap sanity metrics)."""
+        real, y_real = batch
+        tag = self.kind_tag(self.schedule.eval)
+        with self.attention_kind(self.schedule.eval):
+            z, y = self.sample_latents(real.shape[0])
+            fake = self.G_ema.module(z, y)
+        scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y]))
+        d_real, d_fake = scores.split(real.shape[0])
+        self.log_dict({f"val/d_real_{tag}": d_real.mean(), f"val/d_fake_{tag}": d_fake.mean()}, sync_dist=True)
+        self.log("step", float(self.g_iters))
+
+    # --- checkpoint state ---------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["biggan_smyrf"] = {
+            "g_iters": self.g_iters,
+            "micro_step": self._micro_step,
+            "rng": rng_state(attention_generators(self)),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("biggan_smyrf")
+        if state is None:
+            raise ValueError("this checkpoint was not written by biggan_smyrf's BigGAN module")
+        self.g_iters = state["g_iters"]
+        self._micro_step = state["micro_step"]
+        self._pending_rng = state["rng"]
+
+    def on_train_start(self):
+        # RNG states are restored here, after Lightning's own seeding and restore, so a resumed run
+        # continues the exact random stream of the interrupted one.
+        pending = getattr(self, "_pending_rng", None)
+        if pending is not None:
+            restore_rng_state(pending, attention_generators(self))
+            self._pending_rng = None
+
+    def summary_dict(self) -> dict:
+        return {k: asdict(v) for k, v in self.hparams.items() if hasattr(v, "__dataclass_fields__")}

@@ -1,0 +1,234 @@
+"""The training application: train.py end to end, resume, kill and resume, schedule, EMA, DDP."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, attention_configs
+from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
+from biggan_smyrf.training.ema import make_ema, update_ema
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+# Small enough for 2 CPU cores: 32 px, width 8, a handful of G iterations.
+FAST = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.num_workers=0",
+    "--model.loop.log_every=1",
+]
+
+
+def train(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, *args]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2."""
+    cwd = tmp_path_factory.mktemp("run")
+    train(cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2", "--model.loop.val_every=2")
+    return cwd
+
+
+@pytest.mark.slow
+def test_demo_config_trains_end_to_end(demo_run):
+    run_dir = demo_run / "checkpoints" / "demo"
+    ckpt = load(run_dir / "last.ckpt")
+    state = ckpt["biggan_smyrf"]
+    assert state["g_iters"] == 4
+    # Lightning counts optimizer steps of both networks: num_d_steps + 1 per G iteration.
+    assert ckpt["global_step"] == 4 * (ckpt["hyper_parameters"]["optim"]["num_d_steps"] + 1)
+    assert any(k.startswith("G.") for k in ckpt["state_dict"]) and any(k.startswith("D.") for k in ckpt["state_dict"])
+    assert any(k.startswith("G_ema.") for k in ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 2
+    assert "torch" in state["rng"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png"))[:2] == ["G_0000002.png", "G_0000004.png"]
+    assert not (demo_run / "data" / "cache").exists() or any((demo_run / "data" / "cache").iterdir())
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_right_step_with_optimizer_state(demo_run):
+    run_dir = demo_run / "checkpoints" / "demo"
+    before = load(run_dir / "last.ckpt")
+    train(demo_run, "--run=demo", "--ckpt_path=last", "--model.loop.max_g_iters=6", "--model.loop.ckpt_every=100", "--model.loop.val_every=100")
+    after = load(run_dir / "last.ckpt")
+    assert after["biggan_smyrf"]["g_iters"] == 6
+    # Adam's step counters continue from the checkpoint (a fresh optimizer would be at 2).
+    g_steps = lambda c: next(iter(c["optimizer_states"][0]["state"].values()))["step"].item()  # noqa: E731
+    assert g_steps(before) == 4 and g_steps(after) == 6
+
+
+@pytest.mark.slow
+def test_existing_run_is_never_overwritten(demo_run):
+    ckpt = demo_run / "checkpoints" / "demo" / "last.ckpt"
+    stamp = ckpt.stat().st_mtime_ns
+    proc = train(demo_run, "--run=demo", "--model.loop.max_g_iters=2", check=False)
+    assert proc.returncode != 0
+    assert "already exists" in proc.stderr + proc.stdout and "--ckpt_path last" in proc.stderr + proc.stdout
+    assert ckpt.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--run=killed",
+           "--model.loop.max_g_iters=100000", "--model.loop.ckpt_every=1", "--model.loop.val_every=100000", "--model.loop.sample_every=100000"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "checkpoints" / "killed" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt.exists() and load(ckpt)["biggan_smyrf"]["g_iters"] >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # mid-training, possibly mid-write
+    proc.wait()
+    reached = load(ckpt)["biggan_smyrf"]["g_iters"]  # loads: never a torn file
+    assert reached >= 3
+    train(tmp_path, "--run=killed", "--ckpt_path=last", f"--model.loop.max_g_iters={reached + 2}")
+    assert load(ckpt)["biggan_smyrf"]["g_iters"] == reached + 2
+
+
+def test_every_config_starts_and_validates(tmp_path):
+    for config in sorted((ROOT / "configs").glob("*.yaml")):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config), "--print_config"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, f"{config.name}: {proc.stderr[-2000:]}"
+        assert "generator:" in proc.stdout
+
+
+# --- in-process tests --------------------------------------------------------------------------
+
+
+def tiny_module(**overrides) -> BigGAN:
+    kwargs = dict(
+        generator=GeneratorConfig(resolution=32, ch=8, dim_z=32, shared_dim=16, attention_resolutions=[32],
+                                  attention=AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)),
+        discriminator=DiscriminatorConfig(resolution=32, ch=8, attention_resolutions=[]),
+        optim=OptimConfig(num_d_steps=2),
+        ema=EMAConfig(decay=0.9, start=1),
+        loop=LoopConfig(max_g_iters=2, log_every=1, sample_every=100, ckpt_every=100, val_every=1, n_samples=4),
+    )
+    kwargs.update(overrides)
+    return BigGAN(**kwargs)
+
+
+class RandomImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 32, 32, generator=g) * 2 - 1, torch.tensor(0)
+
+
+def loader():
+    return torch.utils.data.DataLoader(RandomImages(), batch_size=4, drop_last=True)
+
+
+def fit(module: BigGAN, tmp_path: Path, **trainer_kwargs) -> pl.Trainer:
+    steps = module.optim_cfg.num_d_steps * module.optim_cfg.accumulate
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        val_check_interval=module.loop_cfg.val_every * steps, check_val_every_n_epoch=None,
+        limit_val_batches=1, num_sanity_val_steps=0, **trainer_kwargs,
+    )
+    trainer.fit(module, loader(), loader())
+    return trainer
+
+
+def test_attention_schedule_trains_smyrf_and_evaluates_dense(tmp_path):
+    train_cfg = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=128)
+    module = tiny_module(attention=AttentionSchedule(train=train_cfg, eval=AttentionConfig(kind="dense")))
+    seen = set()  # (stage, network, attention config) of every attention forward
+    for name, block in module.named_modules():
+        if block.__class__.__name__ == "SelfAttention":
+            network = name.split(".")[0]
+            block.register_forward_hook(
+                lambda m, i, o, network=network: seen.add((module.trainer.state.stage.value, network, m.config))
+            )
+    trainer = fit(module, tmp_path)
+    assert module.g_iters == 2
+    train_forwards = {(net, cfg) for stage, net, cfg in seen if stage == "train"}
+    val_forwards = {(net, cfg) for stage, net, cfg in seen if stage == "validate"}
+    assert train_forwards == {("G", train_cfg)}  # G's training forwards all used the train schedule
+    assert val_forwards == {("G_ema", AttentionConfig(kind="dense"))}  # validation: G_ema, exact attention
+    assert {"train/loss_d_smyrf", "train/loss_g_smyrf", "val/d_real_dense", "val/d_fake_dense"} <= set(trainer.callback_metrics)
+    # After training, G and G_ema are back to the attention they were built with.
+    assert {c.q_cluster_size for c in attention_configs(module.G).values()} == {256}
+    assert {c.q_cluster_size for c in attention_configs(module.G_ema).values()} == {256}
+
+
+def test_gradient_accumulation_and_g_iteration_count(tmp_path):
+    module = tiny_module(optim=OptimConfig(num_d_steps=1, accumulate=2))
+    trainer = fit(module, tmp_path)
+    assert module.g_iters == 2
+    assert trainer.global_step == 2 * 2  # one D step + one G step per G iteration
+
+
+def test_bf16_mixed_precision_with_smyrf(tmp_path):
+    module = tiny_module()
+    fit(module, tmp_path, precision="bf16-mixed")
+    assert module.g_iters == 2
+    assert all(torch.isfinite(p).all() for p in module.G.parameters())
+
+
+def test_ema_copies_before_start_then_averages():
+    g = torch.nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(4, 4)), torch.nn.BatchNorm1d(4))
+    ema = make_ema(g, decay=0.5)
+    with torch.no_grad():
+        g[0].parametrizations.weight.original.add_(1.0)
+    update_ema(ema, g, copy=True)
+    torch.testing.assert_close(ema.module[0].parametrizations.weight.original, g[0].parametrizations.weight.original)
+    before = ema.module[0].parametrizations.weight.original.clone()
+    g(torch.randn(8, 4))  # train mode: moves BN stats and spectral-norm vectors
+    with torch.no_grad():
+        g[0].parametrizations.weight.original.add_(2.0)
+    update_ema(ema, g, copy=False)
+    torch.testing.assert_close(ema.module[0].parametrizations.weight.original,
+                               0.5 * before + 0.5 * g[0].parametrizations.weight.original)
+    torch.testing.assert_close(ema.module[1].running_mean, 0.5 * torch.zeros(4) + 0.5 * g[1].running_mean)
+    u = ema.module[0].parametrizations.weight[0]._u
+    torch.testing.assert_close(u.norm(), torch.tensor(1.0))
+
+
+def test_mismatched_resolutions_fail_early():
+    with pytest.raises(ValueError, match="set both to the training image size"):
+        tiny_module(discriminator=DiscriminatorConfig(resolution=64, ch=8, attention_resolutions=[]))
+
+
+def test_schedule_with_sizes_that_do_not_fit_fails_at_construction():
+    with pytest.raises(ValueError, match="1024 queries"):
+        tiny_module(attention=AttentionSchedule(train=AttentionConfig(kind="smyrf", q_cluster_size=300)))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path):
+    train(tmp_path, "--run=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+          "--trainer.strategy=ddp_find_unused_parameters_true", "--model.loop.max_g_iters=2",
+          "--model.loop.val_every=1", "--model.loop.sample_every=100",
+          "--trainer.callbacks+=ddp_probe.SaveRankWeights", f"--trainer.callbacks.out_dir={tmp_path}")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["g_iters"] == ranks[1]["g_iters"] == 2
+    for key, value in ranks[0]["G"].items():
+        torch.testing.assert_close(value, ranks[1]["G"][key], msg=key)
+    assert not torch.equal(ranks[0]["first_batch"], ranks[1]["first_batch"])  # each rank saw its own data
