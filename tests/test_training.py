@@ -17,36 +17,7 @@ from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, attention_
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
 from biggan_smyrf.training.ema import make_ema, update_ema
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
-# Small enough for 2 CPU cores: 32 px, width 8, a handful of G iterations.
-FAST = [
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--data.num_workers=0",
-    "--model.loop.log_every=1",
-]
-
-
-def train(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2."""
-    cwd = tmp_path_factory.mktemp("run")
-    train(cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2", "--model.loop.val_every=2")
-    return cwd
+from conftest import DEMO, FAST, ROOT, load, train
 
 
 @pytest.mark.slow

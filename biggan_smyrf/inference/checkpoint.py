@@ -1,0 +1,97 @@
+"""Load a generator from a training checkpoint or an exported weights file; export one.
+
+Both are read with `torch.load(weights_only=True)`: no code from the file is ever executed. The
+architecture comes from the file itself, so users never repeat the model options.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, restore, set_attention
+from biggan_smyrf.typed import coerce
+
+EXPORT_FORMAT = "biggan_smyrf.generator/1"
+# Per-block configs (exported files), one config for all blocks (a run's eval attention), or none.
+SavedAttention = Union[dict, AttentionConfig, None]
+
+
+class CheckpointError(ValueError):
+    """The file is missing, unreadable, or not a biggan_smyrf checkpoint."""
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint that loads safely with weights_only=True ({type(err).__name__}); "
+            f"pass a train.py checkpoint or a file written by export_generator"
+        ) from err
+
+
+def generator_state(checkpoint: dict, path: Path, ema: bool) -> tuple[GeneratorConfig, dict, SavedAttention]:
+    """(architecture, G weights, the attention to sample with) from either file format."""
+    if checkpoint.get("format") == EXPORT_FORMAT:
+        config = coerce(GeneratorConfig, checkpoint["config"])
+        return config, checkpoint["state_dict"], coerce(dict[str, AttentionConfig], checkpoint["attention"])
+    if "biggan_smyrf" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a biggan_smyrf checkpoint (expected a train.py last.ckpt/best checkpoint "
+            f"or a file written by export_generator)"
+        )
+    hparams = checkpoint["hyper_parameters"]
+    config = coerce(GeneratorConfig, hparams["generator"])
+    eval_attention = coerce(Optional[AttentionConfig], (hparams.get("attention") or {}).get("eval"))
+    prefix = "G_ema.module." if ema else "G."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return config, state, eval_attention
+
+
+def load_generator(
+    path: Union[str, Path],
+    *,
+    ema: bool = True,
+    device: Union[str, torch.device] = "cpu",
+    attention: Union[str, AttentionConfig, None] = None,
+) -> Generator:
+    """A generator in eval mode, ready to sample.
+
+    ema: G_ema (default) or the raw G of a training checkpoint.
+    attention: "dense", "smyrf" or an AttentionConfig for every attention block (validated against
+        the model's token counts); default: the attention the run evaluated with
+        (`model.attention.eval`), else as trained; for an exported file, as it was exported.
+    """
+    path = Path(path)
+    config, state, saved_attention = generator_state(read_checkpoint(path), path, ema)
+    generator = Generator(config)
+    generator.load_state_dict(state, strict=True)
+    if attention is not None:
+        set_attention(generator, attention)
+    elif isinstance(saved_attention, dict):
+        restore(generator, saved_attention)
+    elif saved_attention is not None:
+        set_attention(generator, saved_attention)
+    return generator.to(device).eval()
+
+
+def export_generator(generator: Generator, path: Union[str, Path]) -> Path:
+    """Write G's architecture, weights and current attention (no optimiser or D): a small file for
+    sharing and sampling."""
+    path = Path(path)
+    payload = {
+        "format": EXPORT_FORMAT,
+        "config": asdict(generator.config),
+        "attention": {name: asdict(cfg) for name, cfg in attention_configs(generator).items()},
+        "state_dict": generator.state_dict(),
+    }
+    torch.save(payload, path)
+    return path

@@ -1,0 +1,166 @@
+"""`sample.py`: images from a checkpoint as a grid, numbered files, an .npz, or an interpolation.
+
+    python sample.py --ckpt checkpoints/demo/last.ckpt --out samples/ --n 64 --grid
+    python sample.py --ckpt ... --out samples/ --n 50000 --npz --batch-size 100 --device cuda
+    python sample.py --ckpt ... --out samples/ --attention smyrf --n-hashes 4 --q-cluster-size 2048
+    python sample.py --ckpt ... --out samples/ --interpolate 3 7 --steps 10 --slerp
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.models import set_attention
+
+from .checkpoint import CheckpointError, load_generator
+from .sampling import interpolate, labels, latents, render
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+SMYRF_FLAGS = ("n_hashes", "q_cluster_size", "k_cluster_size", "hashing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="train.py checkpoint (last.ckpt, best) or an exported generator file")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--grid", action="store_true", help="one grid PNG, out/grid.png (default)")
+    what.add_argument("--individual", action="store_true", help="out/000000.png, ... (resumable: existing files are kept)")
+    what.add_argument("--npz", action="store_true", help="out/samples.npz: uint8 (n, H, W, 3) under 'arr_0', for FID tools")
+    what.add_argument("--interpolate", nargs=2, type=int, metavar=("SEED_A", "SEED_B"), help="latent walk between two seeds' samples")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--truncation", type=float, default=None, help="truncate z to [-t, t] (e.g. 0.5); default none")
+    p.add_argument("--class", dest="class_id", type=int, default=None, help="class index (class-conditional models)")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about sqrt(n))")
+    p.add_argument("--steps", type=int, default=8, help="interpolation steps, endpoints included")
+    p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
+    p.add_argument("--frames", action="store_true", help="interpolation as numbered frames instead of one strip")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--raw", action="store_true", help="use the raw G instead of G_ema")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="32")
+    attention = p.add_argument_group("attention override (default: the attention the run evaluated with)")
+    attention.add_argument("--attention", choices=["dense", "smyrf", "paper"],
+                           help="dense, smyrf (our defaults) or paper (SMYRF exactly as published)")
+    attention.add_argument("--n-hashes", type=int)
+    attention.add_argument("--q-cluster-size", type=int)
+    attention.add_argument("--k-cluster-size", type=int)
+    attention.add_argument("--hashing", choices=["kd", "xbox", "random"])
+    return p
+
+
+def attention_override(args) -> Optional[AttentionConfig]:
+    params = {k: getattr(args, k) for k in SMYRF_FLAGS if getattr(args, k) is not None}
+    if args.attention is None:
+        if params:
+            raise ValueError("SMYRF parameters given without --attention smyrf (or paper)")
+        return None
+    if args.attention == "paper":
+        return AttentionConfig.paper(**params)
+    return AttentionConfig(kind=args.attention, **params)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def prepare_output(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to output directory {path}: {err.strerror or err}") from err
+    return path
+
+
+def save_png(images: torch.Tensor, path: Path) -> None:
+    Image.fromarray(images.permute(1, 2, 0).numpy()).save(path)
+
+
+def grid_of(images: torch.Tensor, nrow: Optional[int]) -> torch.Tensor:
+    return make_grid(images, nrow=nrow or max(1, round(len(images) ** 0.5)), padding=2)
+
+
+def refuse_overwrite(path: Path, args) -> None:
+    if path.exists() and not args.overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it")
+
+
+def run(args) -> list[Path]:
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError(f"--n and --batch-size must be >= 1, got {args.n}, {args.batch_size}")
+    override = attention_override(args)
+    device = pick_device(args.device)
+    G = load_generator(args.ckpt, ema=not args.raw, device=device)
+    if override is not None:
+        set_attention(G, override)
+    out = prepare_output(Path(args.out))
+    dtype = PRECISIONS[args.precision]
+    c = G.config
+    if args.interpolate:
+        return write_interpolation(G, args, out)
+    z = latents(args.n, c.dim_z, args.seed, args.truncation)
+    y = labels(args.n, c.n_classes, args.seed, args.class_id)
+    if args.individual:
+        todo = [i for i in range(args.n) if args.overwrite or not (out / f"{i:06d}.png").exists()]
+        written = []
+        batches = render(G, z[todo], y[todo], args.batch_size, progress=True, dtype=dtype)
+        for start, images in zip(range(0, len(todo), args.batch_size), batches):
+            for index, image in zip(todo[start:], images):
+                save_png(image, out / f"{index:06d}.png")
+                written.append(out / f"{index:06d}.png")
+        print(f"wrote {len(written)} images to {out} ({args.n - len(todo)} already there)")
+        return written
+    target = out / ("samples.npz" if args.npz else "grid.png")
+    refuse_overwrite(target, args)
+    images = torch.cat(list(render(G, z, y, args.batch_size, progress=True, dtype=dtype)))
+    if args.npz:
+        np.savez(target, images.permute(0, 2, 3, 1).numpy())
+    else:
+        save_png(grid_of(images, args.nrow), target)
+    print(f"wrote {target}")
+    return [target]
+
+
+def write_interpolation(G, args, out: Path) -> list[Path]:
+    a, b = args.interpolate
+    images = interpolate(G, a, b, args.steps, spherical=args.slerp, truncation=args.truncation,
+                         class_id=args.class_id, batch_size=args.batch_size)
+    stem = f"interp_{a}_{b}_{'slerp' if args.slerp else 'lerp'}"
+    if args.frames:
+        paths = [out / f"{stem}_{i:03d}.png" for i in range(len(images))]
+        for path in paths:
+            refuse_overwrite(path, args)
+        for path, image in zip(paths, images):
+            save_png(image, path)
+    else:
+        paths = [out / f"{stem}.png"]
+        refuse_overwrite(paths[0], args)
+        save_png(grid_of(images, args.nrow or len(images)), paths[0])
+    print(f"wrote {len(paths)} file(s) to {out}")
+    return paths
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (CheckpointError, ValueError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,46 @@
+"""Shared fixtures: one short demo training run (through train.py) that several test files use."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+# Small enough for 2 CPU cores: the demo's 32 px at width 8, a handful of G iterations.
+FAST = [
+    "--model.generator.ch=8",
+    "--model.discriminator.ch=8",
+    "--data.batch_size=8",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.num_workers=0",
+    "--model.loop.log_every=1",
+]
+
+
+def train(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, *args]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2."""
+    cwd = tmp_path_factory.mktemp("run")
+    train(cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2", "--model.loop.val_every=2")
+    return cwd
+
+
