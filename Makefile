@@ -14,14 +14,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Each demo is a new run (checkpoints/demo-<date>-<time>/), so a second `make demo` never stops
+# at the first one's checkpoint.
 demo: $(STAMP)
-	$(PY) train.py --config configs/demo.yaml
+	$(PY) train.py --config configs/demo.yaml --run demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/models.py --table model
+	$(PY) benchmarks/models.py --table step
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,6 +12,7 @@ translated here into Lightning's optimizer-step and batch counts.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -77,6 +78,8 @@ class BigGANCLI(LightningCLI):
 
 
 def main(args=None):
+    # G_ema is in eval mode on purpose (see training/ema.py); Lightning warns about any eval module.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
         argv.insert(0, "fit")

@@ -71,6 +71,14 @@ class RunSummary(pl.Callback):
                 logger.experiment.add_text("run/summary", "\n\n".join(f"    {l}" for l in "\n".join(lines).splitlines()))
 
 
+    def on_fit_end(self, trainer, pl_module):
+        rank_zero_info(
+            f"finished at G iteration {pl_module.g_iters}: checkpoint {self.run_dir / 'last.ckpt'}, "
+            f"sample grids in {self.run_dir / 'samples'}/, TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}; "
+            f"more images: python sample.py --ckpt {self.run_dir / 'last.ckpt'} --out {self.run_dir / 'samples'}"
+        )
+
+
 class FinalCheckpoint(pl.Callback):
     """Writes `last.ckpt` when training ends between two `ckpt_every` marks."""
 

@@ -1,0 +1,190 @@
+"""A one-time preprocessed cache: every image decoded, center-cropped and resized once, stored as uint8.
+
+Training then reads a memory-mapped (N, H, W, 3) `.npy` instead of decoding JPEGs every epoch, which
+on a few CPU cores would otherwise starve the GPU. The file name carries the source's fingerprint and
+the resolution (`<name>-<fingerprint>-<res>px-v<N>.npy`), so editing the dataset or changing the
+resolution builds a new cache instead of silently reusing a stale one.
+
+The cache is written to a temporary file in the cache directory and moved into place with
+`os.replace`, which is atomic: a killed build leaves no half-written file under the final name, and
+processes racing to build the same cache (nodes sharing a filesystem) each publish a complete one.
+Nothing is ever written into the dataset itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .sources import ImageSource, PathLike
+
+DEFAULT_CACHE_DIR = "data/cache"
+# Decoding and resizing run in PIL's C code, which releases the GIL, so threads scale across cores.
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# Images decoded per round trip to the pool: bounds memory to a few dozen decoded images.
+CHUNK = 64
+SKIPPED_NAMES_SHOWN = 5
+SKIPPED_NAMES_RECORDED = 50
+# Failures that mean "this file is not a usable image", as opposed to bugs in this module.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """The largest centered square of `image`, resized to `resolution` px with antialiased LANCZOS."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    # `box` crops and resizes in one pass, without materialising the cropped full-size image.
+    box = (left, top, left + side, top + side)
+    return image.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+
+
+# Bump when the preprocessing (crop, resize filter, conversion) changes: old caches are then ignored.
+PREPROCESSING_VERSION = 1
+
+
+def cache_path(source: ImageSource, resolution: int, cache_dir: PathLike = DEFAULT_CACHE_DIR) -> Path:
+    """Where the cache of `source` at `resolution` lives:
+    `<cache_dir>/<name>-<fingerprint>-<res>px-v<preprocessing version>.npy`."""
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name) or "images"
+    return Path(cache_dir).expanduser() / f"{safe_name}-{source.fingerprint()}-{resolution}px-v{PREPROCESSING_VERSION}.npy"
+
+
+def sidecar_path(npy_path: Path) -> Path:
+    return npy_path.with_suffix(".json")
+
+
+def _check_outside_dataset(source: ImageSource, cache_dir: Path) -> None:
+    if source.is_zip:
+        return
+    dataset, cache = source.path.resolve(), cache_dir.resolve()
+    if cache == dataset or dataset in cache.parents:
+        raise ValueError(
+            f"the cache directory {cache_dir} is inside the dataset folder {source.path}; the dataset is "
+            f"never written to. Pass another --data.cache_dir."
+        )
+
+
+def _decode(source: ImageSource, name: str, resolution: int) -> Union[np.ndarray, str]:
+    """One cached image as a uint8 (R, R, 3) array, or the reason it could not be read."""
+    try:
+        image = source.open_rgb(name, min_size=2 * resolution)
+        return np.asarray(center_crop_resize(image, resolution), dtype=np.uint8)
+    except DECODE_ERRORS as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def _chunks(items, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _fill(out: np.ndarray, source: ImageSource, resolution: int, progress: bool) -> tuple[int, list[tuple[str, str]]]:
+    """Decode every image of `source` into `out`, packed from index 0. Returns (kept, [(name, reason)])."""
+    kept, skipped = 0, []
+    bar = tqdm(total=len(source), desc=f"caching {source.name} at {resolution}px", unit="img", disable=not progress)
+    with bar, ThreadPoolExecutor(DECODE_WORKERS) as pool:
+        for names in _chunks(source.names, CHUNK):
+            for name, result in zip(names, pool.map(lambda n: _decode(source, n, resolution), names)):
+                if isinstance(result, str):
+                    skipped.append((name, result))
+                else:
+                    out[kept] = result
+                    kept += 1
+            bar.update(len(names))
+    return kept, skipped
+
+
+def _first_skipped(skipped: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:SKIPPED_NAMES_SHOWN])
+    more = f" and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if len(skipped) > SKIPPED_NAMES_SHOWN else ""
+    return shown + more
+
+
+def _temp_path(final: Path) -> Path:
+    # Same directory as the final file, so os.replace is a rename on one filesystem (atomic).
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}")
+    os.close(handle)
+    return Path(name)
+
+
+def _write_json_atomically(path: Path, record: dict) -> None:
+    temp = _temp_path(path)
+    temp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temp, path)
+
+
+def _copy_prefix(src: np.ndarray, dst: np.ndarray, block: int = 1024) -> None:
+    """dst[:] = src[:len(dst)], a block at a time so no more than one block is paged in at once."""
+    for start in range(0, len(dst), block):
+        stop = min(start + block, len(dst))
+        dst[start:stop] = src[start:stop]
+
+
+def build_cache(
+    root: PathLike, resolution: int, cache_dir: PathLike = DEFAULT_CACHE_DIR, progress: bool = True
+) -> Path:
+    """The path of the cache of `root` at `resolution`, built first if it does not exist yet.
+
+    Unreadable files are skipped with a warning naming the first few; if none is usable, ValueError.
+    A JSON sidecar beside the `.npy` records the source, counts and skipped names.
+    """
+    with ImageSource(root) as source:
+        final = cache_path(source, resolution, cache_dir)
+        if final.exists():
+            return final
+        _check_outside_dataset(source, final.parent)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temps = [_temp_path(final)]
+        try:
+            shape = (len(source), resolution, resolution, 3)
+            # Written straight to disk: a 30k-image cache never has to fit in RAM.
+            images = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.uint8, shape=shape)
+            kept, skipped = _fill(images, source, resolution, progress)
+            if kept == 0:
+                raise ValueError(
+                    f"none of the {len(source)} files in {source.path} could be read as an image: "
+                    f"{_first_skipped(skipped)}"
+                )
+            if skipped:
+                warnings.warn(
+                    f"skipped {len(skipped)} of {len(source)} files in {source.path} that could not be read as "
+                    f"images: {_first_skipped(skipped)}",
+                    stacklevel=2,
+                )
+                # The .npy header fixes N, so a cache with skipped files is copied to one of the right length.
+                temps.append(_temp_path(final))
+                packed = np.lib.format.open_memmap(temps[1], mode="w+", dtype=np.uint8, shape=(kept,) + shape[1:])
+                _copy_prefix(images, packed)
+                images = packed
+            images.flush()
+            del images  # unmap before the rename
+            _write_json_atomically(
+                sidecar_path(final),
+                {
+                    "source": str(source.path.resolve()),
+                    "fingerprint": source.fingerprint(),
+                    "resolution": resolution,
+                    "count": kept,
+                    "skipped_count": len(skipped),
+                    "skipped": [name for name, _ in skipped[:SKIPPED_NAMES_RECORDED]],
+                },
+            )
+            os.replace(temps[-1], final)
+        finally:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+    return final
+
+
+def load_cache(path: PathLike) -> np.ndarray:
+    """A built cache as a read-only memory-mapped uint8 (N, H, W, 3) array."""
+    return np.load(path, mmap_mode="r")

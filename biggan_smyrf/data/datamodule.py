@@ -1,0 +1,180 @@
+"""The Lightning DataModule: square RGB images in [-1, 1] from CelebA-HQ (any image folder or zip) or the demo.
+
+Real datasets go through the one-time uint8 cache (see `cache.py`): `prepare_data` builds it, which
+Lightning runs on local rank 0 only and follows with a barrier, so a DDP job decodes the dataset once;
+`setup` memory-maps it on every rank, so workers share the OS page cache instead of holding copies.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from .cache import DEFAULT_CACHE_DIR, build_cache, load_cache
+from .demo import DEMO_NAME, lfw_demo_images
+from .sources import resolve_source
+
+MIN_RESOLUTION = 16
+
+
+class ImageArrayDataset(Dataset):
+    """(image, label) pairs from a uint8 (N, H, W, 3) array: a float32 (3, H, W) image in [-1, 1] and label 0.
+
+    The label is always 0 because CelebA-HQ is unconditional; it keeps the (x, y) batch shape that the
+    class-conditional BigGAN code expects. Flips draw from torch's RNG, which Lightning seeds per
+    process and per DataLoader worker, so runs are reproducible under `seed_everything`.
+    """
+
+    def __init__(self, images: np.ndarray, flip: bool = False, limit: Optional[int] = None):
+        self.images = images
+        self.flip = flip
+        self.length = len(images) if limit is None else min(limit, len(images))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        pixels = torch.from_numpy(np.array(self.images[index]))  # a copy: memmapped pages are read-only
+        image = pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, torch.tensor(0)
+
+    def __getstate__(self) -> dict:
+        # Workers started by spawn/forkserver receive the dataset pickled; a memmapped cache travels as
+        # its path and is re-mapped there, instead of being pickled whole into every worker.
+        state = self.__dict__.copy()
+        if isinstance(self.images, np.memmap) and self.images.filename:
+            state["images"] = Path(self.images.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if isinstance(self.images, Path):
+            self.images = load_cache(self.images)
+
+
+def check_resolution(resolution: int) -> None:
+    if not isinstance(resolution, int) or resolution < MIN_RESOLUTION or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION} (16, 32, 64, ...), got {resolution!r}")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Square RGB images for unconditional GAN training: CelebA-HQ or any folder/zip of images, else the LFW demo.
+
+    Images are center-cropped to a square and resized once into a cached uint8 array; batches are
+    float32 (B, 3, resolution, resolution) in [-1, 1] with all-zero labels.
+
+    Args:
+        root: Folder (searched recursively) or .zip of jpg/jpeg/png/webp/bmp images, e.g. CelebA-HQ.
+            Unset: the built-in LFW demo faces (100 images shipped with scikit-image, no download).
+        resolution: Side in pixels that images are center-cropped and resized to; a power of two >= 16.
+        batch_size: Images per training batch, per device under DDP.
+        num_workers: DataLoader worker processes per device; 0 loads in the main process.
+        cache_dir: Where the one-time preprocessed cache of `root` is written (relative paths are
+            relative to the working directory). The dataset itself is never written to.
+        flip: Randomly flip training images horizontally.
+        val_images: Validation uses the first this-many images, unflipped (capped at the dataset size).
+    """
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        resolution: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        cache_dir: str = DEFAULT_CACHE_DIR,
+        flip: bool = True,
+        val_images: int = 256,
+    ):
+        super().__init__()
+        check_resolution(resolution)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        if val_images < 1:
+            raise ValueError(f"val_images must be at least 1, got {val_images}")
+        # Checked now rather than in prepare_data, so a typo fails before any model is built.
+        self.root = None if root is None else resolve_source(root)
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.flip = flip
+        self.val_images = val_images
+        self._images: Optional[np.ndarray] = None
+
+    def prepare_data(self) -> None:
+        if self.root is not None:
+            build_cache(self.root, self.resolution, self.cache_dir)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._images is None:
+            self._images = self._load_images()
+        self._check_batch_fits()
+
+    def _load_images(self) -> np.ndarray:
+        if self.root is None:
+            rank_zero_info(
+                f"data: no --data.root given, using the built-in {DEMO_NAME} at {self.resolution}px; "
+                f"for CelebA-HQ pass --data.root /path/to/celeba_hq (a folder or .zip of images)"
+            )
+            return lfw_demo_images(self.resolution)
+        # Builds the cache if prepare_data did not run here (e.g. nodes that do not share a filesystem
+        # under prepare_data_per_node=False, or direct use outside a Trainer).
+        path = build_cache(self.root, self.resolution, self.cache_dir)
+        images = load_cache(path)
+        rank_zero_info(f"data: {len(images)} images from {self.root} at {self.resolution}px (cache {path})")
+        return images
+
+    def _check_batch_fits(self) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_device = math.ceil(len(self._images) / world_size)
+        if self.batch_size > per_device:
+            where = f" per device across {world_size} devices" if world_size > 1 else ""
+            raise ValueError(
+                f"batch_size {self.batch_size} is larger than the dataset ({per_device} images{where} from "
+                f"{self.root or DEMO_NAME}): no full batch can be drawn. Lower --data.batch_size."
+            )
+
+    @property
+    def images(self) -> np.ndarray:
+        """The real images as a uint8 (N, H, W, 3) array, loaded (and cached if needed) on first use."""
+        if self._images is None:
+            self.setup()
+        return self._images
+
+    def uint8_batches(self, batch_size: int = 64, limit: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """The real images in order as uint8 (B, 3, H, W) tensors, e.g. for FID statistics."""
+        images = self.images
+        end = len(images) if limit is None else min(limit, len(images))
+        for start in range(0, end, batch_size):
+            chunk = images[start : min(start + batch_size, end)]
+            yield torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(ImageArrayDataset(self.images, flip=self.flip), shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = ImageArrayDataset(self.images, flip=False, limit=self.val_images)
+        return self._loader(dataset, shuffle=False, drop_last=False)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,310 @@
+"""The image pipeline: folder/zip listing, RGB conversion, center crop, the on-disk cache, the DataModule."""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biggan_smyrf.data import (
+    ImageArrayDataset,
+    ImageDataModule,
+    build_cache,
+    fingerprint,
+    list_images,
+    load_cache,
+)
+from biggan_smyrf.data import cache as cache_module
+
+RES = 16
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+def red_blue_between_green(width: int = 40, height: int = 20) -> Image.Image:
+    """Green | red | blue | green in four vertical bands: a center crop keeps only red | blue."""
+    image = Image.new("RGB", (width, height), GREEN)
+    quarter = width // 4
+    image.paste(RED, (quarter, 0, 2 * quarter, height))
+    image.paste(BLUE, (2 * quarter, 0, 3 * quarter, height))
+    return image
+
+
+def make_dataset(root: Path) -> dict[str, tuple[int, int, int]]:
+    """A small folder of images in assorted formats and modes; returns name -> expected uniform colour."""
+    save(Image.new("RGB", (32, 32), RED), root / "a_red.jpg", quality=95)
+    save(Image.new("RGB", (32, 32), BLUE), root / "nested" / "b_blue.png")
+    save(Image.new("RGB", (32, 32), GREEN), root / "nested" / "deeper" / "c_green.webp", lossless=True)
+    save(Image.new("RGB", (32, 32), BLUE), root / "d_upper.PNG")
+    save(Image.new("L", (32, 32), 128), root / "e_gray.png")
+    save(Image.new("RGBA", (32, 32), (0, 0, 0, 0)), root / "f_rgba_clear.png")
+    save(Image.new("RGBA", (32, 32), (255, 0, 0, 128)), root / "g_rgba_half.png")
+    save(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), root / "h_cmyk.jpg", quality=95)
+    save(Image.new("RGB", (32, 32), GREEN).convert("P"), root / "i_palette.png")
+    save(Image.new("RGB", (32, 32), RED), root / "j_red.bmp")
+    save(red_blue_between_green(), root / "wide.png")
+    (root / "notes.txt").write_text("not an image")
+    return {
+        "a_red.jpg": RED,
+        "nested/b_blue.png": BLUE,
+        "nested/deeper/c_green.webp": GREEN,
+        "d_upper.PNG": BLUE,
+        "e_gray.png": (128, 128, 128),
+        "f_rgba_clear.png": WHITE,
+        "g_rgba_half.png": (255, 127, 127),  # half-transparent red over white
+        "h_cmyk.jpg": RED,
+        "i_palette.png": GREEN,
+        "j_red.bmp": RED,
+    }
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "faces"
+    colours = make_dataset(root)
+    return root, colours
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+def cached_images(root: Path, cache_dir: Path, resolution: int = RES) -> dict[str, np.ndarray]:
+    images = load_cache(build_cache(root, resolution, cache_dir, progress=False))
+    names = list_images(root)
+    assert images.shape == (len(names), resolution, resolution, 3) and images.dtype == np.uint8
+    return dict(zip(names, images))
+
+
+def test_folder_listing_is_recursive_sorted_and_filtered(dataset):
+    root, colours = dataset
+    (root / ".ipynb_checkpoints").mkdir()
+    save(Image.new("RGB", (8, 8)), root / ".ipynb_checkpoints" / "copy.png")
+    names = list_images(root)
+    assert names == sorted(list(colours) + ["wide.png"])
+    assert "notes.txt" not in names and not any("ipynb" in name for name in names)
+
+
+def test_every_mode_becomes_rgb_with_the_right_colour(dataset, cache_dir):
+    root, colours = dataset
+    images = cached_images(root, cache_dir)
+    for name, colour in colours.items():
+        mean = images[name].reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - colour).max() <= 4, (name, mean, colour)
+
+
+def test_non_square_images_are_center_cropped(dataset, cache_dir, tmp_path):
+    root, _ = dataset
+    save(red_blue_between_green().rotate(90, expand=True), root / "tall.png")
+    images = cached_images(root, cache_dir)
+    wide = images["wide.png"].astype(int)
+    # The green outer bands fall outside the centered square; red fills the left, blue the right.
+    assert wide[..., 1].max() <= 8
+    assert np.abs(wide[:, : RES // 2 - 2] - RED).max() <= 8
+    assert np.abs(wide[:, RES // 2 + 2 :] - BLUE).max() <= 8
+    tall = images["tall.png"].astype(int)  # rotated 90 degrees counter-clockwise: blue on top
+    assert tall[..., 1].max() <= 8
+    assert np.abs(tall[: RES // 2 - 2] - BLUE).max() <= 8
+    assert np.abs(tall[RES // 2 + 2 :] - RED).max() <= 8
+
+
+def test_unreadable_files_are_skipped_with_a_warning_naming_them(dataset, cache_dir):
+    root, colours = dataset
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated garbage")
+    (root / "nested" / "text_in_disguise.png").write_text("hello")
+    with pytest.warns(UserWarning, match=r"skipped 2 of .*broken\.jpg.*text_in_disguise\.png"):
+        path = build_cache(root, RES, cache_dir, progress=False)
+    assert len(load_cache(path)) == len(colours) + 1  # + wide.png; notes.txt was never an image candidate
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["count"] == len(colours) + 1 and sidecar["skipped_count"] == 2
+    assert sidecar["skipped"] == ["broken.jpg", "nested/text_in_disguise.png"]
+    assert sidecar["source"] == str(root.resolve())
+
+
+def test_nothing_readable_raises_and_leaves_no_cache(tmp_path, cache_dir):
+    root = tmp_path / "junk"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=str(root)):
+        build_cache(root, RES, cache_dir, progress=False)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_empty_folder_and_missing_path_raise_naming_the_path(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError) as error:
+        ImageDataModule(root=str(empty), resolution=RES).prepare_data()
+    assert str(empty) in str(error.value) and ".jpg" in str(error.value) and ".webp" in str(error.value)
+
+    missing = tmp_path / "does_not_exist"
+    with pytest.raises(FileNotFoundError) as error:
+        ImageDataModule(root=str(missing))
+    assert str(missing) in str(error.value) and "--data.root" in str(error.value)
+
+
+def test_zip_gives_the_same_images_as_the_folder(dataset, tmp_path, cache_dir):
+    root, _ = dataset
+    archive = tmp_path / "faces.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            zf.write(path, path.relative_to(root).as_posix())
+    assert list_images(archive) == list_images(root)
+    from_folder = load_cache(build_cache(root, RES, cache_dir, progress=False))
+    from_zip = load_cache(build_cache(archive, RES, cache_dir, progress=False))
+    np.testing.assert_array_equal(from_zip, from_folder)
+
+
+def test_cache_is_built_once_then_reused(dataset, cache_dir, monkeypatch):
+    root, _ = dataset
+    first = ImageDataModule(root=str(root), resolution=RES, batch_size=2, cache_dir=str(cache_dir))
+    first.prepare_data()
+    [npy] = cache_dir.glob("*.npy")
+    mtime = npy.stat().st_mtime_ns
+
+    def must_not_decode(*args):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(cache_module, "_decode", must_not_decode)
+    second = ImageDataModule(root=str(root), resolution=RES, batch_size=2, cache_dir=str(cache_dir))
+    second.prepare_data()
+    second.setup("fit")
+    assert npy.stat().st_mtime_ns == mtime and list(cache_dir.glob("*.npy")) == [npy]
+    np.testing.assert_array_equal(second.images, load_cache(npy))
+    assert isinstance(second.images, np.memmap)
+
+
+def test_cache_key_follows_the_dataset_and_resolution(dataset, cache_dir):
+    root, colours = dataset
+    before = build_cache(root, RES, cache_dir, progress=False)
+    key = fingerprint(root)
+    assert before.name == f"faces-{key}-{RES}px-v{cache_module.PREPROCESSING_VERSION}.npy"
+    save(Image.new("RGB", (32, 32), RED), root / "nested" / "new.jpg")
+    assert fingerprint(root) != key
+    after = build_cache(root, RES, cache_dir, progress=False)
+    assert after != before and len(load_cache(after)) == len(load_cache(before)) + 1
+    assert build_cache(root, 32, cache_dir, progress=False).name.endswith(f"-32px-v{cache_module.PREPROCESSING_VERSION}.npy")
+
+
+def test_dataset_folder_is_never_written(dataset, cache_dir):
+    root, _ = dataset
+    before = snapshot(root)
+    module = ImageDataModule(root=str(root), resolution=RES, batch_size=2, cache_dir=str(cache_dir))
+    module.prepare_data()
+    module.setup("fit")
+    next(iter(module.train_dataloader()))
+    assert snapshot(root) == before
+    # Only the published cache and its sidecar remain: no temporary files.
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == [".json", ".npy"]
+    with pytest.raises(ValueError, match="inside the dataset"):
+        build_cache(root, RES, root / "cache", progress=False)
+
+
+def test_interrupted_build_leaves_no_cache(dataset, cache_dir, monkeypatch):
+    root, _ = dataset
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "_decode", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(root, RES, cache_dir, progress=False)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_batches_are_float_images_in_unit_range_with_zero_labels(dataset, cache_dir):
+    root, colours = dataset
+    module = ImageDataModule(
+        root=str(root), resolution=RES, batch_size=4, num_workers=0, cache_dir=str(cache_dir), val_images=6
+    )
+    module.prepare_data()
+    module.setup("fit")
+    n = len(colours) + 1
+    train = list(module.train_dataloader())
+    assert len(train) == n // 4  # drop_last
+    images, labels = train[0]
+    assert images.shape == (4, 3, RES, RES) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.min() == -1 and images.max() == 1
+    assert labels.dtype == torch.long and labels.tolist() == [0, 0, 0, 0]
+    val = torch.cat([x for x, _ in module.val_dataloader()])
+    assert len(val) == 6
+    expected = torch.from_numpy(np.array(module.images[:6])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(val, expected)
+
+
+def test_uint8_batches_cover_the_images_in_order(dataset, cache_dir):
+    root, colours = dataset
+    module = ImageDataModule(root=str(root), resolution=RES, batch_size=2, cache_dir=str(cache_dir))
+    batches = list(module.uint8_batches(batch_size=4))
+    assert [b.shape for b in batches] == [(4, 3, RES, RES), (4, 3, RES, RES), (3, 3, RES, RES)]
+    assert all(b.dtype == torch.uint8 for b in batches)
+    np.testing.assert_array_equal(torch.cat(batches).permute(0, 2, 3, 1).numpy(), module.images)
+
+
+def test_flip_flips_training_images_only_when_enabled(dataset, cache_dir):
+    root, _ = dataset
+    images = load_cache(build_cache(root, RES, cache_dir, progress=False))
+    wide = list_images(root).index("wide.png")
+    original = torch.from_numpy(np.array(images[wide])).permute(2, 0, 1).float() / 127.5 - 1
+    torch.manual_seed(0)
+    draws = [ImageArrayDataset(images, flip=True)[wide][0] for _ in range(32)]
+    flipped = sum(torch.equal(x, original.flip(-1)) for x in draws)
+    unflipped = sum(torch.equal(x, original) for x in draws)
+    assert flipped + unflipped == 32 and flipped > 0 and unflipped > 0
+    assert all(torch.equal(ImageArrayDataset(images, flip=False)[wide][0], original) for _ in range(8))
+
+
+def test_dataset_pickles_a_memmap_by_path(dataset, cache_dir):
+    root, _ = dataset
+    images = load_cache(build_cache(root, RES, cache_dir, progress=False))
+    data = ImageArrayDataset(images, flip=False)
+    payload = pickle.dumps(data)
+    assert len(payload) < images.nbytes // 2
+    restored = pickle.loads(payload)
+    assert torch.equal(restored[3][0], data[3][0]) and len(restored) == len(data)
+
+
+def test_demo_data_is_the_lfw_faces_at_the_requested_resolution():
+    module = ImageDataModule(root=None, resolution=32, batch_size=16, num_workers=0, val_images=256)
+    module.prepare_data()
+    module.setup("fit")
+    assert module.images.shape == (100, 32, 32, 3) and module.images.dtype == np.uint8
+    assert module.images.std() > 20  # real faces, not a constant fill
+    np.testing.assert_array_equal(module.images[..., 0], module.images[..., 2])  # grayscale as RGB
+    images, labels = next(iter(module.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and labels.shape == (16,)
+    assert len(module.train_dataloader()) == 100 // 16
+    assert sum(len(x) for x, _ in module.val_dataloader()) == 100
+
+
+@pytest.mark.parametrize("resolution", [8, 24, 100])
+def test_resolution_must_be_a_power_of_two_of_at_least_16(resolution):
+    with pytest.raises(ValueError, match="power of two"):
+        ImageDataModule(resolution=resolution)
+
+
+def test_batch_size_is_checked(dataset, cache_dir):
+    with pytest.raises(ValueError, match="batch_size"):
+        ImageDataModule(batch_size=0)
+    root, colours = dataset
+    module = ImageDataModule(root=str(root), resolution=RES, batch_size=64, cache_dir=str(cache_dir))
+    with pytest.raises(ValueError, match=r"batch_size 64 is larger than the dataset \(11 images"):
+        module.setup("fit")
