@@ -15,8 +15,10 @@ from .checks import check_qkv, default_scale
 
 
 def pad_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Zero-pad the feature dim up to `dim` (zeros change no dot product)."""
-    return x if x.shape[-1] == dim else F.pad(x, (0, dim - x.shape[-1]))
+    """Zero-pad the feature dim up to `dim` (zeros change no dot product). Always contiguous: the CPU
+    flash kernel falls back to the O(N*M) math path for strided inputs, such as BigGAN's
+    channels-first feature maps viewed as tokens."""
+    return x.contiguous() if x.shape[-1] == dim else F.pad(x, (0, dim - x.shape[-1]))
 
 
 def dense_attention(
