@@ -69,12 +69,30 @@ class BigGANCLI(LightningCLI):
                 enable_version_counter=False,  # FinalCheckpoint writes last.ckpt too: same file, no last-v1
                 every_n_train_steps=model.loop_cfg.ckpt_every * steps_per_g,
             ),
+            *best_checkpoint(model, run_dir),
             FinalCheckpoint(run_dir / "last.ckpt"),
             SampleGrid(run_dir / "samples"),
             RunSummary(run_dir),
         ]
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:
+    """best-fid.ckpt: the lowest FID under the eval attention, when FID is computed."""
+    if not (model.metrics_cfg.enabled and model.metrics_cfg.fid):
+        return []
+    return [
+        ModelCheckpoint(
+            dirpath=run_dir,
+            filename="best-fid",
+            monitor=f"val/fid_{model.kind_tag(model.schedule.eval)}",
+            mode="min",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+    ]
 
 
 def main(args=None):

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.metrics import MetricsConfig
 from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, attention_configs
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
 from biggan_smyrf.training.ema import make_ema, update_ema
@@ -97,6 +98,7 @@ def tiny_module(**overrides) -> BigGAN:
         optim=OptimConfig(num_d_steps=2),
         ema=EMAConfig(decay=0.9, start=1),
         loop=LoopConfig(max_g_iters=2, log_every=1, sample_every=100, ckpt_every=100, val_every=1, n_samples=4),
+        metrics=MetricsConfig(enabled=False),
     )
     kwargs.update(overrides)
     return BigGAN(**kwargs)

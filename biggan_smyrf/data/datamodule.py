@@ -16,9 +16,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import DEFAULT_CACHE_DIR, build_cache, load_cache
+from .cache import DEFAULT_CACHE_DIR, PREPROCESSING_VERSION, build_cache, load_cache
 from .demo import DEMO_NAME, lfw_demo_images
-from .sources import resolve_source
+from .sources import fingerprint, resolve_source
 
 MIN_RESOLUTION = 16
 
@@ -145,6 +145,12 @@ class ImageDataModule(pl.LightningDataModule):
                 f"batch_size {self.batch_size} is larger than the dataset ({per_device} images{where} from "
                 f"{self.root or DEMO_NAME}): no full batch can be drawn. Lower --data.batch_size."
             )
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the real images (source listing and preprocessing), e.g. for metric caches."""
+        source = "lfw-demo" if self.root is None else fingerprint(self.root)
+        return f"{source}-v{PREPROCESSING_VERSION}"
 
     @property
     def images(self) -> np.ndarray:

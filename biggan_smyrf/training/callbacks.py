@@ -49,6 +49,16 @@ class SampleGrid(pl.Callback):
             save_image(grid, self.out_dir / f"{name}_{pl_module.g_iters:07d}.png")
 
 
+def describe_metrics(pl_module) -> str:
+    m = pl_module.metrics_cfg
+    if not m.enabled:
+        return "metrics: off (model.metrics.enabled=false)"
+    names = [n for n, on in (("FID", m.fid), ("IS", m.isc), ("KID", m.kid)) if on]
+    kinds = [pl_module.kind_tag(cfg) for cfg in pl_module.evaluated_attentions()]
+    return (f"metrics: {'/'.join(names)} of {m.n_samples} G_ema samples ({' and '.join(kinds)} attention) "
+            f"every {pl_module.loop_cfg.val_every} G iterations")
+
+
 class RunSummary(pl.Callback):
     """Prints where attention sits, its kinds and sizes, and where outputs go, at the start."""
 
@@ -62,7 +72,9 @@ class RunSummary(pl.Callback):
         lines = [
             model_summary(pl_module.G, pl_module.D),
             f"attention schedule: train={schedule.train.describe() if schedule.train else 'as built'}, "
-            f"eval={schedule.eval.describe() if schedule.eval else 'as built'}",
+            f"eval={schedule.eval.describe() if schedule.eval else 'as built'}"
+            + (f", compared with {schedule.compare.describe()}" if schedule.compare else ""),
+            describe_metrics(pl_module),
             f"run directory: {self.run_dir} (last.ckpt, samples/, TensorBoard logs in tb/)",
         ]
         rank_zero_info("\n".join(lines))

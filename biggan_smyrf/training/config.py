@@ -56,10 +56,17 @@ class AttentionSchedule:
         train: {kind: smyrf, n_hashes: 4, q_cluster_size: 2048}
         eval:  {kind: dense}
     Both apply to every attention block of G; D keeps `discriminator.attention`.
+    compare: a second attention for G_ema in every validation, side by side with `eval`: metrics
+        are logged for both (val/fid_dense and val/fid_smyrf, ...), the paper's
+        interchangeability claim measured on every run.
+    diagnostics: at each validation, log per attention block how far SMYRF is from dense
+        (diag/smyrf_error_<res>px, diag/smyrf_mass_share_<res>px) and an image of its clusters.
     """
 
     train: Optional[AttentionConfig] = None
     eval: Optional[AttentionConfig] = None
+    compare: Optional[AttentionConfig] = None
+    diagnostics: bool = True
 
 
 @dataclass

@@ -31,8 +31,11 @@ from biggan_smyrf.models import attention as swap_attention
 
 from biggan_smyrf.typed import coerce
 
+from biggan_smyrf.metrics import MetricsConfig
+
 from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig
 from .ema import make_ema, update_ema
+from .evaluation import Evaluator, log_diagnostics
 from .state import attention_generators, restore_rng_state, rng_state
 
 
@@ -53,6 +56,7 @@ class BigGAN(pl.LightningModule):
         ema: G_ema decay and start (in G iterations).
         attention: which attention G uses for training steps and for evaluation.
         loop: run length and intervals, in G iterations.
+        metrics: FID / IS / KID at every validation (needs the Inception weights; see README).
     """
 
     def __init__(
@@ -63,12 +67,13 @@ class BigGAN(pl.LightningModule):
         ema: EMAConfig = EMAConfig(),
         attention: AttentionSchedule = AttentionSchedule(),
         loop: LoopConfig = LoopConfig(),
+        metrics: MetricsConfig = MetricsConfig(),
     ):
         super().__init__()
         # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
         generator, discriminator = coerce(GeneratorConfig, generator), coerce(DiscriminatorConfig, discriminator)
         optim, ema, loop = coerce(OptimConfig, optim), coerce(EMAConfig, ema), coerce(LoopConfig, loop)
-        attention = coerce(AttentionSchedule, attention)
+        attention, metrics = coerce(AttentionSchedule, attention), coerce(MetricsConfig, metrics)
         if generator.resolution != discriminator.resolution:
             raise ValueError(
                 f"generator.resolution={generator.resolution} but discriminator.resolution="
@@ -77,14 +82,20 @@ class BigGAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.optim_cfg, self.ema_cfg, self.schedule, self.loop_cfg = optim, ema, attention, loop
+        self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
 
         self.G = Generator(generator)
         self.D = Discriminator(discriminator)
         # Validate the schedule's SMYRF sizes against G's token counts now, not mid-run.
-        for cfg in (attention.train, attention.eval):
+        for cfg in (attention.train, attention.eval, attention.compare):
             if cfg is not None:
                 with swap_attention(self.G, cfg):
                     pass
+        if attention.compare is not None and attention.compare.kind == self.kind_tag(attention.eval):
+            raise ValueError(
+                f"attention.compare must be the other kind than the eval attention ({self.kind_tag(attention.eval)}): "
+                f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
+            )
         self.G_ema = make_ema(self.G, ema.decay)
         self.register_buffer("fixed_z", torch.randn(loop.n_samples, generator.dim_z, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("fixed_y", torch.arange(loop.n_samples) % generator.n_classes)
@@ -229,6 +240,27 @@ class BigGAN(pl.LightningModule):
         scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y]))
         d_real, d_fake = scores.split(real.shape[0])
         self.log_dict({f"val/d_real_{tag}": d_real.mean(), f"val/d_fake_{tag}": d_fake.mean()}, sync_dist=True)
+        self.log("step", float(self.g_iters))
+
+    def evaluated_attentions(self) -> list[Optional[AttentionConfig]]:
+        """The eval attention (None: as built) and, when set, the one compared side by side."""
+        compare = self.schedule.compare
+        return [self.schedule.eval] + ([compare] if compare is not None else [])
+
+    def setup(self, stage: str) -> None:
+        if self.metrics_cfg.enabled and stage in ("fit", "validate"):
+            self.evaluator.check_weights()  # at start-up, not after hours of training
+
+    def on_validation_epoch_end(self):
+        if self.metrics_cfg.enabled:
+            self.evaluator.prepare(self)
+            for cfg in self.evaluated_attentions():
+                with self.attention_kind(cfg):
+                    scores = self.evaluator.evaluate(self, self.G_ema.module)
+                tag = self.kind_tag(cfg)
+                self.log_dict({f"val/{name}_{tag}": value for name, value in scores.items()})
+        if self.schedule.diagnostics and self.trainer.is_global_zero:
+            log_diagnostics(self, self.logger.experiment if self.logger is not None else None)
         self.log("step", float(self.g_iters))
 
     # --- checkpoint state ---------------------------------------------------------------------
