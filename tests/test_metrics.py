@@ -216,7 +216,8 @@ def test_real_stats_are_computed_once_then_loaded(setup, monkeypatch):
 def test_n_real_limits_the_images_read(setup):
     pulled = []
     cfg = config(setup, n_real=3)
-    stats = load_or_compute_real_stats(cfg, "fp", RES, lambda: batches(setup.real, pulled), N_REAL, DEVICE, setup.extractor)
+    factory = lambda: batches(setup.real, pulled)  # noqa: E731
+    stats = load_or_compute_real_stats(cfg, "fp", RES, factory, N_REAL, DEVICE, setup.extractor)
     assert stats.n == 3 and len(pulled) == 1  # the first batch, truncated; the next never loaded
     assert stats.key != setup.stats.key
     expected = setup.real_features["2048"][:3].mean(dim=0)
@@ -274,7 +275,8 @@ def test_absent_default_weights_try_one_download_then_say_how_to_fix_it(offline,
     default = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
     assert offline == [extractor_module.WEIGHTS_URL]
     message = str(error.value)
-    for part in (str(default), extractor_module.WEIGHTS_URL, "name resolution", "metrics.weights_path=", "metrics.enabled=false"):
+    url = extractor_module.WEIGHTS_URL
+    for part in (str(default), url, "name resolution", "metrics.weights_path=", "metrics.enabled=false"):
         assert part in message
     assert os.listdir(default.parent) == []  # no partial download left behind
 
@@ -338,3 +340,15 @@ def test_real_statistics_keep_a_bounded_kid_pool(monkeypatch):
     stats = RealStatistics.from_features(features)
     assert stats.n == 8 and stats.kid_features.shape == (5, 4)
     np.testing.assert_allclose(stats.mu.numpy(), features.mean(dim=0).numpy(), rtol=1e-6)
+
+
+def test_unreadable_or_foreign_cache_files_are_ignored(setup, tmp_path):
+    from biggan_smyrf.metrics.real_stats import _load
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="recomputing"):
+        assert _load(garbage, "key") is None
+    path = Path(setup.cfg.cache_dir) / f"{setup.stats.key}.pt"
+    with pytest.warns(UserWarning, match="holds statistics for key"):
+        assert _load(path, "another key") is None

@@ -101,3 +101,21 @@ def test_missing_weights_stop_training_at_start_up(tmp_path):
     out = proc.stderr + proc.stdout
     assert "nowhere.pth does not exist" in out and "metrics.enabled=false" in out
     assert not (tmp_path / "checkpoints" / "offline" / "last.ckpt").exists()
+
+
+def test_sample_py_metrics_of_a_checkpoint(weights, demo_run, tmp_path, monkeypatch):
+    import json
+
+    from biggan_smyrf.inference.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the real-statistics cache goes to ./data/cache/metrics
+    ckpt = demo_run / "checkpoints" / "demo" / "last.ckpt"
+    args = ["--ckpt", str(ckpt), "--out", "eval", "--metrics", "--n", "4", "--n-real", "4", "--batch-size", "4",
+            "--weights-path", weights, "--attention", "dense"]
+    main(args)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"fid", "is_mean", "kid_mean"} <= set(report) and report["n_real"] == 4
+    assert report["attention"] == {"blocks.2.1": "dense"}
+    assert len(list((tmp_path / "data" / "cache" / "metrics").iterdir())) == 1
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(args[:-4] + ["--overwrite", "--weights-path", str(tmp_path / "missing.pth")])

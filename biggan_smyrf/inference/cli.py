@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,9 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from biggan_smyrf.attention import AttentionConfig
-from biggan_smyrf.models import set_attention
+from biggan_smyrf.models import attention_configs, set_attention
+
+from biggan_smyrf.metrics import MissingWeightsError
 
 from .checkpoint import CheckpointError, load_generator
 from .sampling import interpolate, labels, latents, render
@@ -36,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--individual", action="store_true", help="out/000000.png, ... (resumable: existing files are kept)")
     what.add_argument("--npz", action="store_true", help="out/samples.npz: uint8 (n, H, W, 3) under 'arr_0', for FID tools")
     what.add_argument("--interpolate", nargs=2, type=int, metavar=("SEED_A", "SEED_B"), help="latent walk between two seeds' samples")
+    what.add_argument("--metrics", action="store_true",
+                      help="FID/IS/KID of --n samples against the real images of --data-root, to out/metrics.json")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -49,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="use the raw G instead of G_ema")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="32")
+    metrics = p.add_argument_group("--metrics (same code as validation; real statistics cached in data/cache/metrics)")
+    metrics.add_argument("--data-root", help="real images (folder or zip); default: the built-in demo faces")
+    metrics.add_argument("--n-real", type=int, help="real images for the statistics (default: all)")
+    metrics.add_argument("--weights-path", help="local Inception weights file (offline machines)")
     attention = p.add_argument_group("attention override (default: the attention the run evaluated with)")
     attention.add_argument("--attention", choices=["dense", "smyrf", "paper"],
                            help="dense, smyrf (our defaults) or paper (SMYRF exactly as published)")
@@ -116,6 +125,8 @@ def run(args) -> list[Path]:
     c = G.config
     if args.interpolate:
         return write_interpolation(G, args, out)
+    if args.metrics:
+        return write_metrics(G, args, out, device)
     z = latents(args.n, c.dim_z, args.seed, args.truncation)
     y = labels(args.n, c.n_classes, args.seed, args.class_id)
     if args.individual:
@@ -136,6 +147,31 @@ def run(args) -> list[Path]:
     else:
         save_png(grid_of(images, args.nrow), target)
     print(f"wrote {target}")
+    return [target]
+
+
+def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
+    from biggan_smyrf.data import ImageDataModule
+    from biggan_smyrf.metrics import (MetricsConfig, create_extractor, evaluate_images,
+                                      load_or_compute_real_stats, resolve_weights)
+
+    target = out / "metrics.json"
+    refuse_overwrite(target, args)
+    cfg = MetricsConfig(n_samples=args.n, n_real=args.n_real, batch_size=args.batch_size, weights_path=args.weights_path)
+    weights = resolve_weights(cfg)
+    data = ImageDataModule(root=args.data_root, resolution=G.config.resolution, batch_size=1, num_workers=0)
+    extractor = create_extractor(cfg, device, weights)
+    real = load_or_compute_real_stats(cfg, data.fingerprint, data.resolution, lambda: data.uint8_batches(cfg.batch_size),
+                                      len(data.images), device, extractor=extractor, weights_path=weights)
+    z = latents(args.n, G.config.dim_z, args.seed, args.truncation)
+    y = labels(args.n, G.config.n_classes, args.seed, args.class_id)
+    batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision])
+    scores = evaluate_images(cfg, batches, real, extractor, device)
+    report = {"checkpoint": str(args.ckpt), "n_samples": args.n, "n_real": real.n, "seed": args.seed,
+              "truncation": args.truncation, "attention": {k: v.describe() for k, v in attention_configs(G).items()},
+              **scores}
+    target.write_text(json.dumps(report, indent=1))
+    print(json.dumps(scores))
     return [target]
 
 
@@ -162,5 +198,5 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, MissingWeightsError) as err:
         sys.exit(f"error: {err}")

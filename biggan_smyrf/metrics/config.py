@@ -61,7 +61,9 @@ class MetricsConfig:
                 f"metrics.feature_extractor must be one of {SUPPORTED_EXTRACTORS}, got {self.feature_extractor!r}"
             )
         if self.enabled and not (self.fid or self.isc or self.kid):
-            raise ValueError("metrics.enabled is true but fid, isc and kid are all false; enable one or set metrics.enabled=false")
+            raise ValueError(
+                "metrics.enabled is true but fid, isc and kid are all false; enable one or set metrics.enabled=false"
+            )
         if not self.cache_dir:
             raise ValueError("metrics.cache_dir must be a directory path, got an empty string")
 

@@ -65,14 +65,13 @@ def download_weights(destination: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> 
             os.remove(tmp)
 
 
-def _instructions(reason: str, default: Path) -> str:
+def _instructions(reason: str, target: Path) -> str:
     return (
         f"{reason}\n"
         f"FID/IS/KID need torch-fidelity's Inception weights. To fix this, either:\n"
         f"  1. download {WEIGHTS_URL}\n"
-        f"     on a machine with internet and copy it to {default}\n"
-        f"     (torch-fidelity's default location), or\n"
-        f"  2. put it anywhere and set metrics.weights_path=/path/to/{WEIGHTS_FILENAME}, or\n"
+        f"     (on a machine with internet if need be) and save it as {target}, or\n"
+        f"  2. set metrics.weights_path=/path/to/{WEIGHTS_FILENAME} where you have it, or\n"
         f"  3. turn metrics off with metrics.enabled=false."
     )
 
@@ -88,8 +87,7 @@ def resolve_weights(cfg: MetricsConfig) -> Optional[str]:
     if cfg.weights_path is not None:
         path = Path(cfg.weights_path).expanduser()
         if not path.is_file():
-            reason = f"metrics.weights_path={cfg.weights_path} does not exist."
-            raise MissingWeightsError(_instructions(reason, default_weights_path()))
+            raise MissingWeightsError(_instructions(f"metrics.weights_path={cfg.weights_path} does not exist.", path))
         return str(path)
     default = default_weights_path()
     if default.is_file():
@@ -97,9 +95,9 @@ def resolve_weights(cfg: MetricsConfig) -> Optional[str]:
     try:
         download_weights(default)
     except Exception as error:  # offline, firewalled, disk full, bad hash: all mean the same to the user
-        raise MissingWeightsError(
-            _instructions(f"Inception weights not found at {default} and the download failed ({error}).", default)
-        ) from error
+        where = f"{default} (torch-fidelity's default location)"
+        reason = f"Inception weights not found at {where}; download failed: {error}"
+        raise MissingWeightsError(_instructions(reason, default)) from error
     return str(default)
 
 
@@ -121,7 +119,11 @@ def create_extractor(cfg: MetricsConfig, device: torch.device, weights_path: Opt
     if weights_path is None:
         raise ValueError("metrics are disabled (metrics.enabled=false); no feature extractor to create")
     extractor = create_feature_extractor(
-        cfg.feature_extractor, feature_names(cfg), cuda=False, feature_extractor_weights_path=weights_path, verbose=False
+        cfg.feature_extractor,
+        feature_names(cfg),
+        cuda=False,
+        feature_extractor_weights_path=weights_path,
+        verbose=False,
     )
     return extractor.to(device)
 

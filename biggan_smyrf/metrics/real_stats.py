@@ -23,7 +23,7 @@ import torch
 import torch_fidelity
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
-from . import extractor as _extractor
+from . import extractor as _extractor  # called through the module, so tests can monkeypatch it
 from .config import MetricsConfig
 
 # Bump when the cached content or its meaning changes (e.g. the KID row selection).

@@ -15,7 +15,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from . import extractor as _extractor
+from . import extractor as _extractor  # called through the module, so tests can monkeypatch it
 from .config import MetricsConfig
 from .real_stats import RealStatistics
 
