@@ -36,7 +36,7 @@ class _Skeleton(fe_inception.FeatureExtractorInceptionV3):
 
 def _calibration_images(generator: torch.Generator, n: int = 2, size: int = 32) -> torch.Tensor:
     """Uniform noise and smooth colour fields: two kinds of statistics for the BN layers. Few images
-    suffice (each BN layer averages over the spatial positions too) and each costs ~0.4 s."""
+    suffice (each BN layer averages over the spatial positions too) and each costs ~0.25 s."""
     noise = torch.randint(0, 256, (n // 2, 3, size, size), generator=generator).float()
     coarse = torch.randint(0, 256, (n - n // 2, 3, 4, 4), generator=generator).float()
     smooth = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)

@@ -1,6 +1,6 @@
 """FID / IS / KID: the real torch-fidelity code path offline, with random Inception weights.
 
-The Inception network costs ~0.4 s per image on 2 CPU cores whatever the image size (it resizes to
+The Inception network costs ~0.25 s per image on a CPU core whatever the image size (it resizes to
 299 px), so every image is extracted once in the module fixture and the tests share the features:
 8 smooth "real" images and 10 uniform-noise "generated" ones, in batches of 4 (the last one partial).
 """
@@ -55,21 +55,23 @@ def openblas_threads():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_threaded_blas():
-    """FID's 2048x2048 eigendecomposition (numpy's OpenBLAS) takes ~4 s on one thread but 30 s and more
-    on two when another process busies a core, as OpenBLAS threads spin-wait on each other. One thread
-    keeps this module's runtime predictable."""
-    threads = openblas_threads()
-    if threads is None:
-        yield
-        return
-    get, set_ = threads
-    before = get()
-    set_(1)
+def single_threaded():
+    """One thread for torch and for numpy's OpenBLAS in this module. Both spin-wait on their sibling
+    threads, so on 2 cores shared with any other busy process a 2-thread Inception pass or FID
+    eigendecomposition (2048x2048) runs several times slower than on one thread (measured: this
+    module 55-80 s with 2 threads next to one busy process, 20 s with 1)."""
+    torch_before = torch.get_num_threads()
+    blas = openblas_threads()
+    blas_before = blas[0]() if blas else None
+    torch.set_num_threads(1)
+    if blas:
+        blas[1](1)
     try:
         yield
     finally:
-        set_(before)
+        torch.set_num_threads(torch_before)
+        if blas:
+            blas[1](blas_before)
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:

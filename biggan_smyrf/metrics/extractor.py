@@ -71,8 +71,9 @@ def _instructions(reason: str, target: Path) -> str:
         f"FID/IS/KID need torch-fidelity's Inception weights. To fix this, either:\n"
         f"  1. download {WEIGHTS_URL}\n"
         f"     (on a machine with internet if need be) and save it as {target}, or\n"
-        f"  2. set metrics.weights_path=/path/to/{WEIGHTS_FILENAME} where you have it, or\n"
-        f"  3. turn metrics off with metrics.enabled=false."
+        f"  2. point to it where you have it: train.py --model.metrics.weights_path=/path/to/{WEIGHTS_FILENAME}\n"
+        f"     (sample.py --weights-path ...), or\n"
+        f"  3. turn metrics off: train.py --model.metrics.enabled=false."
     )
 
 

@@ -1,9 +1,9 @@
 """FID / IS / KID of G_ema during validation, split across ranks; SMYRF-vs-dense diagnostics.
 
 Each rank renders an equal share of `metrics.n_samples` images (latents of fixed indices, so every
-validation scores the same z) and extracts their Inception features; the features are gathered to
-every rank, which all compute the same metrics, so nothing waits on a rank that does something
-else. Real statistics are computed once by rank 0 (others wait at a barrier, then read the cache).
+validation scores the same z) and extracts their Inception features; the features are gathered,
+rank 0 computes the metrics and broadcasts them, so every rank logs (and checkpoints on) the same
+numbers. Real statistics are computed once by rank 0 (others wait at a barrier, then read the cache).
 Cost per evaluation: n_samples G forwards + Inception forwards, divided by the number of ranks.
 """
 from __future__ import annotations
@@ -79,9 +79,13 @@ class Evaluator:
         y = labels(per_rank, config.n_classes, VALIDATION_SEED, start=rank * per_rank)
         batches = render(generator, z, y, self.cfg.batch_size)
         features = extract_features(self.extractor, batches, module.device)
-        if world > 1:
-            features = {name: module.all_gather(f.to(module.device)).flatten(0, 1).cpu() for name, f in features.items()}
-        return compute_metrics(self.cfg, features, self.real)
+        if world == 1:
+            return compute_metrics(self.cfg, features, self.real)
+        features = {name: module.all_gather(f.to(module.device)).flatten(0, 1).cpu() for name, f in features.items()}
+        # Rank 0 computes (FID's 2048x2048 matrix square root would otherwise run on every rank at
+        # once, fighting over the CPU cores); the others wait in the broadcast.
+        scores = compute_metrics(self.cfg, features, self.real) if module.trainer.is_global_zero else None
+        return module.trainer.strategy.broadcast(scores, src=0)
 
 
 def smyrf_config_to_diagnose(module) -> Optional[AttentionConfig]:
