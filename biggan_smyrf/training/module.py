@@ -9,6 +9,7 @@ sees two forwards before a backward.
 """
 from __future__ import annotations
 
+import resource
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -213,6 +214,8 @@ class BigGAN(pl.LightningModule):
         }
         if self.device.type == "cuda":
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
+            metrics["train/peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         self.log("loss_g", g_loss, prog_bar=True, logger=False)
         self.log_dict(metrics)
         self.log("step", float(self.g_iters))  # x-axis: G iterations
