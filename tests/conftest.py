@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -44,3 +45,18 @@ def demo_run(tmp_path_factory):
     return cwd
 
 
+
+
+@pytest.fixture(scope="module")
+def single_threaded():
+    """One thread for torch and for numpy's BLAS in a module. Both spin-wait on their sibling
+    threads, so on 2 cores shared with any other busy process a 2-thread Inception pass or FID
+    eigendecomposition (2048x2048) runs several times slower than on one thread (measured: the
+    metrics tests took 55-80 s with 2 threads next to one busy process, 20 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)

@@ -391,3 +391,15 @@ def test_library_defaults_halve_the_papers_error_on_structured_inputs(family):
     paper = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512))
     random = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512, hashing="random"))
     assert ours < 0.6 * paper and ours < 0.6 * random
+
+
+def test_dense_uses_the_flash_kernel_for_strided_biggan_inputs():
+    """BigGAN views channels-first maps as tokens (strided); SDPA must still take the flash path,
+    not silently fall back to the O(N*M) math kernel."""
+    q = torch.randn(1, 12, 1024).transpose(1, 2)
+    k = torch.randn(1, 12, 256).transpose(1, 2)
+    v = torch.randn(1, 48, 256).transpose(1, 2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        dense_attention(q, k, v, scale=1.0)
+    names = {event.name for event in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names, sorted(n for n in names if "attention" in n)

@@ -6,8 +6,6 @@ The Inception network costs ~0.25 s per image on a CPU core whatever the image s
 """
 from __future__ import annotations
 
-import ctypes
-import itertools
 import os
 import urllib.error
 from pathlib import Path
@@ -39,39 +37,9 @@ N_REAL, N_FAKE, BATCH, RES = 8, 10, 4, 32
 DEVICE = torch.device("cpu")
 
 
-def openblas_threads():
-    """The get/set-num-threads functions of the OpenBLAS numpy loaded, or None (other BLAS, no /proc)."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    for path in {line.split()[-1] for line in maps.splitlines() if "openblas" in line.lower()}:
-        lib = ctypes.CDLL(path)
-        for prefix, suffix in itertools.product(("scipy_openblas", "openblas"), ("64_", "")):
-            get, set_ = (getattr(lib, f"{prefix}_{op}_num_threads{suffix}", None) for op in ("get", "set"))
-            if get is not None and set_ is not None:
-                return get, set_
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One thread for torch and for numpy's OpenBLAS in this module. Both spin-wait on their sibling
-    threads, so on 2 cores shared with any other busy process a 2-thread Inception pass or FID
-    eigendecomposition (2048x2048) runs several times slower than on one thread (measured: this
-    module 55-80 s with 2 threads next to one busy process, 20 s with 1)."""
-    torch_before = torch.get_num_threads()
-    blas = openblas_threads()
-    blas_before = blas[0]() if blas else None
-    torch.set_num_threads(1)
-    if blas:
-        blas[1](1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_before)
-        if blas:
-            blas[1](blas_before)
+def one_thread(single_threaded):
+    """Inception passes and FID eigendecompositions, one thread each (see conftest.single_threaded)."""
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from conftest import train
 from fidelity_weights import write_random_inception_weights
 
 N_SAMPLES, N_REAL = 4, 4  # Inception costs ~0.4 s per image on 2 cores
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
