@@ -97,6 +97,9 @@ def main():
     parser.add_argument("--ckpt", help="a checkpoint trained with dense attention, for real activations")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cost", action="store_true", help="skip the time/memory columns")
+    parser.add_argument("--synthetic", nargs="*", default=["clustered", "smooth"],
+                        help="synthetic input families (none with --synthetic and no names)")
+    parser.add_argument("--name", default="accuracy", help="results file stem: results/<name>-<device>.{json,md}")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -105,7 +108,7 @@ def main():
 
     device = torch.device(args.device)
     rows = []
-    families = [(f, n) for n in args.sizes for f in ("clustered", "smooth")]
+    families = [(f, n) for n in args.sizes for f in args.synthetic]
     real = captured_activations(args.ckpt) if args.ckpt else None
     if real:
         families.append(("real activations", real[0][0].shape[1]))
@@ -130,7 +133,7 @@ def main():
                ("peak_mb", "peak MB")]
     table = markdown_table(rows, columns)
     print(table)
-    stem = write_results("accuracy", device, rows, table, {"seeds": SEEDS, "ckpt": args.ckpt})
+    stem = write_results(args.name, device, rows, table, {"seeds": SEEDS, "ckpt": args.ckpt})
     print(f"wrote {stem}.json and {stem}.md")
 
 
