@@ -46,6 +46,7 @@ class DecodingDataset(Dataset):
 def synthetic_jpegs(folder: Path, n: int, size: int = 1024) -> Path:
     """Smooth random colour fields saved as quality-95 JPEGs, CelebA-HQ's size and format."""
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=95)
@@ -72,7 +73,7 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.root) if args.root else synthetic_jpegs(Path(tmp), args.n)
+        root = Path(args.root) if args.root else synthetic_jpegs(Path(tmp, "images"), args.n)
         names = list_images(root)[: args.limit]
         data = ImageDataModule(root=str(root), resolution=args.resolution, batch_size=args.batch_size,
                                cache_dir=str(Path(tmp) / "cache") if not args.root else "data/cache")
