@@ -24,9 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/plot.py
 	$(PY) benchmarks/accuracy.py
-	$(PY) benchmarks/models.py --table model
-	$(PY) benchmarks/models.py --table step
+	$(PY) benchmarks/models.py --table model --threads 1
+	$(PY) benchmarks/models.py --table step --threads 1
+	$(PY) benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
