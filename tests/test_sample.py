@@ -131,3 +131,15 @@ def test_error_cases(ckpt, tmp_path):
     assert proc.returncode != 0 and "cannot write to output directory" in proc.stderr
     proc = sample("--ckpt", ckpt, "--out", tmp_path, "--n-hashes", 2, check=False)
     assert "without --attention" in proc.stderr
+
+
+def test_class_conditional_sampling(tmp_path):
+    from biggan_smyrf.models import Generator, GeneratorConfig
+
+    G = Generator(GeneratorConfig(resolution=32, ch=8, n_classes=3, attention_resolutions=[])).eval()
+    path = export_generator(G, tmp_path / "G.pt")
+    G = load_generator(path)
+    zeros, twos = generate(G, 2, seed=0, class_id=0), generate(G, 2, seed=0, class_id=2)
+    assert not torch.equal(zeros, twos)  # same z, other class
+    with pytest.raises(ValueError, match="out of range: the model has 3 classes"):
+        generate(G, 1, class_id=3)

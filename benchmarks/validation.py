@@ -1,0 +1,113 @@
+"""Validation cost: our in-training metrics pipeline vs standalone torch-fidelity, per 1,000 images.
+
+    python benchmarks/validation.py --weights /path/to/weights-inception-2015-12-05-6726825d.pth
+    python benchmarks/validation.py            # offline: same architecture, random weights (same cost)
+
+Times, on the same G_ema samples (fixed latents) and the same real images:
+- real statistics, once (ours: extract + cache; later runs load them);
+- ours: render n images (uint8, no files) + extract Inception features + FID/IS/KID, as the
+  validation loop does on one rank;
+- standalone: the same render, then `torch_fidelity.calculate_metrics` on those images with the
+  real statistics cached by torch-fidelity itself (its own cache, warmed by an untimed call).
+Model: a freshly initialised G (speed does not depend on training) at --resolution / --ch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+
+ROOT = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
+from common import markdown_table, write_results  # noqa: E402
+
+from biggan_smyrf.data import ImageDataModule  # noqa: E402
+from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
+from biggan_smyrf.metrics import MetricsConfig, create_extractor, evaluate_images, load_or_compute_real_stats  # noqa: E402
+from biggan_smyrf.models import Generator, GeneratorConfig  # noqa: E402
+
+
+class UInt8Images(Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", help="Inception weights file (default: random weights, same cost)")
+    parser.add_argument("--n", type=int, default=64, help="generated and real images")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--ch", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.weights
+        if weights is None:
+            from fidelity_weights import write_random_inception_weights
+            weights = str(write_random_inception_weights(Path(tmp) / "inception.pth"))
+        cfg = MetricsConfig(n_samples=args.n, n_real=args.n, batch_size=args.batch_size,
+                            kid_subset_size=args.n, weights_path=weights, cache_dir=str(Path(tmp) / "stats"))
+        data = ImageDataModule(resolution=args.resolution, batch_size=1, num_workers=0)
+        G = Generator(GeneratorConfig(resolution=args.resolution, ch=args.ch, attention_resolutions=[64],
+                                      dim_z=140 if args.resolution == 256 else 120)).eval()
+        z, y = latents(args.n, G.config.dim_z, 0), labels(args.n, G.config.n_classes, 0)
+        extractor = create_extractor(cfg, device, weights)
+        real, real_s = timed(lambda: load_or_compute_real_stats(
+            cfg, data.fingerprint, args.resolution, lambda: data.uint8_batches(args.batch_size),
+            len(data.images), device, extractor=extractor, weights_path=weights))
+        ours, ours_s = timed(lambda: evaluate_images(cfg, render(G, z, y, args.batch_size), real, extractor, device))
+
+        real_images = UInt8Images(torch.from_numpy(data.images[: args.n]).permute(0, 3, 1, 2).contiguous())
+        options = dict(input2=real_images, input2_cache_name="validation-bench-real", cache_root=str(Path(tmp) / "tf"),
+                       cuda=False, fid=True, isc=True, kid=True, kid_subset_size=args.n, isc_splits=min(10, args.n // 2),
+                       batch_size=args.batch_size, feature_extractor_weights_path=weights, verbose=False,
+                       save_cpu_ram=True)
+        fake_once = torch.cat(list(render(G, z, y, args.batch_size)))
+        torch_fidelity.calculate_metrics(input1=UInt8Images(fake_once), **options)  # warms its real-stats cache
+
+        def standalone():
+            fake = torch.cat(list(render(G, z, y, args.batch_size)))
+            return torch_fidelity.calculate_metrics(input1=UInt8Images(fake), **options)
+
+        theirs, theirs_s = timed(standalone)
+
+    per_1000 = 1000 / args.n
+    rows = [
+        {"what": "real statistics (once, then cached)", "seconds": real_s, "per_1000_images_s": real_s * per_1000},
+        {"what": "ours: render + features + FID/IS/KID", "seconds": ours_s, "per_1000_images_s": ours_s * per_1000},
+        {"what": "standalone torch-fidelity (same render)", "seconds": theirs_s, "per_1000_images_s": theirs_s * per_1000},
+    ]
+    table = markdown_table(rows, [("what", "step"), ("seconds", f"seconds ({args.n} images)"),
+                                  ("per_1000_images_s", "s per 1,000 images")])
+    table += (f"\n\nours / standalone = {ours_s / theirs_s:.2f}. FID ours {ours['fid']:.4g}, "
+              f"standalone {theirs[torch_fidelity.KEY_METRIC_FID]:.4g}. G{args.resolution} ch {args.ch}, "
+              f"{'given' if args.weights else 'random'} Inception weights, batch {args.batch_size}.")
+    print(table)
+    meta = {"n": args.n, "resolution": args.resolution, "ch": args.ch, "weights": "given" if args.weights else "random",
+            "ratio_ours_over_standalone": ours_s / theirs_s}
+    stem = write_results("validation", device, rows, table, meta)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
