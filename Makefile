@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/validation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
