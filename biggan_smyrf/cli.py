@@ -98,6 +98,9 @@ def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:
 def main(args=None):
     # G_ema is in eval mode on purpose (see training/ema.py); Lightning warns about any eval module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Our checkpoints are written after a complete G iteration, weights and counters together,
+    # which is exactly what a resume needs; Lightning's suggestion for manual optimisation is not.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
         argv.insert(0, "fit")
