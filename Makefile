@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/plot.py
 	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/profile_smyrf.py
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1
 	$(PY) benchmarks/data.py
