@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch_fidelity
-from torch.utils.data import Dataset
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
@@ -29,19 +28,10 @@ from common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
-from biggan_smyrf.metrics import MetricsConfig, create_extractor, evaluate_images, load_or_compute_real_stats  # noqa: E402
+from biggan_smyrf.metrics import (  # noqa: E402
+    MetricsConfig, UInt8Images, create_extractor, evaluate_images, load_or_compute_real_stats)
 from biggan_smyrf.models import Generator, GeneratorConfig  # noqa: E402
 
-
-class UInt8Images(Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
 
 
 def timed(fn):

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch_fidelity
-from torch.utils.data import Dataset
 
 from biggan_smyrf.metrics import (
+    UInt8Images,
     MetricsConfig,
     MissingWeightsError,
     RealStatistics,
@@ -57,18 +57,6 @@ def batches(images: torch.Tensor, pulled: list | None = None):
             pulled.append(start)
         yield images[start : start + BATCH]
 
-
-class UInt8Images(Dataset):
-    """What torch-fidelity takes as input: a Dataset of uint8 (3, H, W) tensors."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
 
 
 def config(setup, **overrides) -> MetricsConfig:

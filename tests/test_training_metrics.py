@@ -6,12 +6,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch_fidelity
-from torch.utils.data import Dataset
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.inference.sampling import labels, latents, render
-from biggan_smyrf.metrics import MetricsConfig
+from biggan_smyrf.metrics import MetricsConfig, UInt8Images
 from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, attention
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
 from conftest import train
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.usefixtures("single_threaded")
 def weights(tmp_path_factory):
     return str(write_random_inception_weights(tmp_path_factory.mktemp("inception") / "weights.pth"))
 
-
-class UInt8Images(Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
 
 
 def module(weights, cache_dir) -> BigGAN:

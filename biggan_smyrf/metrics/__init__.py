@@ -7,6 +7,7 @@ per evaluation, `evaluate_images(cfg, uint8_batches, real, extractor, device)`.
 from .config import MetricsConfig
 from .extractor import (
     MissingWeightsError,
+    UInt8Images,
     create_extractor,
     default_weights_path,
     download_weights,
@@ -20,6 +21,7 @@ __all__ = [
     "MetricsConfig",
     "MissingWeightsError",
     "RealStatistics",
+    "UInt8Images",
     "cache_key",
     "compute_metrics",
     "create_extractor",

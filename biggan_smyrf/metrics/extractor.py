@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
+from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.utils import create_feature_extractor
 
@@ -159,3 +160,18 @@ def extract_features(
     if not chunks:
         raise ValueError("no images to extract features from")
     return {name: torch.cat(values) for name, values in chunks.items()}
+
+
+class UInt8Images(Dataset):
+    """uint8 (N, 3, H, W) images as what torch-fidelity's own API takes: a Dataset of (3, H, W)
+    tensors, e.g. to check our numbers with `torch_fidelity.calculate_metrics`."""
+
+    def __init__(self, images: torch.Tensor):
+        _check_batch(images)
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
