@@ -215,3 +215,15 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(tmp_path):
     assert "val/fid_dense" in ranks[0]["metrics"]
     assert ranks[0]["metrics"]["val/fid_dense"] == ranks[1]["metrics"]["val/fid_dense"]
     assert (tmp_path / "checkpoints" / "ddp" / "best-fid.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_validate_subcommand_evaluates_a_checkpoint(demo_run):
+    ckpt = demo_run / "checkpoints" / "demo" / "last.ckpt"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "validate", "--config", str(DEMO), *FAST, "--run=eval",
+         f"--ckpt_path={ckpt}"],
+        cwd=demo_run, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/d_real_dense" in proc.stdout and "diag/smyrf_error_32px" in proc.stdout
