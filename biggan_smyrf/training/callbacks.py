@@ -98,4 +98,5 @@ class FinalCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path)  # Lightning writes atomically: no torn file on a kill
+        # A full checkpoint (optimisers, loops, callbacks) for exact resumes; written atomically.
+        trainer.save_checkpoint(self.path, weights_only=False)
