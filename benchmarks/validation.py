@@ -65,7 +65,7 @@ def main():
         real, real_s = timed(lambda: load_or_compute_real_stats(
             cfg, data.fingerprint, args.resolution, lambda: data.uint8_batches(args.batch_size),
             len(data.images), device, extractor=extractor, weights_path=weights))
-        ours, ours_s = timed(lambda: evaluate_images(cfg, render(G, z, y, args.batch_size), real, extractor, device))
+        ours, ours_s = timed(lambda: evaluate_images(cfg, render(G, z, y, args.batch_size, to_cpu=False), real, extractor, device))
 
         real_images = UInt8Images(torch.from_numpy(data.images[: args.n]).permute(0, 3, 1, 2).contiguous())
         options = dict(input2=real_images, input2_cache_name="validation-bench-real", cache_root=str(Path(tmp) / "tf"),

@@ -249,3 +249,21 @@ def test_deepcopy_keeps_attention_config_and_generator():
     assert attention_configs(clone) == attention_configs(G)
     set_attention(clone, "dense")
     assert attention_configs(G)["blocks.2.1"].kind == "smyrf"
+
+
+def test_per_resolution_attention_overrides_from_yaml_like_dicts():
+    from biggan_smyrf.typed import coerce
+
+    # As a checkpoint or JSON round trip hands them back: plain dicts, resolutions as strings.
+    cfg = coerce(GeneratorConfig, {
+        "resolution": 32, "ch": 8, "attention_resolutions": [16, 32],
+        "attention": {"kind": "dense"},
+        "attention_overrides": {"32": {"kind": "smyrf", "n_hashes": 2, "q_cluster_size": 64}},
+    })
+    configs = attention_configs(Generator(cfg))
+    assert configs["blocks.1.1"] == AttentionConfig(kind="dense")
+    assert configs["blocks.2.1"] == AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=64)
+    with pytest.raises(ValueError, match=r"attention_overrides for resolutions \[64\]"):
+        GeneratorConfig(resolution=32, ch=8, attention_resolutions=[32], attention_overrides={64: AttentionConfig()})
+    with pytest.raises(TypeError, match="unknown options \\['n_hash'\\]"):
+        coerce(AttentionConfig, {"kind": "smyrf", "n_hash": 2})

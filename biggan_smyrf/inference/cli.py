@@ -165,7 +165,7 @@ def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
                                       len(data.images), device, extractor=extractor, weights_path=weights)
     z = latents(args.n, G.config.dim_z, args.seed, args.truncation)
     y = labels(args.n, G.config.n_classes, args.seed, args.class_id)
-    batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision])
+    batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision], to_cpu=False)
     scores = evaluate_images(cfg, batches, real, extractor, device)
     report = {"checkpoint": str(args.ckpt), "n_samples": args.n, "n_real": real.n, "seed": args.seed,
               "truncation": args.truncation, "attention": {k: v.describe() for k, v in attention_configs(G).items()},

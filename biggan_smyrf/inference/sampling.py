@@ -53,14 +53,16 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def render(generator: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int = 32,
-           progress: bool = False, dtype: Optional[torch.dtype] = None) -> Iterator[torch.Tensor]:
-    """G(z, y) in batches, as uint8 (B, 3, H, W) on the CPU; `dtype` runs under autocast."""
+           progress: bool = False, dtype: Optional[torch.dtype] = None, to_cpu: bool = True) -> Iterator[torch.Tensor]:
+    """G(z, y) in batches, as uint8 (B, 3, H, W); `dtype` runs under autocast. On the CPU for files,
+    or (to_cpu=False) left on G's device for a feature extractor there, without a round trip."""
     device = next(generator.parameters()).device
     starts = range(0, len(z), batch_size)
     for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
         zb, yb = z[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            yield to_uint8(generator(zb, yb)).cpu()
+            images = to_uint8(generator(zb, yb))
+        yield images.cpu() if to_cpu else images
 
 
 def generate(generator: nn.Module, n: int, seed: int = 0, truncation: Optional[float] = None,

@@ -77,7 +77,7 @@ class Evaluator:
         config = generator.config
         z = latents(per_rank, config.dim_z, VALIDATION_SEED, start=rank * per_rank)
         y = labels(per_rank, config.n_classes, VALIDATION_SEED, start=rank * per_rank)
-        batches = render(generator, z, y, self.cfg.batch_size)
+        batches = render(generator, z, y, self.cfg.batch_size, to_cpu=False)
         features = extract_features(self.extractor, batches, module.device)
         if world == 1:
             return compute_metrics(self.cfg, features, self.real)
