@@ -1,13 +1,16 @@
 """SMYRF approximation quality at equal cost: the paper's recipe, random clusters, our variants.
 
     python benchmarks/accuracy.py                                   # synthetic families
-    python benchmarks/accuracy.py --ckpt checkpoints/<run>/last.ckpt  # + real activations of a trained G
+    python benchmarks/accuracy.py --synthetic --ckpt checkpoints/<run>/last.ckpt --name accuracy_real
+                                                                    # real activations of a trained G
 
 Error = |out - dense| / |dense| (Frobenius), mean over seeds. Cost columns make "equal compute"
-visible: `products` counts query-key dot products per batch element (hashed rounds + hub round +
-hub estimation), `fwd+bwd ms` is a median wall time at batch 1 and `peak MB` the extra memory of
+visible: `products` counts query-key dot products per batch element (hashed rounds incl. summary
+keys + hub round + hub estimation), `fwd+bwd ms` is a median wall time at batch 1 and `peak MB` the extra memory of
 one forward+backward measured in a fresh process (CPU) or with the CUDA allocator.
-Shapes as BigGAN ch=96: d_qk = 12, d_v = 48, M = N/4, scale 1.
+Shapes as BigGAN ch=96: d_qk = 12, d_v = 48, M = N/4, scale 1. Families: "clustered" and "smooth"
+(peaky, logit std 9, like a trained G), "spread" (smooth with logit std 1.5 and a per-channel
+value mean, like a young G), and q/k/v captured from the largest attention block of each --ckpt.
 """
 from __future__ import annotations
 
@@ -26,14 +29,15 @@ from biggan_smyrf.attention.synthetic import clustered_qkv, relative_error, smoo
 
 D_QK, D_V = 12, 48
 SEEDS = 3
+NONE = dict(n_hub_keys=0, n_summaries=0, dedup="none")
 VARIANTS = {
-    "random clusters": dict(hashing="random", n_hub_keys=0, dedup="none"),
-    "paper (xbox)": dict(hashing="xbox", n_hub_keys=0, dedup="none"),
-    "kd": dict(hashing="kd", n_hub_keys=0, dedup="none"),
-    "xbox + hubs": dict(hashing="xbox", n_hub_keys=None, dedup="none"),
-    "xbox + hubs + dedup": dict(hashing="xbox", n_hub_keys=None, dedup="estimate"),
-    "kd + hubs": dict(hashing="kd", n_hub_keys=None, dedup="none"),
-    "ours: kd + hubs + dedup": dict(),
+    "random clusters": dict(NONE, hashing="random"),
+    "paper (xbox)": dict(NONE, hashing="xbox"),
+    "kd": dict(NONE, hashing="kd"),
+    "kd + hubs + dedup": dict(n_summaries=0),
+    "kd + summaries": dict(n_hub_keys=0),
+    "xbox + hubs + summaries + dedup": dict(hashing="xbox"),
+    "ours: kd + hubs + summaries + dedup": dict(),
 }
 SETTINGS = [(4, 256), (4, 2048)]
 
@@ -45,14 +49,16 @@ def config(variant: str, n_hashes: int, q_cluster_size: int) -> AttentionConfig:
 def products(cfg: AttentionConfig, n: int, m: int) -> int:
     """Query-key dot products per batch element."""
     q_cluster, k_cluster = cfg.cluster_sizes(n, m)
-    hubs = cfg.hub_keys_for(n, m)
-    return cfg.n_hashes * n * k_cluster + n * hubs + (min(cfg.hub_sample, n) * m if hubs else 0)
+    hubs, summaries = cfg.hub_keys_for(n, m), cfg.summaries_for(n, m)
+    return cfg.n_hashes * n * (k_cluster + summaries) + n * hubs + (min(cfg.hub_sample, n) * m if hubs else 0)
 
 
 def synthetic(family: str, n: int, seed: int):
     g = torch.Generator().manual_seed(1000 + seed)
     if family == "clustered":
         return clustered_qkv(1, n, n // 4, D_QK, D_V, g)
+    if family == "spread":
+        return smooth_feature_qkv(1, int(round(n**0.5)), D_QK, D_V, g, logit_std=1.5, value_mean=1.0)
     return smooth_feature_qkv(1, int(round(n**0.5)), D_QK, D_V, g)
 
 
@@ -94,10 +100,10 @@ def captured_activations(ckpt: str, n_batches: int = SEEDS) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
-    parser.add_argument("--ckpt", help="a checkpoint trained with dense attention, for real activations")
+    parser.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints, for real activations")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cost", action="store_true", help="skip the time/memory columns")
-    parser.add_argument("--synthetic", nargs="*", default=["clustered", "smooth"],
+    parser.add_argument("--synthetic", nargs="*", default=["clustered", "smooth", "spread"],
                         help="synthetic input families (none with --synthetic and no names)")
     parser.add_argument("--name", default="accuracy", help="results file stem: results/<name>-<device>.{json,md}")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -109,18 +115,19 @@ def main():
     device = torch.device(args.device)
     rows = []
     families = [(f, n) for n in args.sizes for f in args.synthetic]
-    real = captured_activations(args.ckpt) if args.ckpt else None
-    if real:
-        families.append(("real activations", real[0][0].shape[1]))
+    real = {f"real: {Path(ckpt).parent.name}/{Path(ckpt).name}": captured_activations(ckpt) for ckpt in args.ckpt}
+    families += [(name, qkvs[0][0].shape[1]) for name, qkvs in real.items()]
     for family, n in families:
-        inputs = real if family == "real activations" else [synthetic(family, n, s) for s in range(SEEDS)]
+        inputs = real[family] if family in real else [synthetic(family, n, s) for s in range(SEEDS)]
         m = inputs[0][1].shape[1]
+        q, k, _ = inputs[0]
+        logit_std = (q[:, :256] @ k.transpose(1, 2)).std().item()
         for n_hashes, q_cluster in SETTINGS:
             if q_cluster > n // 2:
                 continue
             for variant in VARIANTS:
                 cfg = config(variant, n_hashes, q_cluster)
-                row = {"family": family, "n": n, "setting": f"{n_hashes}x{q_cluster}", "variant": variant,
+                row = {"family": family, "n": n, "logit_std": logit_std, "setting": f"{n_hashes}x{q_cluster}", "variant": variant,
                        "error": errors(cfg, [tuple(t.to(device) for t in x) for x in inputs]),
                        "products_m": products(cfg, n, m) / 1e6}
                 if not args.no_cost and family == "smooth":
@@ -128,7 +135,7 @@ def main():
                     row.update(run_case_in_subprocess(__file__, case) if device.type == "cpu" else cost_case(case))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    columns = [("family", "inputs"), ("n", "N"), ("setting", "hashes x q-cluster"), ("variant", "variant"),
+    columns = [("family", "inputs"), ("n", "N"), ("logit_std", "logit std"), ("setting", "hashes x q-cluster"), ("variant", "variant"),
                ("error", "rel. error"), ("products_m", "q·k products (M)"), ("fwd_bwd_ms", "fwd+bwd ms"),
                ("peak_mb", "peak MB")]
     table = markdown_table(rows, columns)

@@ -4,6 +4,8 @@
     python benchmarks/models.py --table step      # train step -> results/train_step-<dev>.{json,md}
     python benchmarks/models.py --table step --quick          # ch=16, batch 2: a sanity run
     python benchmarks/models.py --table step --device cuda    # in-process, batches 16 and 32
+    python benchmarks/models.py --table step --variants "dense@128 flash" "smyrf@128 ours 4x2048" \
+        --batches 4 --reps 5 --name train_step_flash_vs_smyrf    # a subset, more reps
     --threads N (default 2), --reps N (default 3). On a shared 2-core machine, --threads 1 is
     far steadier: with 2 threads, one core taken by another process stalls every parallel op.
     The committed CPU tables: --table model --threads 1 --reps 5 (20 min), --table step
@@ -38,6 +40,7 @@ import resource
 import subprocess
 import sys
 from contextlib import nullcontext
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -207,6 +210,9 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=3, help="timed calls per case, after the first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per CPU case")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (fp32 and bf16)")
+    parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
+    parser.add_argument("--name", help="results file stem (default: models / train_step)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -219,14 +225,16 @@ def main():
     torch.set_num_threads(args.threads)  # what the case subprocesses use; the results' header names it
     rows = []
     for case in cases(args.table, args.device, args.quick, args.reps, args.threads):
+        if (args.variants and case["variant"] not in args.variants) or (args.batches and case["batch"] not in args.batches):
+            continue
         rows.append(run_cpu_case(case) if device.type == "cpu" else run_cuda_case(case))
         print(json.dumps(rows[-1]), flush=True)
     meta = {"table": args.table, "ch": rows[0]["ch"], "quick": args.quick, "reps": rows[0]["reps"],
             "threads": args.threads, "timeout_s": TIMEOUT_S}
-    save(args.table, device, rows, meta)
+    save(args.table, device, rows, meta, args.name)
 
 
-def save(table_name: str, device: torch.device, rows: list[dict], meta: dict) -> None:
+def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None) -> None:
     add_ratios(rows)
     what = "G fwd+bwd ms" if table_name == "model" else "step ms"
     columns = [
@@ -235,8 +243,10 @@ def save(table_name: str, device: torch.device, rows: list[dict], meta: dict) ->
     ]
     table = markdown_table(rows, columns)
     print(table)
-    stem = write_results("models" if table_name == "model" else "train_step", device, rows, table, meta)
+    name = name or ("models" if table_name == "model" else "train_step")
+    stem = write_results(name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")
+
 
 if __name__ == "__main__":
     main()

@@ -287,25 +287,43 @@ def test_smyrf_beats_random_clusters_on_structured_inputs(family):
 # --- beyond the paper: k-d hashing, hub keys, dedup -----------------------------------------
 
 
-def reference_smyrf(q, k, v, n_hashes, n_clusters, n_hub, scale, seed, dedup):
+def reference_smyrf(q, k, v, n_hashes, n_clusters, n_hub, scale, seed, dedup, n_summaries=0, key_mask=None):
     """The same algorithm with materialised masks and plain autograd (small sizes only)."""
     from biggan_smyrf.attention.hashing import hub_keys
     from biggan_smyrf.attention.smyrf import log_participation
 
     g = torch.Generator().manual_seed(seed)
     B, N, M = q.shape[0], q.shape[1], k.shape[1]
-    hubs = hub_keys(q, k, n_hub, 256, scale, g) if n_hub else torch.empty(B, 0, dtype=torch.long)
+    valid = torch.ones(B, M, dtype=torch.bool) if key_mask is None else key_mask
+    hubs = hub_keys(q, k, n_hub, 256, scale, g, key_mask) if n_hub else torch.empty(B, 0, dtype=torch.long)
     q_order, k_order = cluster_orders(q, k, n_hashes, n_clusters, g, "kd")
     is_hub = torch.zeros(B, M, dtype=torch.bool).scatter_(1, hubs, True)
-    scores = scale * q @ k.transpose(1, 2)
+    scores = (scale * q @ k.transpose(1, 2)).masked_fill(~valid[:, None], float("-inf"))
     lses, outs = [], []
     for r in range(n_hashes):
         q_cluster = torch.empty(B, N, dtype=torch.long).scatter_(1, q_order[:, r], torch.arange(N).expand(B, N) // (N // n_clusters))
-        k_cluster = torch.empty(B, M, dtype=torch.long).scatter_(1, k_order[:, r], torch.arange(M).expand(B, M) // (M // n_clusters))
+        k_position = torch.empty(B, M, dtype=torch.long).scatter_(1, k_order[:, r], torch.arange(M).expand(B, M))
+        k_cluster = k_position // (M // n_clusters)
         allowed = (q_cluster[:, :, None] == k_cluster[:, None, :]) & ~is_hub[:, None, :]
-        s = scores.masked_fill(~allowed, float("-inf"))
+        s, values = scores.masked_fill(~allowed, float("-inf")), v[:, None].expand(B, N, M, v.shape[-1])
+        if n_summaries:
+            # member[b, c, s, j]: key j is in block s of this round's order, outside cluster c.
+            block = k_position // (M // n_summaries)
+            member = (
+                (block[:, None, None, :] == torch.arange(n_summaries)[None, None, :, None])
+                & (k_cluster[:, None, None, :] != torch.arange(n_clusters)[None, :, None, None])
+                & (valid & ~is_hub)[:, None, None, :]
+            ).to(q.dtype)
+            count = member.sum(-1, keepdim=True)
+            mean_k, mean_v = member @ k[:, None] / count.clamp_min(1), member @ v[:, None] / count.clamp_min(1)
+            pick = q_cluster[..., None, None]
+            mean_k = mean_k.gather(1, pick.expand(B, N, n_summaries, k.shape[-1]))
+            mean_v = mean_v.gather(1, pick.expand(B, N, n_summaries, v.shape[-1]))
+            count = count[..., 0].gather(1, q_cluster[..., None].expand(B, N, n_summaries))
+            summary = scale * torch.einsum("bnd,bnsd->bns", q, mean_k) + count.log()
+            s, values = torch.cat([s, summary], -1), torch.cat([values, mean_v], 2)
         lses.append(torch.logsumexp(s, -1))
-        outs.append(torch.softmax(s, -1) @ v)
+        outs.append(torch.einsum("bnm,bnmd->bnd", torch.softmax(s, -1), values))
     lse = torch.stack(lses, 1)
     if n_hub:
         s = scores.masked_fill(~is_hub[:, None, :], float("-inf"))
@@ -317,24 +335,55 @@ def reference_smyrf(q, k, v, n_hashes, n_clusters, n_hub, scale, seed, dedup):
     return (w[..., None] * torch.stack(outs, 1)).sum(1)
 
 
-@pytest.mark.parametrize("n_hub, dedup", [(0, False), (3, False), (3, True)])
-def test_kd_hub_dedup_match_a_materialised_reference(n_hub, dedup):
+@pytest.mark.parametrize("n_hub, dedup, n_summaries", [(0, False, 0), (3, False, 0), (3, True, 0), (0, False, 4), (3, True, 2), (3, True, 8)])
+def test_kd_hub_dedup_summaries_match_a_materialised_reference(n_hub, dedup, n_summaries):
     """Forward and gradients equal the same algorithm written with masks and autograd (the dedup
-    correction counts as a constant in both)."""
+    correction counts as a constant in both). Summary blocks smaller (8), equal (4) and larger (2)
+    than the key clusters (16 keys in 4 clusters)."""
     q, k, v = qkv(b=2, n=64, m=16, d_qk=4, d_v=6)
-    kwargs = dict(n_hashes=3, n_clusters=4, n_hub=n_hub, scale=0.8, seed=5, dedup=dedup)
+    kwargs = dict(n_hashes=3, n_clusters=4, n_hub=n_hub, scale=0.8, seed=5, dedup=dedup, n_summaries=n_summaries)
     ref_out, ref_grads = grads(lambda q, k, v: reference_smyrf(q, k, v, **kwargs), q, k, v)
     for kernel in KERNELS:
         out, got = grads(
             lambda q, k, v: smyrf_attention(
                 q, k, v, n_hashes=3, q_cluster_size=16, scale=0.8, seed=5, hashing="kd", n_hub_keys=n_hub,
-                dedup="estimate" if dedup else "none", kernel=kernel,
+                n_summaries=n_summaries, dedup="estimate" if dedup else "none", kernel=kernel,
             ),
             q, k, v,
         )
         torch.testing.assert_close(out, ref_out)
         for a, b in zip(got, ref_grads):
             torch.testing.assert_close(a, b)
+
+
+def test_summaries_leave_out_padded_keys():
+    """With a key mask, summary means and counts cover only real keys; padded keys get no gradient."""
+    q, k, v = qkv(b=2, n=64, m=16, d_qk=4, d_v=6)
+    mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(3)) > 0.3
+    kwargs = dict(n_hashes=2, n_clusters=4, n_hub=2, scale=1.0, seed=1, dedup=True, n_summaries=8, key_mask=mask)
+    ref_out, ref_grads = grads(lambda q, k, v: reference_smyrf(q, k, v, **kwargs), q, k, v)
+    out, (gq, gk, gv) = grads(
+        lambda q, k, v: smyrf_attention(
+            q, k, v, n_hashes=2, q_cluster_size=16, scale=1.0, seed=1, hashing="kd", n_hub_keys=2, n_summaries=8,
+            dedup="estimate", key_padding_mask=mask,
+        ),
+        q, k, v,
+    )
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip((gq, gk, gv), ref_grads):
+        torch.testing.assert_close(a, b)
+    assert gk[~mask].abs().max() == 0 and gv[~mask].abs().max() == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_with_summaries(kernel):
+    """Summary means are ordinary autograd ops on the sorted keys (dedup off: it is a constant)."""
+    q, k, v = qkv(b=1, n=32, m=8, d_qk=3, d_v=4, grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=1,
+                                        n_summaries=2, kernel=kernel),
+        (q, k, v),
+    )
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -347,9 +396,10 @@ def test_gradcheck_with_hub_keys(kernel):
 
 
 def test_library_defaults_with_one_cluster_equal_dense():
-    """Hub keys + dedup keep SMYRF exact at one cluster: every key is counted exactly once."""
+    """Hub keys, summaries + dedup keep SMYRF exact at one cluster: every key is counted exactly
+    once (all summaries are empty: every block lies inside the one cluster)."""
     q, k, v = qkv()
-    cfg = AttentionConfig(kind="smyrf", n_hashes=3, q_cluster_size=64, n_hub_keys=4)
+    cfg = AttentionConfig(kind="smyrf", n_hashes=3, q_cluster_size=64, n_hub_keys=4, n_summaries=4)
     torch.testing.assert_close(attend(q, k, v, cfg), dense_attention(q, k, v))
 
 
@@ -365,8 +415,15 @@ def test_hub_keys_are_the_most_attended():
 
 def test_paper_preset_and_bad_options():
     cfg = AttentionConfig.paper(n_hashes=4, q_cluster_size=2048)
-    assert (cfg.kind, cfg.hashing, cfg.n_hub_keys, cfg.dedup) == ("smyrf", "xbox", 0, "none")
+    assert (cfg.kind, cfg.hashing, cfg.n_hub_keys, cfg.n_summaries, cfg.dedup) == ("smyrf", "xbox", 0, 0, "none")
     assert AttentionConfig(kind="smyrf", q_cluster_size=2048).hub_keys_for(16384, 4096) == 128
+    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).summaries_for(16384, 4096) == 32
+    assert AttentionConfig(kind="smyrf", q_cluster_size=64).summaries_for(4800, 1200) == 1  # 16 keys: 1
+    assert AttentionConfig(kind="smyrf", q_cluster_size=20).summaries_for(4800, 1200) == 0  # 5 keys: off
+    with pytest.raises(ValueError, match="n_summaries=7 must be 0 or divide the 4096 keys"):
+        AttentionConfig(kind="smyrf", q_cluster_size=2048, n_summaries=7).validate_for(16384, 4096)
+    with pytest.raises(ValueError, match="n_summaries must be >= 0"):
+        AttentionConfig(n_summaries=-1)
     with pytest.raises(ValueError, match="hashing must be"):
         AttentionConfig(hashing="lsh")
     with pytest.raises(ValueError, match="n_hub_keys=16 must be below"):
@@ -391,6 +448,23 @@ def test_library_defaults_halve_the_papers_error_on_structured_inputs(family):
     paper = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512))
     random = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512, hashing="random"))
     assert ours < 0.6 * paper and ours < 0.6 * random
+
+
+def test_summaries_cut_the_error_on_spread_out_attention():
+    """A young G's attention is spread out (logit std ~1.5): most mass lies outside any cluster,
+    which summary keys recover and hub keys cannot."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = smooth_feature_qkv(1, 64, 12, 48, g, logit_std=1.5, value_mean=1.0)
+    exact = dense_attention(q, k, v, scale=1.0)
+
+    def error(cfg):
+        return sum(relative_error(attend(q, k, v, cfg, scale=1.0, generator=torch.Generator().manual_seed(s)), exact)
+                   for s in range(3)) / 3
+
+    ours = error(AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=512))
+    without = error(AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=512, n_summaries=0))
+    random = error(AttentionConfig.paper(n_hashes=4, q_cluster_size=512, hashing="random"))
+    assert ours < 0.8 * without and ours < 0.85 * random
 
 
 def test_dense_uses_the_flash_kernel_for_strided_biggan_inputs():

@@ -48,6 +48,7 @@ def attend(
         hashing=config.hashing,
         n_hub_keys=config.hub_keys_for(q.shape[1], k.shape[1]),
         hub_sample=config.hub_sample,
+        n_summaries=config.summaries_for(q.shape[1], k.shape[1]),
         dedup=config.dedup,
         scale=scale,
         generator=generator,

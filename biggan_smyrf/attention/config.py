@@ -26,8 +26,12 @@ class AttentionConfig:
     n_hub_keys: keys with the most estimated attention mass that every query attends once, in an
         extra round; None = k_cluster_size // 4 (+1/16 of the products at 4 rounds), 0 = off (the paper).
     hub_sample: queries sampled to estimate which keys are hubs.
+    n_summaries: summary keys per cluster and round -- means of equal blocks of the round's
+        hash-sorted keys, minus the cluster's own keys -- so every round also sees the keys outside
+        its cluster, coarsely; None = k_cluster_size // 16 (+1/16 of the products), 0 = off (the paper).
     dedup: "estimate" (default) corrects for keys met in several rounds; "none" = the paper.
-    The paper's exact recipe: `AttentionConfig.paper(...)` (hashing="xbox", n_hub_keys=0, dedup="none").
+    The paper's exact recipe: `AttentionConfig.paper(...)` (hashing="xbox", n_hub_keys=0,
+    n_summaries=0, dedup="none").
     The SMYRF fields are kept (and ignored) when kind == "dense", so a dense <-> SMYRF swap is
     a one-field change.
     """
@@ -39,12 +43,14 @@ class AttentionConfig:
     hashing: Literal["kd", "xbox", "random"] = "kd"
     n_hub_keys: Optional[int] = None
     hub_sample: int = 256
+    n_summaries: Optional[int] = None
     dedup: Literal["estimate", "none"] = "estimate"
 
     @classmethod
     def paper(cls, **kwargs) -> "AttentionConfig":
-        """SMYRF exactly as published: XBOX+, one E2LSH projection per round, no hub keys or dedup."""
-        return cls(**{"kind": "smyrf", "hashing": "xbox", "n_hub_keys": 0, "dedup": "none", **kwargs})
+        """SMYRF exactly as published: XBOX+, one E2LSH projection per round, no hub keys,
+        summaries or dedup."""
+        return cls(**{"kind": "smyrf", "hashing": "xbox", "n_hub_keys": 0, "n_summaries": 0, "dedup": "none", **kwargs})
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -59,6 +65,8 @@ class AttentionConfig:
             raise ValueError(f"hashing must be 'kd', 'xbox' or 'random', got {self.hashing!r}")
         if self.n_hub_keys is not None and self.n_hub_keys < 0:
             raise ValueError(f"n_hub_keys must be >= 0 or None, got {self.n_hub_keys}")
+        if self.n_summaries is not None and self.n_summaries < 0:
+            raise ValueError(f"n_summaries must be >= 0 or None, got {self.n_summaries}")
         if self.hub_sample < 1:
             raise ValueError(f"hub_sample must be >= 1, got {self.hub_sample}")
         if self.dedup not in ("estimate", "none"):
@@ -78,19 +86,30 @@ class AttentionConfig:
             return self.n_hub_keys
         return self.cluster_sizes(n_queries, n_keys)[1] // 4
 
+    def summaries_for(self, n_queries: int, n_keys: int) -> int:
+        """Summary keys per cluster at these token counts (resolves the None default: about
+        k_cluster_size // 16, lowered to a divisor of n_keys so the blocks are equal)."""
+        if self.n_summaries is not None:
+            return self.n_summaries
+        wanted = self.cluster_sizes(n_queries, n_keys)[1] // 16
+        return max((s for s in range(1, wanted + 1) if n_keys % s == 0), default=0)
+
     def validate_for(self, n_queries: int, n_keys: int, where: str = "attention") -> None:
         """Fail early (at model build or swap time) if SMYRF's sizes don't fit the tokens."""
         if self.kind == "smyrf":
             self.cluster_sizes(n_queries, n_keys, where)
             if self.hub_keys_for(n_queries, n_keys) >= n_keys:
                 raise ValueError(f"{where}: n_hub_keys={self.n_hub_keys} must be below the {n_keys} keys")
+            check_summaries(self.summaries_for(n_queries, n_keys), n_keys, where)
 
     def describe(self) -> str:
         if self.kind == "dense":
             return "dense"
         k = "auto" if self.k_cluster_size is None else self.k_cluster_size
         hubs = "auto" if self.n_hub_keys is None else self.n_hub_keys
-        return f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, dedup={self.dedup})"
+        summaries = "auto" if self.n_summaries is None else self.n_summaries
+        return (f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, "
+                f"summaries={summaries}, dedup={self.dedup})")
 
 
 def _divisors(n: int) -> list[int]:
@@ -133,3 +152,12 @@ def resolve_cluster_sizes(
             f"({n_queries} queries, {n_keys} keys); they must be equal." + hint()
         )
     return q_cluster_size, k_cluster_size
+
+
+def check_summaries(n_summaries: int, n_keys: int, where: str) -> None:
+    if n_summaries < 0 or (n_summaries and n_keys % n_summaries):
+        fits = [s for s in range(1, min(n_keys, 512) + 1) if n_keys % s == 0][-8:]
+        raise ValueError(
+            f"{where}: n_summaries={n_summaries} must be 0 or divide the {n_keys} keys "
+            f"(the hash order is cut into equal blocks). Values that fit: {fits}."
+        )

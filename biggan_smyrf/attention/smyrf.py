@@ -7,18 +7,28 @@ giving o_r and its logsumexp lse_r. The rounds are combined as
 which is softmax attention over the union (with multiplicity) of the keys a query met.
 
 Beyond the paper (each measured in benchmarks/accuracy.py; the paper's recipe is
-hashing="xbox", n_hub_keys=0, dedup="none"):
+hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none"):
 - hashing="kd": balanced k-d cells instead of slabs along one projection (see hashing.py).
 - Hub keys: the n_hub_keys keys with the most estimated attention mass are attended by every
   query in one extra "round" and masked out of the hashed rounds, so each query sees them
   exactly once. Cost O(N * n_hub_keys).
+- Summary keys (n_summaries = S per cluster): a round's clusters see only their own keys, so the
+  attention mass on all other keys is lost -- the dominant error when attention is spread out
+  (a young model, or heads that average). Each round's sorted keys are cut into S equal blocks;
+  every cluster also attends to the S block means *minus its own keys* (key = mean of the block's
+  remaining keys, value = mean of their values, logit + log(count)), so each round sees every
+  key once: its own cluster exactly, the rest at block resolution. Blocks follow the hash order,
+  so their keys are similar and exp(q . mean) is a good stand-in for their mean exp(q . k). Hub
+  keys and padded keys are left out of the means. Cost O(H * N * S) products + O(H * M * d) for
+  the means; differentiable (the means are ordinary autograd ops).
 - dedup="estimate": a key met in several hashed rounds would count several times against the hub
   round; each query's hashed rounds are down-weighted by the participation ratio of their
   logsumexps, (sum_r e^lse_r)^2 / sum_r e^(2 lse_r), an estimate of how many rounds saw the same
-  keys (exactly n_hashes when all rounds agree). The correction is treated as a constant in the
-  backward. With no hub keys it cancels out and changes nothing.
+  keys (exactly n_hashes when all rounds agree, as they do when summaries make every round a full
+  estimate of spread-out attention). The correction is treated as a constant in the backward.
+  With no hub keys it cancels out and changes nothing.
 
-Cost: H = n_hashes, C = k_cluster_size. Time O(H * N * C * d) for the cluster attention plus
+Cost: H = n_hashes, C = k_cluster_size. Time O(H * N * (C + S) * d) for the cluster attention plus
 O(H * (N + M) log(N + M)) for the sorts. Memory O(H * (N + M) * (d_qk + d_v)) for the sorted
 copies; the scores are never materialised by the CPU flash kernel (O(chunk) by the chunked one).
 
@@ -30,12 +40,13 @@ autograd Function around the fused kernels, with no score tensor kept for the ba
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import torch
 
 from .checks import check_qkv, default_scale
-from .config import resolve_cluster_sizes
+from .config import check_summaries, resolve_cluster_sizes
 from .hashing import Hashing, cluster_orders, hub_keys, make_generator
 from .kernels import Kernel, attention_backward, attention_forward, pick_kernel
 
@@ -60,6 +71,7 @@ def smyrf_attention(
     hashing: Hashing = "xbox",
     n_hub_keys: int = 0,
     hub_sample: int = 256,
+    n_summaries: int = 0,
     dedup: Dedup = "none",
     kernel: Kernel = "auto",
 ) -> torch.Tensor:
@@ -69,7 +81,7 @@ def smyrf_attention(
     k_cluster_size=None picks it so. Randomness comes only from `generator` (a CPU
     torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
     key_padding_mask: (B, M) bool, True = attend. The defaults here are the paper's recipe;
-    `AttentionConfig` holds the library's defaults (k-d hashing, hub keys, dedup).
+    `AttentionConfig` holds the library's defaults (k-d hashing, hub keys, summary keys, dedup).
     With one cluster (q_cluster_size=N) the result equals dense attention.
     """
     check_qkv(q, k, v, key_padding_mask)
@@ -81,6 +93,7 @@ def smyrf_attention(
         raise ValueError(f"dedup must be 'estimate' or 'none', got {dedup!r}")
     (B, N, _), M = q.shape, k.shape[1]
     q_cluster_size, k_cluster_size = resolve_cluster_sizes(N, M, q_cluster_size, k_cluster_size, "smyrf_attention")
+    check_summaries(n_summaries, M, "smyrf_attention")
     kernel = pick_kernel(kernel, q.device, key_padding_mask is not None)
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
@@ -91,11 +104,16 @@ def smyrf_attention(
         hub = hub_keys(q, k, n_hub_keys, hub_sample, scale, generator, key_padding_mask)
         hub_k, hub_v = _take(k, hub), _take(v, hub)
         hub_mask = None if key_padding_mask is None else key_padding_mask.gather(1, hub)
-        q_hashed, k_hashed = _mask_out_keys(q, k, hub, scale)
+    if n_hub_keys or n_summaries:
+        q_hashed, k_hashed = _with_logit_offset(q, k, hub, scale)
 
     q_order, k_order = cluster_orders(q, k, n_hashes, N // q_cluster_size, generator, hashing)
     qs, ks, vs = _gather(q_hashed, q_order), _gather(k_hashed, k_order), _gather(v, k_order)
     mask = None if key_padding_mask is None else key_padding_mask.gather(1, k_order.flatten(1))
+    if n_summaries:
+        counted = _gather(_summarised(k, hub, key_padding_mask), k_order)
+        ks, vs, mask = _append_summaries(ks, vs, mask, counted, k_cluster_size, n_summaries, scale)
+        k_cluster_size += n_summaries
     return _ClusteredAttention.apply(
         qs, ks, vs, q_order, mask, q, hub_k, hub_v, hub_mask,
         (scale, q_cluster_size, k_cluster_size, kernel, dedup == "estimate"),
@@ -113,18 +131,99 @@ def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return _take(x, order.reshape(B, H * T)).view(B, H, T, x.shape[-1])
 
 
-def _mask_out_keys(q: torch.Tensor, k: torch.Tensor, index: torch.Tensor, scale: float):
-    """Append a feature (1 for queries, 0 or a large negative for keys) that zeroes the attention
-    to the indexed keys. Costs one feature, which the flash kernels' padding usually absorbs."""
+def _with_logit_offset(q: torch.Tensor, k: torch.Tensor, hub: Optional[torch.Tensor], scale: float):
+    """Append a feature (1 for queries, a logit offset / scale for keys) that adds the offset to
+    every logit with that key: HUB_MASK_LOGIT removes hub keys from the hashed rounds; summary keys
+    carry log(count) there. Costs one feature, which the flash kernels' padding usually absorbs."""
     offset = torch.zeros(*k.shape[:2], 1, dtype=k.dtype, device=k.device)
-    offset.scatter_(1, index[..., None], HUB_MASK_LOGIT / scale)
+    if hub is not None:
+        offset.scatter_(1, hub[..., None], HUB_MASK_LOGIT / scale)
     ones = torch.ones(*q.shape[:2], 1, dtype=q.dtype, device=q.device)
     return torch.cat([q, ones], dim=-1), torch.cat([k, offset], dim=-1)
+
+
+def _summarised(k: torch.Tensor, hub: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, M, 1) weights of the keys that go into summary means: 0 for hub and padded keys."""
+    weight = torch.ones(*k.shape[:2], 1, dtype=torch.promote_types(k.dtype, torch.float32), device=k.device)
+    if key_padding_mask is not None:
+        weight = weight * key_padding_mask[..., None]
+    if hub is not None:
+        weight = weight.scatter(1, hub[..., None], 0.0)
+    return weight
+
+
+def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
+    """Give every cluster of every round n_summaries extra keys: the means of equal blocks of the
+    round's sorted keys, each without the keys of the cluster itself (those it attends exactly).
+
+    ks: (B, H, M, d + 1) with the logit-offset feature last, vs: (B, H, M, d_v), mask: (B, H*M) or
+    None, counted: (B, H, M, 1) weights. Returns keys, values and mask laid out as clusters of
+    k_cluster_size + n_summaries. Sums run in float32 at least: a block minus its overlap with
+    the cluster cancels, and half precision would turn that into noise.
+    """
+    B, H, M, d = ks.shape
+    n_clusters, block = M // k_cluster_size, M // n_summaries
+    unit = math.gcd(block, k_cluster_size)  # the largest run that lies in one block and one cluster
+    n_units = M // unit
+    acc = counted.dtype
+    features = torch.cat([ks[..., :-1].to(acc) * counted, vs.to(acc) * counted, counted], dim=-1)
+    unit_sums = features.view(B, H, n_units, unit, -1).sum(3)
+    block_sums = unit_sums.view(B, H, n_summaries, n_units // n_summaries, -1).sum(3)
+    units = torch.arange(n_units, device=ks.device)
+    cell = (units * unit // k_cluster_size) * n_summaries + units * unit // block  # (cluster, block) of each unit
+    own = unit_sums.new_zeros(B, H, n_clusters * n_summaries, unit_sums.shape[-1]).index_add(2, cell, unit_sums)
+    sums = block_sums[:, :, None] - own.view(B, H, n_clusters, n_summaries, -1)
+    # Counts are whole numbers, exact in float32: 0 means the block lies inside the cluster.
+    count = sums[..., -1:].round()
+    mean = sums[..., :-1] / count.clamp_min(1)
+    offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT)) / scale
+    summary_k = torch.cat([mean[..., : d - 1], offset], dim=-1).to(ks.dtype)
+    summary_v = mean[..., d - 1:].to(vs.dtype)
+    ks = torch.cat([ks.view(B, H, n_clusters, k_cluster_size, d), summary_k], dim=3)
+    vs = torch.cat([vs.view(B, H, n_clusters, k_cluster_size, -1), summary_v], dim=3)
+    if mask is not None:
+        # Summaries are never padding; an empty one is removed by its offset instead.
+        always = mask.new_ones(B, H, n_clusters, n_summaries)
+        mask = torch.cat([mask.view(B, H, n_clusters, k_cluster_size), always], dim=3).flatten(1)
+    return ks.flatten(2, 3), vs.flatten(2, 3), mask
 
 
 def _to_clusters(x: torch.Tensor, cluster_size: int) -> torch.Tensor:
     """(B, H, T, d) sorted tokens -> (B * H * T / cluster_size, cluster_size, d)."""
     return x.reshape(-1, cluster_size, x.shape[-1])
+
+
+# The hub round is one long query run per batch element; the CPU kernels parallelise over runs,
+# so cut the queries into HUB_QUERY_PARTS runs that share the hub keys (2x faster on 2 cores at B=1).
+HUB_QUERY_PARTS = 8
+
+
+def _hub_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]):
+    """(B, N, d) queries -> (B * P, N / P, d); hub keys, values and mask repeated P times."""
+    B, N, _ = q.shape
+    parts = math.gcd(N, HUB_QUERY_PARTS)
+
+    def repeat(x):
+        return None if x is None else x[:, None].expand(B, parts, *x.shape[1:]).flatten(0, 1)
+
+    return parts, q.reshape(B * parts, N // parts, -1), repeat(k), repeat(v), repeat(mask)
+
+
+def _hub_round_forward(q, hub_k, hub_v, scale, kernel, hub_mask):
+    B, N, _ = q.shape
+    _, qp, kp, vp, mp = _hub_split(q, hub_k, hub_v, hub_mask)
+    o, lse = attention_forward(qp, kp.contiguous(), vp.contiguous(), scale, kernel, mp)
+    return o.reshape(B, N, -1), lse.reshape(B, N)
+
+
+def _hub_round_backward(grad, q, hub_k, hub_v, out, lse, scale, kernel, hub_mask):
+    B, N, _ = q.shape
+    parts, qp, kp, vp, mp = _hub_split(q, hub_k, hub_v, hub_mask)
+    dq, dk, dv = attention_backward(
+        grad.reshape(qp.shape[0], qp.shape[1], -1), qp, kp.contiguous(), vp.contiguous(),
+        out.reshape(qp.shape[0], qp.shape[1], -1), lse.reshape(qp.shape[:2]), scale, kernel, mp,
+    )
+    return dq.reshape(q.shape), dk.view(B, parts, *dk.shape[1:]).sum(1), dv.view(B, parts, *dv.shape[1:]).sum(1)
 
 
 def log_participation(lse: torch.Tensor) -> torch.Tensor:
@@ -151,7 +250,7 @@ class _ClusteredAttention(torch.autograd.Function):
         lse = torch.empty_like(lse_sorted).scatter_(2, q_order, lse_sorted)
         o_hub = lse_hub = w_hub = None
         if hub_k is not None:
-            o_hub, lse_hub = attention_forward(q, hub_k, hub_v, scale, kernel, hub_mask)
+            o_hub, lse_hub = _hub_round_forward(q, hub_k, hub_v, scale, kernel, hub_mask)
             if dedup and H > 1:
                 lse = lse - log_participation(lse)
             w = torch.softmax(torch.cat([lse, lse_hub[:, None].to(lse.dtype)], dim=1), dim=1)
@@ -188,9 +287,7 @@ class _ClusteredAttention(torch.autograd.Function):
         dq = d_hub_k = d_hub_v = None
         if hub_k is not None:
             grad_hub = (w_hub[..., None] * grad_out).to(q.dtype)
-            dq, d_hub_k, d_hub_v = attention_backward(
-                grad_hub, q, hub_k, hub_v, out, lse_hub, scale, kernel, hub_mask
-            )
+            dq, d_hub_k, d_hub_v = _hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, kernel, hub_mask)
         return (
             dqs.reshape(qs.shape), dks.reshape(ks.shape), dvs.reshape(vs.shape), None, None,
             dq, d_hub_k, d_hub_v, None, None,

@@ -41,12 +41,15 @@ def clustered_qkv(
 def smooth_feature_qkv(
     batch: int, side: int, d_qk: int, d_v: int, generator: torch.Generator,
     channels: int = 64, smoothness: int = 7, correlation: float = 0.8, logit_std: float = 9.0,
+    value_mean: float = 0.0,
 ):
     """BigGAN-like attention inputs from a spatially smooth feature map.
 
     A low-pass-filtered random map (batch, channels, side, side) is projected by correlated query
     and key matrices (1x1 convs); keys and values are 2x2 max-pooled as in BigGAN. N = side²,
-    M = side²/4.
+    M = side²/4. logit_std ~ 9 imitates a trained G's peaky maps, ~ 1.5 a young G's spread-out
+    ones; value_mean adds a per-channel offset to the values, in units of their std (real
+    feature maps have one: in a young G it carries ~80% of the values' norm).
     """
     f = torch.randn(batch, channels, side, side, generator=generator)
     blur = torch.ones(channels, 1, smoothness, smoothness) / smoothness**2
@@ -64,7 +67,9 @@ def smooth_feature_qkv(
         return x.flatten(2).transpose(1, 2)
 
     q, k = _rescale_logits(project(w_q, False), project(w_k, True), logit_std)
-    return q, k, project(w_v, True)
+    v = project(w_v, True)
+    offset = value_mean * v.std() * torch.randn(d_v, generator=generator)
+    return q, k, v + offset
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
