@@ -25,7 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/plot.py
-	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/accuracy.py $(if $(BENCH_CKPTS),--ckpt $(BENCH_CKPTS))
+	$(foreach c,$(BENCH_CKPTS),$(PY) benchmarks/sample_effect.py --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
 	$(PY) benchmarks/profile_smyrf.py
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1

@@ -125,6 +125,8 @@ def test_error_cases(ckpt, tmp_path):
         load_generator(tmp_path / "other.ckpt")
     proc = sample("--ckpt", ckpt, "--out", tmp_path, "--attention", "smyrf", "--q-cluster-size", 100, check=False)
     assert proc.returncode != 0 and "Sizes that fit" in proc.stderr
+    proc = sample("--ckpt", ckpt, "--out", tmp_path, "--attention", "smyrf", "--n-summaries", 7, check=False)
+    assert proc.returncode != 0 and "n_summaries=7 must be 0 or divide the 256 keys" in proc.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     proc = sample("--ckpt", ckpt, "--out", blocker / "sub", check=False)

@@ -113,11 +113,12 @@ def _sort_within_nodes(x: torch.Tensor, order: torch.Tensor, directions: torch.T
     """
     B, H, T = order.shape
     nodes = directions.shape[1]
-    points = x.gather(1, order.reshape(B, H * T, 1).expand(-1, -1, x.shape[-1]))
-    points = points.view(B, H, nodes, T // nodes, x.shape[-1])
-    projection = torch.einsum("bhnpd,hnd->bhnp", points, directions)
-    within = projection.argsort(dim=-1)
-    return order.view(B, H, nodes, T // nodes).gather(-1, within).view(B, H, T)
+    # Project every point on every direction of this level (H * nodes columns, cheap), then pick
+    # each point's own node's value: one float gathered per point instead of its D features.
+    projections = torch.einsum("btd,hnd->bhnt", x, directions)
+    runs = order.view(B, H, nodes, T // nodes)
+    within = projections.gather(3, runs).argsort(dim=-1)
+    return runs.gather(-1, within).view(B, H, T)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from .checkpoint import CheckpointError, load_generator
 from .sampling import interpolate, labels, latents, render
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
-SMYRF_FLAGS = ("n_hashes", "q_cluster_size", "k_cluster_size", "hashing")
+SMYRF_FLAGS = ("n_hashes", "q_cluster_size", "k_cluster_size", "hashing", "n_hub_keys", "n_summaries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--q-cluster-size", type=int)
     attention.add_argument("--k-cluster-size", type=int)
     attention.add_argument("--hashing", choices=["kd", "xbox", "random"])
+    attention.add_argument("--n-hub-keys", type=int, help="keys every query attends (0: off; default k_cluster_size/4)")
+    attention.add_argument("--n-summaries", type=int, help="summary keys per cluster (0: off; default k_cluster_size/16)")
     return p
 
 

@@ -2,8 +2,9 @@
 
 For each attention block, on one fixed batch and without gradients:
 - `error`: ‖out_smyrf − out_dense‖ / ‖out_dense‖ of the block's attention output;
-- `mass_share`: the share of dense attention mass that SMYRF's clusters (and hub keys) cover,
-  i.e. how much of the true attention SMYRF can see at all (1 = nothing missed);
+- `mass_share`: the share of dense attention mass that SMYRF's clusters (and hub keys) cover
+  exactly (1 = nothing missed); summary keys see the rest only as block means, so with summaries
+  `error` can be small although this share is low;
 - `cluster_map`: each query pixel of the first image coloured by its cluster in round 1 (the
   SMYRF paper's cluster visualisation).
 The clusters are recomputed with the same generator seed as the SMYRF call, so they are the
