@@ -74,6 +74,7 @@ def errors(cfg: AttentionConfig, inputs: list) -> float:
 def cost_case(case: dict) -> dict:
     """fwd+bwd time and peak memory of one variant, for a fresh process."""
     device = torch.device(case["device"])
+    torch.set_num_threads(case["threads"])
     n = case["n"]
     cfg = config(case["variant"], case["n_hashes"], case["q_cluster_size"])
     q, k, v = (t.to(device).requires_grad_() for t in synthetic("smooth", n, 0))
@@ -103,6 +104,8 @@ def main():
     parser.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints, for real activations")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cost", action="store_true", help="skip the time/memory columns")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads for the cost columns (1 is steadier on a shared machine)")
     parser.add_argument("--synthetic", nargs="*", default=["clustered", "smooth", "spread"],
                         help="synthetic input families (none with --synthetic and no names)")
     parser.add_argument("--name", default="accuracy", help="results file stem: results/<name>-<device>.{json,md}")
@@ -113,6 +116,7 @@ def main():
         return
 
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)  # what the cost subprocesses use; the results' header names it
     rows = []
     families = [(f, n) for n in args.sizes for f in args.synthetic]
     real = {f"real: {Path(ckpt).parent.name}/{Path(ckpt).name}": captured_activations(ckpt) for ckpt in args.ckpt}
@@ -131,7 +135,8 @@ def main():
                        "error": errors(cfg, [tuple(t.to(device) for t in x) for x in inputs]),
                        "products_m": products(cfg, n, m) / 1e6}
                 if not args.no_cost and family == "smooth":
-                    case = {"device": device.type, "n": n, "n_hashes": n_hashes, "q_cluster_size": q_cluster, "variant": variant}
+                    case = {"device": device.type, "n": n, "n_hashes": n_hashes, "q_cluster_size": q_cluster,
+                            "variant": variant, "threads": args.threads}
                     row.update(run_case_in_subprocess(__file__, case) if device.type == "cpu" else cost_case(case))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
