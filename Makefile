@@ -25,11 +25,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/plot.py
-	$(PY) benchmarks/accuracy.py $(if $(BENCH_CKPTS),--ckpt $(BENCH_CKPTS))
+	$(PY) benchmarks/accuracy.py --threads 1 $(if $(BENCH_CKPTS),--ckpt $(BENCH_CKPTS))
 	$(foreach c,$(BENCH_CKPTS),$(PY) benchmarks/sample_effect.py --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
 	$(PY) benchmarks/profile_smyrf.py
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1
+	$(PY) benchmarks/models.py --table step --threads 1 --batches 4 --reps 5 --name train_step_flash_vs_smyrf \
+		--variants "dense@128 flash" "smyrf@128 paper 4x2048" "smyrf@128 ours 4x2048"
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
 
