@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ["dense naive", "dense SDPA", "smyrf 4x2048", "smyrf 4x256"]
+METHODS = ["dense naive", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "smyrf 4x256"]
 
 
 def main():

@@ -100,8 +100,9 @@ def test_interpolation_endpoints_are_the_seeds_samples(ckpt, tmp_path):
     for spherical in (False, True):
         path = interpolate(G, 3, 7, steps=5, spherical=spherical)
         assert path.shape == (5, 3, 32, 32)
-        assert torch.equal(path[0], generate(G, 1, seed=3)[0])
-        assert torch.equal(path[-1], generate(G, 1, seed=7)[0])
+        # A batch of 5 vs a batch of 1: equal up to float rounding, at most 1 in 8 bits.
+        assert (path[0].int() - generate(G, 1, seed=3)[0].int()).abs().max() <= 1
+        assert (path[-1].int() - generate(G, 1, seed=7)[0].int()).abs().max() <= 1
         assert not torch.equal(path[2], path[0])
     sample("--ckpt", ckpt, "--out", tmp_path, "--interpolate", 3, 7, "--steps", 4, "--slerp", "--frames")
     assert len(list(tmp_path.glob("interp_3_7_slerp_*.png"))) == 4
@@ -125,7 +126,7 @@ def test_error_cases(ckpt, tmp_path):
         load_generator(tmp_path / "other.ckpt")
     proc = sample("--ckpt", ckpt, "--out", tmp_path, "--attention", "smyrf", "--q-cluster-size", 100, check=False)
     assert proc.returncode != 0 and "Sizes that fit" in proc.stderr
-    proc = sample("--ckpt", ckpt, "--out", tmp_path, "--attention", "smyrf", "--n-summaries", 7, check=False)
+    proc = sample("--ckpt", ckpt, "--out", tmp_path, "--attention", "smyrf", "--q-cluster-size", 256, "--n-summaries", 7, check=False)
     assert proc.returncode != 0 and "n_summaries=7 must be 0 or divide the 256 keys" in proc.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
