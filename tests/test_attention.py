@@ -241,14 +241,16 @@ def test_config_validation():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_close_to_float32(dtype):
+@pytest.mark.parametrize("options", [{}, dict(hashing="kd", n_hub_keys=4, n_summaries=4, dedup="estimate")])
+def test_half_precision_close_to_float32(dtype, options):
     # Reference on the same rounded inputs, so both runs hash into identical clusters.
     q, k, v = (t.to(dtype).float() for t in qkv(n=256, m=64, d_qk=8, d_v=16, dtype=torch.float32))
-    ref_out, ref_grads = grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0), q, k, v)
-    out, half_grads = grads(
-        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0),
-        *(t.to(dtype) for t in (q, k, v)),
-    )
+
+    def f(q, k, v):
+        return smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0, **options)
+
+    ref_out, ref_grads = grads(f, q, k, v)
+    out, half_grads = grads(f, *(t.to(dtype) for t in (q, k, v)))
     assert out.dtype == dtype
     assert relative_error(out, ref_out) < 0.02
     for a, b in zip(half_grads, ref_grads):
