@@ -1,13 +1,13 @@
 """SMYRF approximation quality at equal cost: the paper's recipe, random clusters, our variants.
 
     python benchmarks/accuracy.py                                   # synthetic families
-    python benchmarks/accuracy.py --synthetic --ckpt checkpoints/<run>/last.ckpt --name accuracy_real
-                                                                    # real activations of a trained G
+    python benchmarks/accuracy.py --threads 1 --ckpt checkpoints/<run>/last.ckpt ...   # + real activations
+                                                                    # of trained Gs (the committed table)
 
 Error = |out - dense| / |dense| (Frobenius), mean over seeds. Cost columns make "equal compute"
 visible: `products` counts query-key dot products per batch element (hashed rounds incl. summary
-keys + hub round + hub estimation), `fwd+bwd ms` is a median wall time at batch 1 and `peak MB` the extra memory of
-one forward+backward measured in a fresh process (CPU) or with the CUDA allocator.
+keys + hub round + hub estimation), `fwd+bwd ms` is a median wall time at batch 1 and `peak MB`
+the extra memory of one forward+backward measured in a fresh process (CPU) or with the CUDA allocator.
 Shapes as BigGAN ch=96: d_qk = 12, d_v = 48, M = N/4, scale 1. Families: "clustered" and "smooth"
 (peaky, logit std 9, like a trained G), "spread" (smooth with logit std 1.5 and a per-channel
 value mean, like a young G), and q/k/v captured from the largest attention block of each --ckpt.
@@ -131,8 +131,8 @@ def main():
                 continue
             for variant in VARIANTS:
                 cfg = config(variant, n_hashes, q_cluster)
-                row = {"family": family, "n": n, "logit_std": logit_std, "setting": f"{n_hashes}x{q_cluster}", "variant": variant,
-                       "error": errors(cfg, [tuple(t.to(device) for t in x) for x in inputs]),
+                row = {"family": family, "n": n, "logit_std": logit_std, "setting": f"{n_hashes}x{q_cluster}",
+                       "variant": variant, "error": errors(cfg, [tuple(t.to(device) for t in x) for x in inputs]),
                        "products_m": products(cfg, n, m) / 1e6}
                 if not args.no_cost and family == "smooth":
                     case = {"device": device.type, "n": n, "n_hashes": n_hashes, "q_cluster_size": q_cluster,
@@ -140,8 +140,8 @@ def main():
                     row.update(run_case_in_subprocess(__file__, case) if device.type == "cpu" else cost_case(case))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    columns = [("family", "inputs"), ("n", "N"), ("logit_std", "logit std"), ("setting", "hashes x q-cluster"), ("variant", "variant"),
-               ("error", "rel. error"), ("products_m", "q·k products (M)"), ("fwd_bwd_ms", "fwd+bwd ms"),
+    columns = [("family", "inputs"), ("n", "N"), ("logit_std", "logit std"), ("setting", "hashes x q-cluster"),
+               ("variant", "variant"), ("error", "rel. error"), ("products_m", "q·k products (M)"), ("fwd_bwd_ms", "fwd+bwd ms"),
                ("peak_mb", "peak MB")]
     table = markdown_table(rows, columns)
     print(table)

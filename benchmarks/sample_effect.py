@@ -10,7 +10,8 @@ Columns: pixel error of each SMYRF variant against the dense images of the same 
 given, torch-fidelity FID/KID of each variant against the real data through the same metrics code
 as training (`biggan_smyrf.metrics`). Without weights (this offline machine) the FID columns are
 left empty rather than faked. Attention settings: 4 hashes, q_cluster_size = N / 8 of the
-largest attention block (the paper's 2048 at 128 px), capped to what fits every block.
+smallest attention block (the paper's 2048 for one block at 128 px), so it fits every block.
+One G, swapped between the variants (`biggan_smyrf.models.attention`): same weights throughout.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from common import markdown_table, write_results  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.inference import latents, load_generator  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, render  # noqa: E402
-from biggan_smyrf.models import attention_blocks  # noqa: E402
+from biggan_smyrf.models import attention, attention_blocks  # noqa: E402
 
 
 def variants(G) -> dict[str, AttentionConfig]:
@@ -39,10 +40,10 @@ def variants(G) -> dict[str, AttentionConfig]:
     }
 
 
-def sample(ckpt: str, attention: AttentionConfig, n: int, seed: int, batch_size: int) -> torch.Tensor:
-    G = load_generator(ckpt, attention=attention)
+def sample(G, config: AttentionConfig, n: int, seed: int, batch_size: int) -> torch.Tensor:
     z, y = latents(n, G.config.dim_z, seed), labels(n, G.config.n_classes, seed)
-    return torch.cat(list(render(G, z, y, batch_size)))
+    with attention(G, config):
+        return torch.cat(list(render(G, z, y, batch_size)))
 
 
 def pixel_error(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
@@ -56,15 +57,11 @@ def fid_scorer(args, resolution: int):
     """A function uint8 images -> FID/KID against the data, or None without weights."""
     if not args.weights_path:
         return None
-    from biggan_smyrf.data import ImageDataModule
-    from biggan_smyrf.metrics import MetricsConfig, create_extractor, evaluate_images, load_or_compute_real_stats, resolve_weights
+    from biggan_smyrf.metrics import MetricsConfig, evaluate_images, prepare_scoring
 
     cfg = MetricsConfig(n_samples=args.n, batch_size=args.batch_size, weights_path=args.weights_path, isc=False)
-    weights, device = resolve_weights(cfg), torch.device("cpu")
-    data = ImageDataModule(root=args.data_root, resolution=resolution, batch_size=1, num_workers=0)
-    extractor = create_extractor(cfg, device, weights)
-    real = load_or_compute_real_stats(cfg, data.fingerprint, data.resolution, lambda: data.uint8_batches(cfg.batch_size),
-                                      len(data.images), device, extractor=extractor, weights_path=weights)
+    device = torch.device("cpu")
+    extractor, real = prepare_scoring(cfg, args.data_root, resolution, device)
     return lambda images: evaluate_images(cfg, images.split(cfg.batch_size), real, extractor, device)
 
 
@@ -81,7 +78,7 @@ def main():
 
     G = load_generator(args.ckpt)
     configs = variants(G)
-    images = {name: sample(args.ckpt, cfg, args.n, args.seed, args.batch_size) for name, cfg in configs.items()}
+    images = {name: sample(G, cfg, args.n, args.seed, args.batch_size) for name, cfg in configs.items()}
     score = fid_scorer(args, G.config.resolution)
     rows = []
     for name, cfg in configs.items():

@@ -153,18 +153,12 @@ def run(args) -> list[Path]:
 
 
 def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
-    from biggan_smyrf.data import ImageDataModule
-    from biggan_smyrf.metrics import (MetricsConfig, create_extractor, evaluate_images,
-                                      load_or_compute_real_stats, resolve_weights)
+    from biggan_smyrf.metrics import MetricsConfig, evaluate_images, prepare_scoring
 
     target = out / "metrics.json"
     refuse_overwrite(target, args)
     cfg = MetricsConfig(n_samples=args.n, n_real=args.n_real, batch_size=args.batch_size, weights_path=args.weights_path)
-    weights = resolve_weights(cfg)
-    data = ImageDataModule(root=args.data_root, resolution=G.config.resolution, batch_size=1, num_workers=0)
-    extractor = create_extractor(cfg, device, weights)
-    real = load_or_compute_real_stats(cfg, data.fingerprint, data.resolution, lambda: data.uint8_batches(cfg.batch_size),
-                                      len(data.images), device, extractor=extractor, weights_path=weights)
+    extractor, real = prepare_scoring(cfg, args.data_root, G.config.resolution, device)
     z = latents(args.n, G.config.dim_z, args.seed, args.truncation)
     y = labels(args.n, G.config.n_classes, args.seed, args.class_id)
     batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision], to_cpu=False)

@@ -2,7 +2,8 @@
 
 Typical use: at start-up `resolve_weights(cfg)` (fails in seconds when the Inception weights are
 unavailable offline); once, `create_extractor` and `load_or_compute_real_stats` (cached on disk);
-per evaluation, `evaluate_images(cfg, uint8_batches, real, extractor, device)`.
+per evaluation, `evaluate_images(cfg, uint8_batches, real, extractor, device)`. Outside training,
+`prepare_scoring` does the once-only steps for an image folder.
 """
 from .config import MetricsConfig
 from .extractor import (
@@ -16,6 +17,7 @@ from .extractor import (
 )
 from .real_stats import RealStatistics, cache_key, load_or_compute_real_stats
 from .scores import compute_metrics, evaluate_images
+from .standalone import prepare_scoring
 
 __all__ = [
     "MetricsConfig",
@@ -30,5 +32,6 @@ __all__ = [
     "evaluate_images",
     "extract_features",
     "load_or_compute_real_stats",
+    "prepare_scoring",
     "resolve_weights",
 ]
