@@ -51,7 +51,7 @@ from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in
 import biggan_smyrf.attention as attention_module  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig, dense_attention  # noqa: E402
 from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, attention_blocks  # noqa: E402
-from biggan_smyrf.training.module import d_hinge_loss, g_hinge_loss  # noqa: E402
+from biggan_smyrf.training.losses import d_hinge_loss, g_hinge_loss  # noqa: E402
 
 ATTENTION = {
     "dense": AttentionConfig(kind="dense"),

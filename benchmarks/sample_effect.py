@@ -27,7 +27,7 @@ from common import markdown_table, write_results  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.inference import latents, load_generator  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, render  # noqa: E402
-from biggan_smyrf.models import attention, attention_blocks  # noqa: E402
+from biggan_smyrf.models import attention_blocks, using_attention  # noqa: E402
 
 
 def variants(G) -> dict[str, AttentionConfig]:
@@ -42,7 +42,7 @@ def variants(G) -> dict[str, AttentionConfig]:
 
 def sample(G, config: AttentionConfig, n: int, seed: int, batch_size: int) -> torch.Tensor:
     z, y = latents(n, G.config.dim_z, seed), labels(n, G.config.n_classes, seed)
-    with attention(G, config):
+    with using_attention(G, config):
         return torch.cat(list(render(G, z, y, batch_size)))
 
 
@@ -59,7 +59,7 @@ def fid_scorer(args, resolution: int):
         return None
     from biggan_smyrf.metrics import MetricsConfig, evaluate_images, prepare_scoring
 
-    cfg = MetricsConfig(n_samples=args.n, batch_size=args.batch_size, weights_path=args.weights_path, isc=False)
+    cfg = MetricsConfig(n_samples=args.n, batch_size=args.batch_size, weights_path=args.weights_path, names=["fid", "kid"])
     device = torch.device("cpu")
     extractor, real = prepare_scoring(cfg, args.data_root, resolution, device)
     return lambda images: evaluate_images(cfg, images.split(cfg.batch_size), real, extractor, device)

@@ -80,13 +80,13 @@ class BigGANCLI(LightningCLI):
 
 def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:
     """best-fid.ckpt: the lowest FID under the eval attention, when FID is computed."""
-    if not (model.metrics_cfg.enabled and model.metrics_cfg.fid):
+    if not (model.metrics_cfg.enabled and "fid" in model.metrics_cfg.names):
         return []
     return [
         ModelCheckpoint(
             dirpath=run_dir,
             filename="best-fid",
-            monitor=f"val/fid_{model.kind_tag(model.schedule.eval)}",
+            monitor=f"val/fid_{model.kind_tag('eval')}",
             mode="min",
             save_top_k=1,
             auto_insert_metric_name=False,

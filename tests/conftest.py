@@ -37,14 +37,22 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests are collected everywhere and run only where a GPU is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2."""
     cwd = tmp_path_factory.mktemp("run")
     train(cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2", "--model.loop.val_every=2")
     return cwd
-
-
 
 
 @pytest.fixture(scope="module")

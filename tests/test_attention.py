@@ -13,6 +13,9 @@ from biggan_smyrf.attention import (
 from biggan_smyrf.attention.synthetic import clustered_qkv, relative_error, smooth_feature_qkv
 
 KERNELS = ["flash", "chunked"]
+# The published recipe: the tests of the core mechanics (kernels, gradients, seeding) predate the
+# library's additions, which have tests of their own below.
+PAPER = AttentionConfig.paper()
 
 
 def qkv(b=2, n=64, m=16, d_qk=4, d_v=8, dtype=torch.float64, seed=0, grad=False):
@@ -58,7 +61,7 @@ def test_one_cluster_equals_dense_forward_and_backward(kernel, n_hashes):
     q, k, v = qkv(n=64, m=16, d_qk=4, d_v=8)
     dense_out, dense_grads = grads(lambda q, k, v: dense_attention(q, k, v, scale=1.0, backend="math"), q, k, v)
     smyrf_out, smyrf_grads = grads(
-        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=n_hashes, q_cluster_size=64, scale=1.0, kernel=kernel),
+        lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=n_hashes, q_cluster_size=64, scale=1.0, kernel=kernel),
         q, k, v,
     )
     torch.testing.assert_close(smyrf_out, dense_out)
@@ -72,7 +75,7 @@ def test_gradcheck_multi_round_small_clusters(kernel):
     q, k, v = qkv(b=2, n=32, m=8, d_qk=3, d_v=5, grad=True)
 
     def f(q, k, v):
-        return smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, scale=0.7, kernel=kernel)
+        return smyrf_attention(q, k, v, PAPER, n_hashes=3, q_cluster_size=8, scale=0.7, kernel=kernel)
 
     assert torch.autograd.gradcheck(f, (q, k, v))
 
@@ -81,7 +84,7 @@ def test_gradcheck_with_key_mask():
     q, k, v = qkv(b=1, n=16, m=8, d_qk=3, d_v=4, grad=True)
     mask = torch.tensor([[True, False, True, True, False, True, True, True]])
     assert torch.autograd.gradcheck(
-        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, key_padding_mask=mask), (q, k, v)
+        lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=8, key_padding_mask=mask), (q, k, v)
     )
 
 
@@ -89,7 +92,7 @@ def test_kernels_agree_with_small_clusters():
     q, k, v = qkv(n=128, m=32)
 
     def run(kernel):
-        return grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=4, q_cluster_size=16, kernel=kernel), q, k, v)
+        return grads(lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=4, q_cluster_size=16, kernel=kernel), q, k, v)
 
     (out_f, g_f), (out_c, g_c) = run("flash"), run("chunked")
     torch.testing.assert_close(out_f, out_c)
@@ -101,7 +104,7 @@ def test_mask_with_one_cluster_equals_masked_dense():
     q, k, v = qkv()
     mask = torch.ones(2, 16, dtype=torch.bool)
     mask[:, 3:9] = False
-    out, (gq, gk, gv) = grads(lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, key_padding_mask=mask), q, k, v)
+    out, (gq, gk, gv) = grads(lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=64, key_padding_mask=mask), q, k, v)
     torch.testing.assert_close(out, dense_attention(q, k, v, key_padding_mask=mask, backend="math"))
     assert gk[:, 3:9].abs().max() == 0 and gv[:, 3:9].abs().max() == 0
 
@@ -131,8 +134,8 @@ def test_clusters_are_balanced_permutations(hashing, n_clusters):
 
 def test_batch_elements_do_not_interact():
     q, k, v = qkv(b=3, n=64, m=16)
-    full = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=16, seed=3)
-    alone = smyrf_attention(q[1:2], k[1:2], v[1:2], n_hashes=2, q_cluster_size=16, seed=3)
+    full = smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=16, seed=3)
+    alone = smyrf_attention(q[1:2], k[1:2], v[1:2], PAPER, n_hashes=2, q_cluster_size=16, seed=3)
     torch.testing.assert_close(full[1:2], alone)
 
 
@@ -158,9 +161,9 @@ def test_lsh_clusters_put_queries_with_their_best_key_more_often_than_random(has
 def test_same_seed_bitwise_same_and_global_rng_untouched():
     q, k, v = qkv(dtype=torch.float32)
     state = torch.get_rng_state()
-    a = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, seed=7)
-    b = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, generator=torch.Generator().manual_seed(7))
-    c = smyrf_attention(q, k, v, n_hashes=3, q_cluster_size=8, seed=8)
+    a = smyrf_attention(q, k, v, PAPER, n_hashes=3, q_cluster_size=8, seed=7)
+    b = smyrf_attention(q, k, v, PAPER, n_hashes=3, q_cluster_size=8, generator=torch.Generator().manual_seed(7))
+    c = smyrf_attention(q, k, v, PAPER, n_hashes=3, q_cluster_size=8, seed=8)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -169,8 +172,8 @@ def test_same_seed_bitwise_same_and_global_rng_untouched():
 def test_generator_advances_between_calls():
     q, k, v = qkv(dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
-    first = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, generator=g)
-    second = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, generator=g)
+    first = smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=8, generator=g)
+    second = smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=8, generator=g)
     assert not torch.equal(first, second)
 
 
@@ -182,8 +185,8 @@ def test_generator_advances_between_calls():
     [
         (dict(q_cluster_size=7), "not divisible by q_cluster_size=7"),
         (dict(q_cluster_size=8, k_cluster_size=4), "must be equal"),
-        (dict(q_cluster_size=0), "positive"),
-        (dict(q_cluster_size=8, k_cluster_size=-2), "positive"),
+        (dict(q_cluster_size=0), "q_cluster_size must be >= 1"),
+        (dict(q_cluster_size=8, k_cluster_size=-2), "k_cluster_size must be >= 1"),
         (dict(q_cluster_size=8, n_hashes=0), "n_hashes"),
     ],
 )
@@ -191,13 +194,13 @@ def test_bad_cluster_settings_fail_with_hint(kwargs, match):
     q, k, v = qkv(dtype=torch.float32)
     kwargs = {"n_hashes": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
-        smyrf_attention(q, k, v, **kwargs)
+        smyrf_attention(q, k, v, PAPER, **kwargs)
 
 
 def test_error_lists_sizes_that_fit():
     q, k, v = qkv(n=64, m=16, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"Sizes that fit .*16/4.*64/16"):
-        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=48)
+        smyrf_attention(q, k, v, PAPER, n_hashes=1, q_cluster_size=48)
 
 
 @pytest.mark.parametrize(
@@ -216,13 +219,13 @@ def test_bad_shapes_fail(shapes, match, fn):
         if fn == "dense":
             dense_attention(q, k, v)
         else:
-            smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=16)
+            smyrf_attention(q, k, v, PAPER, n_hashes=1, q_cluster_size=16)
 
 
 def test_bad_mask_fails():
     q, k, v = qkv(dtype=torch.float32)
     with pytest.raises(ValueError, match="key_padding_mask must be \\(batch, keys\\)"):
-        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=8, key_padding_mask=torch.ones(2, 15, dtype=torch.bool))
+        smyrf_attention(q, k, v, PAPER, n_hashes=1, q_cluster_size=8, key_padding_mask=torch.ones(2, 15, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be bool"):
         dense_attention(q, k, v, key_padding_mask=torch.ones(2, 16))
 
@@ -247,7 +250,7 @@ def test_half_precision_close_to_float32(dtype, options):
     q, k, v = (t.to(dtype).float() for t in qkv(n=256, m=64, d_qk=8, d_v=16, dtype=torch.float32))
 
     def f(q, k, v):
-        return smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, seed=0, **options)
+        return smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=64, seed=0, **options)
 
     ref_out, ref_grads = grads(f, q, k, v)
     out, half_grads = grads(f, *(t.to(dtype) for t in (q, k, v)))
@@ -280,7 +283,7 @@ def test_smyrf_beats_random_clusters_on_structured_inputs(family):
     exact = dense_attention(q, k, v, scale=1.0)
 
     def error(hashing):
-        runs = [smyrf_attention(q, k, v, n_hashes=4, q_cluster_size=128, scale=1.0, seed=s, hashing=hashing) for s in range(3)]
+        runs = [smyrf_attention(q, k, v, PAPER, n_hashes=4, q_cluster_size=128, scale=1.0, seed=s, hashing=hashing) for s in range(3)]
         return sum(relative_error(r, exact) for r in runs) / len(runs)
 
     assert error("xbox") < 0.9 * error("random")
@@ -382,7 +385,7 @@ def test_gradcheck_with_summaries(kernel):
     """Summary means are ordinary autograd ops on the sorted keys (dedup off: it is a constant)."""
     q, k, v = qkv(b=1, n=32, m=8, d_qk=3, d_v=4, grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=1,
+        lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=1,
                                         n_summaries=2, kernel=kernel),
         (q, k, v),
     )
@@ -392,7 +395,7 @@ def test_gradcheck_with_summaries(kernel):
 def test_gradcheck_with_hub_keys(kernel):
     q, k, v = qkv(b=1, n=32, m=8, d_qk=3, d_v=4, grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=2, kernel=kernel),
+        lambda q, k, v: smyrf_attention(q, k, v, PAPER, n_hashes=2, q_cluster_size=8, hashing="kd", n_hub_keys=2, kernel=kernel),
         (q, k, v),
     )
 
@@ -432,7 +435,7 @@ def test_paper_preset_and_bad_options():
         AttentionConfig(kind="smyrf", q_cluster_size=16, n_hub_keys=16).validate_for(64, 16)
     q, k, v = qkv(dtype=torch.float32)
     with pytest.raises(ValueError, match="n_hub_keys must be in"):
-        smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=8, n_hub_keys=16)
+        smyrf_attention(q, k, v, PAPER, n_hashes=1, q_cluster_size=8, n_hub_keys=16)
 
 
 @pytest.mark.parametrize("family", ["clustered", "smooth"])

@@ -30,7 +30,7 @@ from biggan_smyrf.metrics import (
     resolve_weights,
 )
 from biggan_smyrf.metrics import extractor as extractor_module
-from biggan_smyrf.metrics.scores import isc_splits
+from biggan_smyrf.metrics.registry import isc_splits
 from fidelity_weights import write_random_inception_weights
 
 N_REAL, N_FAKE, BATCH, RES = 8, 10, 4, 32
@@ -100,7 +100,7 @@ def test_features_are_informative(setup):
 
 
 def test_fid_of_real_against_itself_is_zero_and_against_noise_large(setup):
-    self_fid = compute_metrics(config(setup, isc=False, kid=False), setup.real_features, setup.stats)["fid"]
+    self_fid = compute_metrics(config(setup, names=["fid"]), setup.real_features, setup.stats)["fid"]
     noise_fid = setup.ours["fid"]
     # Identical sets: the mean term is exactly 0 and tr(S) + tr(S) - 2 tr(sqrt(S S)) cancels except
     # for S's null space. S has rank N_REAL - 1, so ~2040 eigenvalues of S S are 0 up to rounding,
@@ -146,8 +146,8 @@ def test_sample_counts_are_clamped_for_small_runs():
 
 
 def test_only_enabled_metrics_are_returned(setup):
-    assert set(compute_metrics(config(setup, fid=False, kid=False), setup.fake_features, None)) == {"is_mean", "is_std"}
-    assert set(compute_metrics(config(setup, isc=False, fid=False), setup.fake_features, setup.stats)) == {
+    assert set(compute_metrics(config(setup, names=["isc"]), setup.fake_features, None)) == {"is_mean", "is_std"}
+    assert set(compute_metrics(config(setup, names=["kid"]), setup.fake_features, setup.stats)) == {
         "kid_mean",
         "kid_std",
     }
@@ -200,7 +200,7 @@ def test_cache_key_covers_everything_the_statistics_depend_on(setup, tmp_path):
     assert len({base, *variants}) == 1 + len(variants)
     assert cache_key("fp", 128, 1000, cfg, str(copy_a)) == base  # file contents, not location
     # Settings that do not change the statistics do not invalidate them.
-    assert cache_key("fp", 128, 1000, config(setup, n_samples=50000, kid=False), str(weights_a)) == base
+    assert cache_key("fp", 128, 1000, config(setup, n_samples=50000, names=["fid"]), str(weights_a)) == base
 
 
 def test_missing_weights_path_says_how_to_fix_it(tmp_path):
@@ -277,7 +277,8 @@ def test_download_with_wrong_hash_is_rejected(monkeypatch, tmp_path):
         {"batch_size": 0},
         {"kid_subset_size": 1},
         {"feature_extractor": "vgg16"},
-        {"fid": False, "isc": False, "kid": False},
+        {"names": []},
+        {"names": ["fid", "precision"]},
     ],
 )
 def test_config_rejects_bad_values(options):

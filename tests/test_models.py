@@ -11,13 +11,13 @@ from biggan_smyrf.models import (
     DiscriminatorConfig,
     Generator,
     GeneratorConfig,
-    attention,
     attention_configs,
     capture_qkv,
     count_parameters,
     model_summary,
     orthogonal_regularization,
     set_attention,
+    using_attention,
 )
 
 SMYRF_SMALL = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=64)
@@ -140,7 +140,7 @@ def test_dense_equals_smyrf_with_one_cluster():
     G = with_nonzero_gamma(make_g(attn=[16, 32])).eval()
     z = torch.randn(3, 120)
     dense = G(z)
-    with attention(G, "smyrf", n_hashes=1, q_cluster_size=1024, resolutions=[32]), attention(
+    with using_attention(G, "smyrf", n_hashes=1, q_cluster_size=1024, resolutions=[32]), using_attention(
         G, "smyrf", n_hashes=1, q_cluster_size=256, resolutions=[16]
     ):
         one_cluster = G(z)
@@ -151,7 +151,7 @@ def test_small_clusters_give_close_but_different_images():
     G = with_nonzero_gamma(make_g(attn=[32]), 0.5).eval()
     z = torch.randn(4, 120)
     dense = G(z)
-    with attention(G, SMYRF_SMALL):
+    with using_attention(G, SMYRF_SMALL):
         smyrf = G(z)
     assert attention_configs(G)["blocks.2.1"].kind == "dense"  # restored after the block
     diff = (smyrf - dense).abs()
@@ -171,7 +171,7 @@ def test_swap_selected_resolution_and_parameters_only():
     assert attention_configs(G)["blocks.2.1"] == AttentionConfig(kind="smyrf", n_hashes=8, q_cluster_size=64)
     with pytest.raises(ValueError, match="this model has attention at \\[16, 32\\]"):
         set_attention(G, "dense", resolutions=[64])
-    with pytest.raises(TypeError, match="unknown attention parameters"):
+    with pytest.raises(TypeError, match="unknown attention settings"):
         set_attention(G, "smyrf", n_hash=4)
 
 
@@ -212,7 +212,7 @@ def test_gamma_starts_at_zero_so_attention_is_an_identity_at_init():
     G = make_g(attn=[32]).eval()
     z = torch.randn(2, 120)
     dense = G(z)
-    with attention(G, SMYRF_SMALL):
+    with using_attention(G, SMYRF_SMALL):
         torch.testing.assert_close(G(z), dense, atol=0, rtol=0)
 
 

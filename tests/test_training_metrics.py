@@ -11,7 +11,7 @@ from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.inference.sampling import labels, latents, render
 from biggan_smyrf.metrics import MetricsConfig, UInt8Images
-from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, attention
+from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, using_attention
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
 from conftest import train
 from fidelity_weights import write_random_inception_weights
@@ -69,7 +69,7 @@ def test_validation_logs_both_kinds_matching_standalone_torch_fidelity(weights, 
     G = gan.G_ema.module
     z, y = latents(N_SAMPLES, G.config.dim_z, 0), labels(N_SAMPLES, G.config.n_classes, 0)
     real = torch.from_numpy(data.images[:N_REAL]).permute(0, 3, 1, 2).contiguous()
-    with attention(G, "dense"):
+    with using_attention(G, "dense"):
         fake = torch.cat(list(render(G, z, y, batch_size=4)))
     theirs = torch_fidelity.calculate_metrics(
         input1=UInt8Images(fake), input2=UInt8Images(real), cuda=False, fid=True, batch_size=4,

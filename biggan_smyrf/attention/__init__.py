@@ -10,13 +10,18 @@ from typing import Optional
 
 import torch
 
-from .config import AttentionConfig, resolve_cluster_sizes, valid_q_cluster_sizes
+from .config import AttentionChange, AttentionConfig, resolve_cluster_sizes, valid_q_cluster_sizes
 from .dense import dense_attention
 from .hashing import cluster_orders, xbox_plus
-from .smyrf import smyrf_attention
+from .schedule import PHASES, AttentionSchedule
+from .smyrf import SmyrfIntermediates, smyrf_attention
 
 __all__ = [
+    "PHASES",
+    "AttentionChange",
     "AttentionConfig",
+    "AttentionSchedule",
+    "SmyrfIntermediates",
     "attend",
     "cluster_orders",
     "dense_attention",
@@ -36,21 +41,14 @@ def attend(
     scale: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Attention of the kind `config` names; the one entry point the model blocks use."""
+    return_intermediates: bool = False,
+):
+    """Attention of the kind `config` names; the one entry point the model blocks use.
+
+    return_intermediates: return (out, what SMYRF did: `SmyrfIntermediates`, or None for dense).
+    """
     if config.kind == "dense":
-        return dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask)
-    return smyrf_attention(
-        q, k, v,
-        n_hashes=config.n_hashes,
-        q_cluster_size=config.q_cluster_size,
-        k_cluster_size=config.k_cluster_size,
-        hashing=config.hashing,
-        n_hub_keys=config.hub_keys_for(q.shape[1], k.shape[1]),
-        hub_sample=config.hub_sample,
-        n_summaries=config.summaries_for(q.shape[1], k.shape[1]),
-        dedup=config.dedup,
-        scale=scale,
-        generator=generator,
-        key_padding_mask=key_padding_mask,
-    )
+        out = dense_attention(q, k, v, scale=scale, key_padding_mask=key_padding_mask)
+        return (out, None) if return_intermediates else out
+    return smyrf_attention(q, k, v, config, scale=scale, generator=generator, key_padding_mask=key_padding_mask,
+                           return_intermediates=return_intermediates)

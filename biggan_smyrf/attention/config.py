@@ -1,79 +1,71 @@
-"""One typed description of "which attention, with which parameters".
+"""One table of attention settings: the fields of `AttentionConfig`.
 
-The model blocks, the training schedule and `sample.py` all pass an `AttentionConfig` around;
-nothing else in the code base needs to know the SMYRF parameter names.
+Everything else derives from it: `smyrf_attention`'s and `attend`'s defaults, the partial
+`AttentionChange` that schedules, the swap API and `sample.py` apply on top of a block's settings,
+sample.py's flags (with the help texts below) and LightningCLI's `--help`. A new SMYRF option is
+one `setting(...)` line here plus its use in `smyrf.py`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal, Optional
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Optional
 
 AttentionKind = Literal["dense", "smyrf"]
-KINDS = ("dense", "smyrf")
+Hashing = Literal["kd", "xbox", "random"]
+Dedup = Literal["estimate", "none"]
+KINDS: tuple[str, ...] = typing.get_args(AttentionKind)
+HASHINGS: tuple[str, ...] = typing.get_args(Hashing)
+DEDUPS: tuple[str, ...] = typing.get_args(Dedup)
+
+
+def setting(default: Any, help: str) -> Any:
+    """A field of the table: its default and the one help text every interface shows."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Attention kind and SMYRF parameters.
+    """Attention kind and SMYRF parameters (the SMYRF fields are kept, and ignored, when kind is
+    dense, so a dense <-> SMYRF swap is a one-field change). The paper's exact recipe is
+    `AttentionConfig.paper(...)`; the defaults are this library's (README, "our default SMYRF")."""
 
-    kind: "dense" (exact softmax attention) or "smyrf" (balanced asymmetric-LSH clusters).
-    n_hashes: SMYRF hash rounds; outputs of the rounds are combined by their logsumexp.
-    q_cluster_size: queries per cluster. Must divide the number of queries.
-    k_cluster_size: keys per cluster. None means "same number of clusters as the queries",
-        i.e. q_cluster_size * n_keys / n_queries (q_cluster_size / 4 with BigGAN's pooled keys).
-    hashing: "kd" (default: balanced k-d cells after XBOX+), "xbox" (the paper: one projection
-        per round), "random" (random balanced clusters, a baseline).
-    n_hub_keys: keys with the most estimated attention mass that every query attends once, in an
-        extra round; None = k_cluster_size // 4 (+1/16 of the products at 4 rounds), 0 = off (the paper).
-    hub_sample: queries sampled to estimate which keys are hubs.
-    n_summaries: summary keys per cluster and round -- means of equal blocks of the round's
-        hash-sorted keys, minus the cluster's own keys -- so every round also sees the keys outside
-        its cluster, coarsely; None = k_cluster_size // 16 (+1/16 of the products), 0 = off (the paper).
-    dedup: "estimate" (default) corrects for keys met in several rounds; "none" = the paper.
-    The paper's exact recipe: `AttentionConfig.paper(...)` (hashing="xbox", n_hub_keys=0,
-    n_summaries=0, dedup="none").
-    The SMYRF fields are kept (and ignored) when kind == "dense", so a dense <-> SMYRF swap is
-    a one-field change.
-    """
-
-    kind: AttentionKind = "dense"
-    n_hashes: int = 4
-    q_cluster_size: int = 2048
-    k_cluster_size: Optional[int] = None
-    hashing: Literal["kd", "xbox", "random"] = "kd"
-    n_hub_keys: Optional[int] = None
-    hub_sample: int = 256
-    n_summaries: Optional[int] = None
-    dedup: Literal["estimate", "none"] = "estimate"
+    kind: AttentionKind = setting("dense", "dense (exact softmax attention) or smyrf (balanced asymmetric-LSH clusters)")
+    n_hashes: int = setting(4, "SMYRF hash rounds; their outputs are combined by their logsumexps")
+    q_cluster_size: int = setting(2048, "queries per cluster; must divide the number of queries")
+    k_cluster_size: Optional[int] = setting(
+        None, "keys per cluster; null = as many clusters as the queries (q_cluster_size * keys / queries), "
+        "and it follows q_cluster_size when only that is changed")
+    hashing: Hashing = setting(
+        "kd", "kd (balanced k-d cells after XBOX+), xbox (the paper: one projection per round) or random (baseline)")
+    n_hub_keys: Optional[int] = setting(
+        None, "keys with the most estimated attention mass, attended by every query once in an extra round; "
+        "null = k_cluster_size // 4, 0 = off (the paper)")
+    hub_sample: int = setting(256, "queries sampled to estimate which keys are hubs")
+    n_summaries: Optional[int] = setting(
+        None, "summary keys per cluster and round (means of equal blocks of the hash-sorted keys outside "
+        "the cluster); null = about k_cluster_size // 16, 0 = off (the paper)")
+    dedup: Dedup = setting("estimate", "estimate (correct for keys met in several rounds) or none (the paper)")
 
     @classmethod
-    def paper(cls, **kwargs) -> "AttentionConfig":
+    def paper(cls, **changes) -> "AttentionConfig":
         """SMYRF exactly as published: XBOX+, one E2LSH projection per round, no hub keys,
         summaries or dedup."""
-        return cls(**{"kind": "smyrf", "hashing": "xbox", "n_hub_keys": 0, "n_summaries": 0, "dedup": "none", **kwargs})
+        return cls(**{**PAPER_RECIPE, **changes})
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"attention kind must be one of {KINDS}, got {self.kind!r}")
-        if self.n_hashes < 1:
-            raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
-        if self.q_cluster_size < 1:
-            raise ValueError(f"q_cluster_size must be >= 1, got {self.q_cluster_size}")
-        if self.k_cluster_size is not None and self.k_cluster_size < 1:
-            raise ValueError(f"k_cluster_size must be >= 1 or None, got {self.k_cluster_size}")
-        if self.hashing not in ("kd", "xbox", "random"):
-            raise ValueError(f"hashing must be 'kd', 'xbox' or 'random', got {self.hashing!r}")
-        if self.n_hub_keys is not None and self.n_hub_keys < 0:
-            raise ValueError(f"n_hub_keys must be >= 0 or None, got {self.n_hub_keys}")
-        if self.n_summaries is not None and self.n_summaries < 0:
-            raise ValueError(f"n_summaries must be >= 0 or None, got {self.n_summaries}")
-        if self.hub_sample < 1:
-            raise ValueError(f"hub_sample must be >= 1, got {self.hub_sample}")
-        if self.dedup not in ("estimate", "none"):
-            raise ValueError(f"dedup must be 'estimate' or 'none', got {self.dedup!r}")
+        check_values(self)
 
     def with_(self, **changes) -> "AttentionConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Changing q_cluster_size alone resets
+        k_cluster_size to automatic: query and key clusters must pair up, so the old key size
+        could only be wrong."""
+        unknown = set(changes) - set(FIELD_NAMES)
+        if unknown:
+            raise TypeError(f"unknown attention settings {sorted(unknown)}; valid: {list(FIELD_NAMES)}")
+        if "q_cluster_size" in changes and "k_cluster_size" not in changes:
+            changes["k_cluster_size"] = None
         return replace(self, **changes)
 
     def cluster_sizes(self, n_queries: int, n_keys: int, where: str = "attention") -> tuple[int, int]:
@@ -98,8 +90,9 @@ class AttentionConfig:
         """Fail early (at model build or swap time) if SMYRF's sizes don't fit the tokens."""
         if self.kind == "smyrf":
             self.cluster_sizes(n_queries, n_keys, where)
-            if self.hub_keys_for(n_queries, n_keys) >= n_keys:
-                raise ValueError(f"{where}: n_hub_keys={self.n_hub_keys} must be below the {n_keys} keys")
+            n_hubs = self.hub_keys_for(n_queries, n_keys)
+            if not 0 <= n_hubs < n_keys:
+                raise ValueError(f"{where}: n_hub_keys={n_hubs} must be below the {n_keys} keys (n_hub_keys must be in [0, {n_keys}))")
             check_summaries(self.summaries_for(n_queries, n_keys), n_keys, where)
 
     def describe(self) -> str:
@@ -110,6 +103,78 @@ class AttentionConfig:
         summaries = "auto" if self.n_summaries is None else self.n_summaries
         return (f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, "
                 f"summaries={summaries}, dedup={self.dedup})")
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AttentionConfig))
+FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(AttentionConfig)}
+PAPER_RECIPE = {"kind": "smyrf", "hashing": "xbox", "n_hub_keys": 0, "n_summaries": 0, "dedup": "none"}
+
+
+def _document(cls: type, intro: str) -> None:
+    """Write the table's help texts into `cls`'s docstring (LightningCLI's --help reads it)."""
+    lines = [f"        {name}: {text}" for name, text in FIELD_HELP.items()]
+    cls.__doc__ = f"{intro}\n\n    Attributes:\n" + "\n".join(lines) + "\n"
+
+
+_document(AttentionConfig, AttentionConfig.__doc__.strip())
+
+
+def check_values(config) -> None:
+    """Field-by-field checks, shared by AttentionConfig and AttentionChange (None = not set)."""
+    def positive(name, minimum=1):
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+    def one_of(name, options):
+        value = getattr(config, name)
+        if value is not None and value not in options:
+            raise ValueError(f"{'attention kind' if name == 'kind' else name} must be one of {options}, got {value!r}")
+
+    one_of("kind", KINDS)
+    one_of("hashing", HASHINGS)
+    one_of("dedup", DEDUPS)
+    for name in ("n_hashes", "q_cluster_size", "k_cluster_size", "hub_sample"):
+        positive(name)
+    for name in ("n_hub_keys", "n_summaries"):
+        positive(name, minimum=0)
+
+
+class _Change:
+    """Methods of AttentionChange (its fields are generated from AttentionConfig's below)."""
+
+    def __post_init__(self):
+        check_values(self)
+
+    @classmethod
+    def paper(cls, **changes) -> "AttentionChange":
+        """Switch to the paper's exact recipe, keeping the cluster sizes (and anything in `changes`)."""
+        return cls(**{**PAPER_RECIPE, **changes})
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that are set."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, config: AttentionConfig) -> AttentionConfig:
+        return config.with_(**self.changes())
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.changes().items()) or "no change"
+
+
+# Every AttentionConfig field, optional, default None = "keep the block's current value". This is
+# what a schedule entry (`model.attention.eval: {kind: dense}`) or sample.py's flags mean: change
+# these fields of what G was built (and trained) with, and nothing else. Generated from the table
+# so the two can never disagree.
+AttentionChange = dataclasses.make_dataclass(
+    "AttentionChange",
+    [(f.name, Optional[hint], field(default=None)) for f, hint in
+     zip(fields(AttentionConfig), typing.get_type_hints(AttentionConfig).values())],
+    bases=(_Change,),
+    frozen=True,
+)
+AttentionChange.__module__ = __name__
+_document(AttentionChange, "Changes to a block's attention settings: only the fields that are set (not null) change.")
 
 
 def _divisors(n: int) -> list[int]:

@@ -6,11 +6,11 @@ O((N + M) log(N + M)) for the sort; memory O(n_hashes * (N + M)) for the orders.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 
-Hashing = Literal["kd", "xbox", "random"]
+from .config import HASHINGS, Hashing
 
 
 def xbox_plus(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +84,7 @@ def cluster_orders(
             k_order = _sort_within_nodes(k_ext, k_order, a)
             nodes *= factor
         return q_order, k_order
-    raise ValueError(f"hashing must be 'kd', 'xbox' or 'random', got {hashing!r}")
+    raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
 
 
 def prime_factors(n: int) -> list[int]:

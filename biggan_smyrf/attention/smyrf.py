@@ -41,59 +41,75 @@ autograd Function around the fused kernels, with no score tensor kept for the ba
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from .checks import check_qkv, default_scale
-from .config import check_summaries, resolve_cluster_sizes
-from .hashing import Hashing, cluster_orders, hub_keys, make_generator
+from .config import AttentionConfig
+from .hashing import cluster_orders, hub_keys, make_generator
 from .kernels import Kernel, attention_backward, attention_forward, pick_kernel
-
-Dedup = Literal["estimate", "none"]
 
 # Logit offset that removes hub keys from the hashed rounds: exp(-1e4) is 0 in every float type.
 HUB_MASK_LOGIT = -1e4
+
+
+@dataclass
+class SmyrfIntermediates:
+    """What one SMYRF call did, for diagnostics (`return_intermediates=True`): the clusters of
+    every round as orders whose consecutive runs are the clusters, and the hub keys."""
+
+    q_order: torch.Tensor  # (B, n_hashes, N) query indices, cluster by cluster
+    k_order: torch.Tensor  # (B, n_hashes, M)
+    q_cluster_size: int
+    k_cluster_size: int
+    hub_keys: Optional[torch.Tensor]  # (B, n_hub_keys) key indices, or None
+
+    def query_clusters(self) -> torch.Tensor:
+        """(B, n_hashes, N): the cluster of every query in every round."""
+        return _cluster_of(self.q_order, self.q_cluster_size)
+
+    def key_clusters(self) -> torch.Tensor:
+        """(B, n_hashes, M): the cluster of every key in every round."""
+        return _cluster_of(self.k_order, self.k_cluster_size)
+
+
+def _cluster_of(order: torch.Tensor, size: int) -> torch.Tensor:
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(2, order, positions // size)
 
 
 def smyrf_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    config: Optional[AttentionConfig] = None,
     *,
-    n_hashes: int,
-    q_cluster_size: int,
-    k_cluster_size: Optional[int] = None,
     scale: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
-    hashing: Hashing = "xbox",
-    n_hub_keys: int = 0,
-    hub_sample: int = 256,
-    n_summaries: int = 0,
-    dedup: Dedup = "none",
     kernel: Kernel = "auto",
-) -> torch.Tensor:
+    return_intermediates: bool = False,
+    **settings,
+):
     """Approximate softmax(scale * q kᵀ) v with SMYRF. q: (B, N, d_qk), k: (B, M, d_qk), v: (B, M, d_v).
 
-    N / q_cluster_size must equal M / k_cluster_size (the number of clusters per round);
-    k_cluster_size=None picks it so. Randomness comes only from `generator` (a CPU
-    torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
-    key_padding_mask: (B, M) bool, True = attend. The defaults here are the paper's recipe;
-    `AttentionConfig` holds the library's defaults (k-d hashing, hub keys, summary keys, dedup).
-    With one cluster (q_cluster_size=N) the result equals dense attention.
+    The SMYRF parameters are `config`'s (default: `AttentionConfig()`, the library's defaults;
+    `AttentionConfig.paper(...)` is the published recipe) with `settings` -- any AttentionConfig
+    fields, e.g. n_hashes=4, q_cluster_size=2048 -- changed on top. N / q_cluster_size must equal
+    M / k_cluster_size (the number of clusters per round). Randomness comes only from `generator`
+    (a CPU torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
+    key_padding_mask: (B, M) bool, True = attend. With one cluster the result equals dense attention.
+    return_intermediates: also return a `SmyrfIntermediates` (clusters and hub keys).
     """
     check_qkv(q, k, v, key_padding_mask)
-    if n_hashes < 1:
-        raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
-    if not 0 <= n_hub_keys < k.shape[1]:
-        raise ValueError(f"n_hub_keys must be in [0, {k.shape[1]}) for {k.shape[1]} keys, got {n_hub_keys}")
-    if dedup not in ("estimate", "none"):
-        raise ValueError(f"dedup must be 'estimate' or 'none', got {dedup!r}")
+    config = (config or AttentionConfig()).with_(kind="smyrf", **settings)
     (B, N, _), M = q.shape, k.shape[1]
-    q_cluster_size, k_cluster_size = resolve_cluster_sizes(N, M, q_cluster_size, k_cluster_size, "smyrf_attention")
-    check_summaries(n_summaries, M, "smyrf_attention")
+    config.validate_for(N, M, "smyrf_attention")
+    q_cluster_size, k_cluster_size = config.cluster_sizes(N, M)
+    n_hub_keys, n_summaries = config.hub_keys_for(N, M), config.summaries_for(N, M)
     kernel = pick_kernel(kernel, q.device, key_padding_mask is not None)
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
@@ -101,23 +117,27 @@ def smyrf_attention(
     hub = hub_v = hub_k = hub_mask = None
     q_hashed, k_hashed = q, k
     if n_hub_keys:
-        hub = hub_keys(q, k, n_hub_keys, hub_sample, scale, generator, key_padding_mask)
+        hub = hub_keys(q, k, n_hub_keys, config.hub_sample, scale, generator, key_padding_mask)
         hub_k, hub_v = _take(k, hub), _take(v, hub)
         hub_mask = None if key_padding_mask is None else key_padding_mask.gather(1, hub)
     if n_hub_keys or n_summaries:
         q_hashed, k_hashed = _with_logit_offset(q, k, hub, scale)
 
-    q_order, k_order = cluster_orders(q, k, n_hashes, N // q_cluster_size, generator, hashing)
+    q_order, k_order = cluster_orders(q, k, config.n_hashes, N // q_cluster_size, generator, config.hashing)
     qs, ks, vs = _gather(q_hashed, q_order), _gather(k_hashed, k_order), _gather(v, k_order)
     mask = None if key_padding_mask is None else key_padding_mask.gather(1, k_order.flatten(1))
+    summarised_k_size = k_cluster_size
     if n_summaries:
         counted = _gather(_summarised(k, hub, key_padding_mask), k_order)
         ks, vs, mask = _append_summaries(ks, vs, mask, counted, k_cluster_size, n_summaries, scale)
-        k_cluster_size += n_summaries
-    return _ClusteredAttention.apply(
+        summarised_k_size += n_summaries
+    out = _ClusteredAttention.apply(
         qs, ks, vs, q_order, mask, q, hub_k, hub_v, hub_mask,
-        (scale, q_cluster_size, k_cluster_size, kernel, dedup == "estimate"),
+        (scale, q_cluster_size, summarised_k_size, kernel, config.dedup == "estimate"),
     )
+    if not return_intermediates:
+        return out
+    return out, SmyrfIntermediates(q_order, k_order, q_cluster_size, k_cluster_size, hub)
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

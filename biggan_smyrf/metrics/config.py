@@ -2,8 +2,10 @@
 configs and shows this docstring in `--help`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+from .registry import METRICS
 
 SUPPORTED_EXTRACTORS = ("inception-v3-compat",)
 
@@ -19,9 +21,9 @@ class MetricsConfig:
         n_real: real images for the reference statistics; None = the whole dataset. Part of the
             statistics' cache key, so changing it computes new statistics.
         batch_size: images per forward pass of the Inception network.
-        fid: compute FID (key `fid`).
-        isc: compute the Inception Score (keys `is_mean`, `is_std`; 10 splits, fewer for tiny runs).
-        kid: compute KID (keys `kid_mean`, `kid_std`; 100 subsets).
+        names: the metrics to compute, from metrics/registry.py: `fid` (key `fid`), `isc`, the
+            Inception Score (keys `is_mean`, `is_std`; 10 splits, fewer for tiny runs), `kid` (keys
+            `kid_mean`, `kid_std`; 100 subsets).
         kid_subset_size: images per KID subset (torch-fidelity's default 1000); clamped to the
             number of generated and real images available.
         feature_extractor: torch-fidelity feature extractor; only `inception-v3-compat`, the
@@ -37,9 +39,7 @@ class MetricsConfig:
     n_samples: int = 10000
     n_real: Optional[int] = None
     batch_size: int = 64
-    fid: bool = True
-    isc: bool = True
-    kid: bool = True
+    names: list[str] = field(default_factory=lambda: list(METRICS))
     kid_subset_size: int = 1000
     feature_extractor: str = "inception-v3-compat"
     weights_path: Optional[str] = None
@@ -60,14 +60,21 @@ class MetricsConfig:
             raise ValueError(
                 f"metrics.feature_extractor must be one of {SUPPORTED_EXTRACTORS}, got {self.feature_extractor!r}"
             )
-        if self.enabled and not (self.fid or self.isc or self.kid):
-            raise ValueError(
-                "metrics.enabled is true but fid, isc and kid are all false; enable one or set metrics.enabled=false"
-            )
+        unknown = [name for name in self.names if name not in METRICS]
+        if unknown:
+            raise ValueError(f"metrics.names: unknown metrics {unknown}; available: {list(METRICS)}")
+        if self.enabled and not self.names:
+            raise ValueError("metrics.enabled is true but metrics.names is empty; name one of "
+                             f"{list(METRICS)} or set metrics.enabled=false")
         if not self.cache_dir:
             raise ValueError("metrics.cache_dir must be a directory path, got an empty string")
 
     @property
     def needs_real(self) -> bool:
         """Whether the enabled metrics compare against real images (IS alone does not)."""
-        return self.enabled and (self.fid or self.kid)
+        return self.enabled and any(METRICS[name].needs_real for name in self.names)
+
+    @property
+    def features(self) -> list[str]:
+        """The extractor outputs the enabled metrics read."""
+        return sorted({METRICS[name].feature for name in self.names})

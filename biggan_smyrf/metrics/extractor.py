@@ -30,8 +30,6 @@ WEIGHTS_FILENAME = os.path.basename(urllib.parse.urlparse(WEIGHTS_URL).path)
 # Seconds a connect or read may stall, not a cap on the whole 91 MB transfer: an offline machine
 # fails within this, a slow but working connection still completes.
 DOWNLOAD_TIMEOUT_S = 15.0
-FID_FEATURE = "2048"  # pool3 features, for FID and KID
-ISC_FEATURE = "logits_unbiased"  # the logits without bias, as the original IS code uses
 
 
 class MissingWeightsError(RuntimeError):
@@ -103,12 +101,6 @@ def resolve_weights(cfg: MetricsConfig) -> Optional[str]:
     return str(default)
 
 
-def feature_names(cfg: MetricsConfig) -> list[str]:
-    """The extractor outputs the enabled metrics need."""
-    names = [FID_FEATURE] if cfg.fid or cfg.kid else []
-    return names + ([ISC_FEATURE] if cfg.isc else [])
-
-
 def create_extractor(cfg: MetricsConfig, device: torch.device, weights_path: Optional[str] = None) -> torch.nn.Module:
     """torch-fidelity's extractor for `cfg.feature_extractor`, in eval mode on `device`.
 
@@ -122,7 +114,7 @@ def create_extractor(cfg: MetricsConfig, device: torch.device, weights_path: Opt
         raise ValueError("metrics are disabled (metrics.enabled=false); no feature extractor to create")
     extractor = create_feature_extractor(
         cfg.feature_extractor,
-        feature_names(cfg),
+        cfg.features,
         cuda=False,
         feature_extractor_weights_path=weights_path,
         verbose=False,

@@ -25,6 +25,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics
 
 from . import extractor as _extractor  # called through the module, so tests can monkeypatch it
 from .config import MetricsConfig
+from .registry import FID_FEATURE
 
 # Bump when the cached content or its meaning changes (e.g. the KID row selection).
 CACHE_FORMAT = 1
@@ -192,10 +193,10 @@ def load_or_compute_real_stats(
 
     if extractor is None:
         extractor = _extractor.create_extractor(cfg, device, weights_path)
-    if _extractor.FID_FEATURE not in extractor.get_requested_features_list():
-        raise ValueError(f"the extractor must provide the {_extractor.FID_FEATURE!r} features for real statistics")
+    if FID_FEATURE not in extractor.get_requested_features_list():
+        raise ValueError(f"the extractor must provide the {FID_FEATURE!r} features for real statistics")
     features = _extractor.extract_features(extractor, real_batches_factory(), device, limit=n_real)
-    features = features[_extractor.FID_FEATURE]
+    features = features[FID_FEATURE]
     if len(features) != n_real:
         raise ValueError(f"real_batches_factory yielded {len(features)} images, expected {n_real}")
     stats = RealStatistics.from_features(features, key)

@@ -7,7 +7,7 @@ from .generator import Generator
 from .regularization import orthogonal_regularization
 from .specs import RESOLUTIONS, discriminator_stages, generator_stages
 from .summary import count_parameters, model_summary
-from .swap import attention, attention_blocks, attention_configs, restore, set_attention
+from .swap import attention_blocks, attention_configs, planned_attention, restore, set_attention, using_attention
 
 __all__ = [
     "RESOLUTIONS",
@@ -17,7 +17,6 @@ __all__ = [
     "GeneratorConfig",
     "NetworkConfig",
     "SelfAttention",
-    "attention",
     "attention_blocks",
     "attention_configs",
     "capture_qkv",
@@ -26,6 +25,8 @@ __all__ = [
     "generator_stages",
     "model_summary",
     "orthogonal_regularization",
+    "planned_attention",
     "restore",
     "set_attention",
+    "using_attention",
 ]

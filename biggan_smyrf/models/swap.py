@@ -2,12 +2,15 @@
 
     set_attention(G, "smyrf", n_hashes=4, q_cluster_size=2048)   # every block of G
     set_attention(G, n_hashes=8, resolutions=[128])              # change SMYRF parameters only
-    with attention(G, "dense"):                                   # temporarily exact
+    with using_attention(G, "dense"):                             # temporarily exact
         images = G(z)
 
-Only each block's `config` attribute changes; no parameter, buffer or state-dict key does, so
-weights trained with one kind load into the other with strict=True. All requested configs are
-validated against their blocks' token counts before any block is changed.
+A setting is a kind ("dense", "smyrf": the block's other fields kept), an `AttentionChange`
+(only its set fields change), a full `AttentionConfig` (replaces the block's), or a dict of
+configs by block name (what `attention_configs` returns). Only each block's `config` attribute
+changes; no parameter, buffer or state-dict key does, so weights trained with one kind load into
+the other with strict=True. Every requested config is validated against its block's token counts
+before any block is changed.
 """
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ from typing import Iterable, Optional, Union
 
 from torch import nn
 
-from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.attention import AttentionChange, AttentionConfig
 
 from .attention_block import SelfAttention
 
-KindOrConfig = Union[str, AttentionConfig, None]
+Setting = Union[str, AttentionConfig, AttentionChange, dict, None]
 
 
 def attention_blocks(model: nn.Module, resolutions: Optional[Iterable[int]] = None) -> dict[str, SelfAttention]:
@@ -40,52 +43,60 @@ def attention_configs(model: nn.Module) -> dict[str, AttentionConfig]:
     return {name: block.config for name, block in attention_blocks(model).items()}
 
 
-def set_attention(
-    model: nn.Module,
-    kind: KindOrConfig = None,
-    *,
-    resolutions: Optional[Iterable[int]] = None,
-    **params,
+def planned_attention(
+    model: nn.Module, *settings: Setting, resolutions: Optional[Iterable[int]] = None, **params
 ) -> dict[str, AttentionConfig]:
-    """Set the attention of the model's blocks; returns their previous configs (for `restore`).
-
-    kind: "dense" or "smyrf" (other fields kept from each block's current config), a full
-        AttentionConfig, or None to keep each block's kind and only change `params`.
-    params: AttentionConfig fields, e.g. n_hashes=4, q_cluster_size=2048, hashing="xbox".
-    """
+    """Each selected block's config after `settings` (in order) and then `params` (AttentionConfig
+    fields), validated against the block's tokens. Changes nothing."""
     blocks = attention_blocks(model, resolutions)
-    new = {name: _updated(block.config, kind, params) for name, block in blocks.items()}
-    for name, block in blocks.items():  # validate everything before changing anything
-        new[name].validate_for(block.n_queries, block.n_keys, where=block.describe_place())
-    previous = {}
+    planned = {}
     for name, block in blocks.items():
-        previous[name] = block.config
-        block.set_config(new[name])
+        config = block.config
+        for setting in (*settings, params):
+            config = _applied(config, setting, name)
+        config.validate_for(block.n_queries, block.n_keys, where=block.describe_place())
+        planned[name] = config
+    return planned
+
+
+def set_attention(
+    model: nn.Module, *settings: Setting, resolutions: Optional[Iterable[int]] = None, **params
+) -> dict[str, AttentionConfig]:
+    """Apply `settings` and `params` to the model's blocks (see `planned_attention`); returns their
+    previous configs (for `restore`)."""
+    new = planned_attention(model, *settings, resolutions=resolutions, **params)
+    blocks = attention_blocks(model)
+    previous = {name: blocks[name].config for name in new}
+    for name, config in new.items():
+        blocks[name].config = config  # validated above, all-or-nothing
     return previous
 
 
 def restore(model: nn.Module, configs: dict[str, AttentionConfig]) -> None:
-    blocks = attention_blocks(model)
-    for name, config in configs.items():
-        blocks[name].set_config(config)
+    set_attention(model, configs)
 
 
 @contextmanager
-def attention(model: nn.Module, kind: KindOrConfig = None, *, resolutions: Optional[Iterable[int]] = None, **params):
+def using_attention(model: nn.Module, *settings: Setting, resolutions: Optional[Iterable[int]] = None, **params):
     """`set_attention` for the duration of a `with` block; the previous configs come back after."""
-    previous = set_attention(model, kind, resolutions=resolutions, **params)
+    previous = set_attention(model, *settings, resolutions=resolutions, **params)
     try:
         yield model
     finally:
         restore(model, previous)
 
 
-def _updated(current: AttentionConfig, kind: KindOrConfig, params: dict) -> AttentionConfig:
-    if isinstance(kind, AttentionConfig):
-        return kind.with_(**params) if params else kind
-    if kind is not None:
-        params = {"kind": kind, **params}
-    unknown = set(params) - set(AttentionConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown attention parameters {sorted(unknown)}; valid: {sorted(AttentionConfig.__dataclass_fields__)}")
-    return current.with_(**params)
+def _applied(config: AttentionConfig, setting: Setting, block: str) -> AttentionConfig:
+    if setting is None:
+        return config
+    if isinstance(setting, AttentionConfig):
+        return setting
+    if isinstance(setting, AttentionChange):
+        return setting.apply(config)
+    if isinstance(setting, str):
+        return config.with_(kind=setting)
+    if isinstance(setting, dict) and all(isinstance(c, AttentionConfig) for c in setting.values()):
+        return setting.get(block, config)  # per-block configs; blocks not named keep theirs
+    if isinstance(setting, dict):
+        return config.with_(**setting)  # AttentionConfig fields
+    raise TypeError(f"an attention setting is a kind, AttentionChange, AttentionConfig or dict; got {setting!r}")

@@ -1,5 +1,6 @@
-"""Training: the BigGAN LightningModule, its typed options, G_ema and callbacks."""
+"""Training: the BigGAN LightningModule, its typed options, losses, G_ema and callbacks."""
 from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig
-from .module import BigGAN, d_hinge_loss, g_hinge_loss
+from .losses import LOSSES, gan_loss
+from .module import BigGAN
 
-__all__ = ["AttentionSchedule", "BigGAN", "EMAConfig", "LoopConfig", "OptimConfig", "d_hinge_loss", "g_hinge_loss"]
+__all__ = ["LOSSES", "AttentionSchedule", "BigGAN", "EMAConfig", "LoopConfig", "OptimConfig", "gan_loss"]

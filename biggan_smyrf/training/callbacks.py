@@ -6,11 +6,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
-from torchvision.utils import make_grid, save_image
+from torchvision.io import write_png
+from torchvision.utils import make_grid
 
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    return (images.float().clamp(-1, 1) + 1) / 2
+from biggan_smyrf.inference.sampling import to_uint8
+from biggan_smyrf.metrics.registry import METRICS
+from biggan_smyrf.models import model_summary
 
 
 class SampleGrid(pl.Callback):
@@ -36,27 +37,35 @@ class SampleGrid(pl.Callback):
             self.write(trainer, pl_module)
 
     def write(self, trainer, pl_module):
-        tag = pl_module.kind_tag(pl_module.schedule.eval)
+        tag = pl_module.kind_tag("eval")
         nrow = max(1, int(pl_module.loop_cfg.n_samples**0.5))
         for name, use_ema in (("G", False), ("G_ema", True)):
-            grid = make_grid(to_unit_range(pl_module.sample_grid_images(use_ema)), nrow=nrow)
+            grid = make_grid(to_uint8(pl_module.sample_grid_images(use_ema)).cpu(), nrow=nrow)
             if not trainer.is_global_zero:
                 continue
             for logger in trainer.loggers:
                 if hasattr(logger.experiment, "add_image"):
                     logger.experiment.add_image(f"samples/{name}_{tag}", grid, pl_module.g_iters)
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_image(grid, self.out_dir / f"{name}_{pl_module.g_iters:07d}.png")
+            write_png(grid, str(self.out_dir / f"{name}_{pl_module.g_iters:07d}.png"))
 
 
 def describe_metrics(pl_module) -> str:
     m = pl_module.metrics_cfg
     if not m.enabled:
         return "metrics: off (model.metrics.enabled=false)"
-    names = [n for n, on in (("FID", m.fid), ("IS", m.isc), ("KID", m.kid)) if on]
-    kinds = [pl_module.kind_tag(cfg) for cfg in pl_module.evaluated_attentions()]
+    names = [METRICS[name].label for name in m.names]
+    kinds = [pl_module.kind_tag(phase) for phase in pl_module.evaluated_phases()]
     return (f"metrics: {'/'.join(names)} of {m.n_samples} G_ema samples ({' and '.join(kinds)} attention) "
             f"every {pl_module.loop_cfg.val_every} G iterations")
+
+
+def describe_phase(configs: dict) -> str:
+    """One description when every G block uses the same attention, else one per block."""
+    described = {name: config.describe() for name, config in configs.items()}
+    if len(set(described.values())) <= 1:
+        return next(iter(described.values()), "no attention")
+    return ", ".join(f"{name}: {text}" for name, text in described.items())
 
 
 class RunSummary(pl.Callback):
@@ -66,14 +75,10 @@ class RunSummary(pl.Callback):
         self.run_dir = Path(run_dir)
 
     def on_fit_start(self, trainer, pl_module):
-        from biggan_smyrf.models import model_summary
-
-        schedule = pl_module.schedule
         lines = [
             model_summary(pl_module.G, pl_module.D),
-            f"attention schedule: train={schedule.train.describe() if schedule.train else 'as built'}, "
-            f"eval={schedule.eval.describe() if schedule.eval else 'as built'}"
-            + (f", compared with {schedule.compare.describe()}" if schedule.compare else ""),
+            "attention schedule: " + "; ".join(
+                f"{phase}={describe_phase(pl_module.phase_configs[phase])}" for phase in pl_module.phase_configs),
             describe_metrics(pl_module),
             f"run directory: {self.run_dir} (last.ckpt, samples/, TensorBoard logs in tb/)",
         ]

@@ -8,14 +8,17 @@ lengths directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.attention import AttentionSchedule
+
+from .losses import LossName, gan_loss
+
+__all__ = ["AttentionSchedule", "EMAConfig", "LoopConfig", "OptimConfig"]
 
 
 @dataclass
 class OptimConfig:
-    """Adam for both networks. Defaults: the SMYRF paper's CelebA-HQ run (BigGAN settings)."""
+    """Adam and the GAN loss for both networks. Defaults: the SMYRF paper's CelebA-HQ run (BigGAN settings)."""
 
     lr_g: float = 5e-5
     lr_d: float = 2e-4
@@ -25,10 +28,12 @@ class OptimConfig:
     num_d_steps: int = 2
     accumulate: int = 1  # micro-batches per optimizer step, for both G and D
     ortho_reg: float = 0.0  # BigGAN's orthogonal regularisation strength (1e-4 in the paper); 0 = off
+    loss: LossName = "hinge"  # hinge (BigGAN, the paper) or logistic (non-saturating); see training/losses.py
 
     def __post_init__(self):
         if self.num_d_steps < 1 or self.accumulate < 1:
             raise ValueError(f"num_d_steps and accumulate must be >= 1, got {self.num_d_steps}, {self.accumulate}")
+        gan_loss(self.loss)  # fails with the valid names
 
 
 @dataclass
@@ -45,28 +50,6 @@ class EMAConfig:
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
-
-
-@dataclass
-class AttentionSchedule:
-    """Which attention G uses when training and when evaluating (validation, sample grids).
-
-    None keeps the kind the generator was built with (`generator.attention`). Example: train with
-    SMYRF to afford 128x128 attention and evaluate with exact dense attention:
-        train: {kind: smyrf, n_hashes: 4, q_cluster_size: 2048}
-        eval:  {kind: dense}
-    Both apply to every attention block of G; D keeps `discriminator.attention`.
-    compare: a second attention for G_ema in every validation, side by side with `eval`: metrics
-        are logged for both (val/fid_dense and val/fid_smyrf, ...), the paper's
-        interchangeability claim measured on every run.
-    diagnostics: at each validation, log per attention block how far SMYRF is from dense
-        (diag/smyrf_error_<res>px, diag/smyrf_mass_share_<res>px) and an image of its clusters.
-    """
-
-    train: Optional[AttentionConfig] = None
-    eval: Optional[AttentionConfig] = None
-    compare: Optional[AttentionConfig] = None
-    diagnostics: bool = True
 
 
 @dataclass

@@ -12,7 +12,6 @@ from typing import Optional
 
 import torch
 
-from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.inference.sampling import labels, latents, render
 from biggan_smyrf.metrics import (
     MetricsConfig,
@@ -23,7 +22,7 @@ from biggan_smyrf.metrics import (
     load_or_compute_real_stats,
     resolve_weights,
 )
-from biggan_smyrf.metrics.diagnostics import attention_diagnostics
+from biggan_smyrf.models.diagnostics import attention_diagnostics
 
 VALIDATION_SEED = 0
 
@@ -88,25 +87,12 @@ class Evaluator:
         return module.trainer.strategy.broadcast(scores, src=0)
 
 
-def smyrf_config_to_diagnose(module) -> Optional[AttentionConfig]:
-    """The SMYRF configuration this run uses: compare, eval or train schedule, else as built."""
-    from biggan_smyrf.models import attention_configs
-
-    s = module.schedule
-    built = list(attention_configs(module.G).values())
-    for cfg in (s.compare, s.eval, s.train, *built):
-        if cfg is not None and cfg.kind == "smyrf":
-            return cfg
-    return None
-
-
 def log_diagnostics(module, logger_experiment) -> None:
-    """Per attention block of G_ema: SMYRF error and covered mass vs dense, and the cluster map."""
-    cfg = smyrf_config_to_diagnose(module)
-    if cfg is None:
-        return
+    """Per attention block of G_ema: SMYRF error and covered mass vs dense, and the cluster map,
+    with the SMYRF settings this run uses."""
+    smyrf = module.smyrf_settings()
     z, y = module.fixed_z[:2], module.fixed_y[:2]
-    for name, d in attention_diagnostics(module.G_ema.module, cfg, z, y).items():
+    for d in attention_diagnostics(module.G_ema.module, smyrf, z, y).values():
         tag = f"{d.resolution}px"
         module.log(f"diag/smyrf_error_{tag}", d.error, rank_zero_only=True)
         module.log(f"diag/smyrf_mass_share_{tag}", d.mass_share, rank_zero_only=True)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.metrics import MetricsConfig
 from biggan_smyrf.models import (
     Discriminator,
     DiscriminatorConfig,
@@ -27,25 +25,16 @@ from biggan_smyrf.models import (
     GeneratorConfig,
     attention_configs,
     orthogonal_regularization,
+    planned_attention,
+    using_attention,
 )
-from biggan_smyrf.models import attention as swap_attention
-
 from biggan_smyrf.typed import coerce
-
-from biggan_smyrf.metrics import MetricsConfig
 
 from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig
 from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
+from .losses import gan_loss
 from .state import attention_generators, restore_rng_state, rng_state
-
-
-def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
-
-
-def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
-    return -d_fake.mean()
 
 
 class BigGAN(pl.LightningModule):
@@ -53,7 +42,7 @@ class BigGAN(pl.LightningModule):
 
     Args:
         generator, discriminator: architecture (resolution, width, where attention sits, its kind).
-        optim: learning rates, Adam betas, D steps per G step, accumulation, ortho reg.
+        optim: learning rates, Adam betas, D steps per G step, accumulation, ortho reg, GAN loss.
         ema: G_ema decay and start (in G iterations).
         attention: which attention G uses for training steps and for evaluation.
         loop: run length and intervals, in G iterations.
@@ -85,16 +74,18 @@ class BigGAN(pl.LightningModule):
         self.optim_cfg, self.ema_cfg, self.schedule, self.loop_cfg = optim, ema, attention, loop
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
 
+        self.gan_loss = gan_loss(optim.loss)
         self.G = Generator(generator)
         self.D = Discriminator(discriminator)
-        # Validate the schedule's SMYRF sizes against G's token counts now, not mid-run.
-        for cfg in (attention.train, attention.eval, attention.compare):
-            if cfg is not None:
-                with swap_attention(self.G, cfg):
-                    pass
-        if attention.compare is not None and attention.compare.kind == self.kind_tag(attention.eval):
+        # Every phase's per-block configs, resolved and checked against G's token counts now, not mid-run.
+        self.built_attention = attention_configs(self.G)
+        self.phase_configs = {
+            phase: planned_attention(self.G, {name: attention.config(phase, cfg) for name, cfg in self.built_attention.items()})
+            for phase in ("train", "eval") + (("compare",) if attention.compare is not None else ())
+        }
+        if attention.compare is not None and self.kind_tag("compare") == self.kind_tag("eval"):
             raise ValueError(
-                f"attention.compare must be the other kind than the eval attention ({self.kind_tag(attention.eval)}): "
+                f"attention.compare must be the other kind than the eval attention ({self.kind_tag('eval')}): "
                 f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
             )
         self.G_ema = make_ema(self.G, ema.decay)
@@ -108,18 +99,20 @@ class BigGAN(pl.LightningModule):
     # --- attention schedule -------------------------------------------------------------------
 
     @contextmanager
-    def attention_kind(self, cfg: Optional[AttentionConfig]):
-        """G and G_ema use `cfg` inside the block (None: as built), their previous configs after."""
-        if cfg is None:
-            yield
-            return
-        with swap_attention(self.G, cfg), swap_attention(self.G_ema, cfg):
+    def attention_phase(self, phase: str):
+        """G and G_ema use the schedule's attention for `phase` inside the block, their built one after."""
+        configs = self.phase_configs[phase]
+        with using_attention(self.G, configs), using_attention(self.G_ema.module, configs):
             yield
 
-    def kind_tag(self, cfg: Optional[AttentionConfig]) -> str:
-        """'dense', 'smyrf' (or 'dense_smyrf' for a mixed G): the suffix of every logged metric."""
-        kinds = {c.kind for c in ([cfg] if cfg is not None else attention_configs(self.G).values())}
-        return "_".join(sorted(kinds)) or "none"
+    def kind_tag(self, phase: str) -> str:
+        """'dense', 'smyrf' (or 'dense_smyrf' for a mixed G) in `phase`: the suffix of every logged metric."""
+        return "_".join(sorted({c.kind for c in self.phase_configs[phase].values()})) or "none"
+
+    def smyrf_settings(self) -> dict[str, AttentionConfig]:
+        """The SMYRF settings of every G attention block that runs SMYRF in some phase (for diagnostics)."""
+        used = {name for configs in self.phase_configs.values() for name, c in configs.items() if c.kind == "smyrf"}
+        return {name: self.schedule.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -144,7 +137,7 @@ class BigGAN(pl.LightningModule):
         real, y_real = batch
         opt_g, opt_d = self.optimizers()
         o = self.optim_cfg
-        with self.attention_kind(self.schedule.train):
+        with self.attention_phase("train"):
             d_loss, d_real, d_fake = self.d_micro_step(real, y_real, opt_d)
             self._micro_step += 1
             g_loss = None
@@ -165,7 +158,7 @@ class BigGAN(pl.LightningModule):
         self.toggle_optimizer(opt_d)
         scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y_fake]))
         d_real, d_fake = scores.split(real.shape[0])
-        loss = d_hinge_loss(d_real, d_fake)
+        loss = self.gan_loss.discriminator(d_real, d_fake)
         if o.ortho_reg > 0:
             loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
         self.manual_backward(loss / o.accumulate)
@@ -180,7 +173,7 @@ class BigGAN(pl.LightningModule):
         self.toggle_optimizer(opt_g)
         for _ in range(o.accumulate):
             z, y = self.sample_latents(batch_size)
-            loss = g_hinge_loss(self.D(self.G(z, y), y))
+            loss = self.gan_loss.generator(self.D(self.G(z, y), y))
             if o.ortho_reg > 0:
                 loss = loss + o.ortho_reg * orthogonal_regularization(self.G)
             self.manual_backward(loss / o.accumulate)
@@ -196,7 +189,7 @@ class BigGAN(pl.LightningModule):
         self.log("loss_d", d_loss, prog_bar=True, logger=False)
         if g_loss is None or self.g_iters % self.loop_cfg.log_every:
             return
-        tag = self.kind_tag(self.schedule.train)
+        tag = self.kind_tag("train")
         o = self.optim_cfg
         now = time.perf_counter()
         images = self.g_iters * batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
@@ -228,7 +221,7 @@ class BigGAN(pl.LightningModule):
         net = self.G_ema.module if use_ema else self.G
         was_training = net.training
         net.eval()
-        with self.attention_kind(self.schedule.eval):
+        with self.attention_phase("eval"):
             images = net(self.fixed_z, self.fixed_y)
         net.train(was_training)
         return images
@@ -236,8 +229,8 @@ class BigGAN(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         """D's view of real images and of G_ema samples under the eval attention (cheap sanity metrics)."""
         real, y_real = batch
-        tag = self.kind_tag(self.schedule.eval)
-        with self.attention_kind(self.schedule.eval):
+        tag = self.kind_tag("eval")
+        with self.attention_phase("eval"):
             z, y = self.sample_latents(real.shape[0])
             fake = self.G_ema.module(z, y)
         scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y]))
@@ -245,10 +238,9 @@ class BigGAN(pl.LightningModule):
         self.log_dict({f"val/d_real_{tag}": d_real.mean(), f"val/d_fake_{tag}": d_fake.mean()}, sync_dist=True)
         self.log("step", float(self.g_iters))
 
-    def evaluated_attentions(self) -> list[Optional[AttentionConfig]]:
-        """The eval attention (None: as built) and, when set, the one compared side by side."""
-        compare = self.schedule.compare
-        return [self.schedule.eval] + ([compare] if compare is not None else [])
+    def evaluated_phases(self) -> list[str]:
+        """The eval attention and, when set, the one compared side by side."""
+        return [phase for phase in ("eval", "compare") if phase in self.phase_configs]
 
     def setup(self, stage: str) -> None:
         if self.metrics_cfg.enabled and stage in ("fit", "validate"):
@@ -257,10 +249,10 @@ class BigGAN(pl.LightningModule):
     def on_validation_epoch_end(self):
         if self.metrics_cfg.enabled:
             self.evaluator.prepare(self)
-            for cfg in self.evaluated_attentions():
-                with self.attention_kind(cfg):
+            for phase in self.evaluated_phases():
+                with self.attention_phase(phase):
                     scores = self.evaluator.evaluate(self, self.G_ema.module)
-                tag = self.kind_tag(cfg)
+                tag = self.kind_tag(phase)
                 self.log_dict({f"val/{name}_{tag}": value for name, value in scores.items()})
         if self.schedule.diagnostics and self.trainer.is_global_zero:
             log_diagnostics(self, self.logger.experiment if self.logger is not None else None)
@@ -290,6 +282,3 @@ class BigGAN(pl.LightningModule):
         if pending is not None:
             restore_rng_state(pending, attention_generators(self))
             self._pending_rng = None
-
-    def summary_dict(self) -> dict:
-        return {k: asdict(v) for k, v in self.hparams.items() if hasattr(v, "__dataclass_fields__")}
