@@ -1,5 +1,5 @@
 """biggan-smyrf: BigGAN with dense or SMYRF attention, interchangeable on the same weights."""
-from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.attention import AttentionChange, AttentionConfig
 from biggan_smyrf.inference import export_generator, generate, interpolate, load_generator
 
-__all__ = ["AttentionConfig", "export_generator", "generate", "interpolate", "load_generator"]
+__all__ = ["AttentionChange", "AttentionConfig", "export_generator", "generate", "interpolate", "load_generator"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from biggan_smyrf import AttentionConfig, export_generator, generate, interpolate, load_generator
+from biggan_smyrf import AttentionChange, AttentionConfig, export_generator, generate, interpolate, load_generator
 from biggan_smyrf.inference import CheckpointError
 from biggan_smyrf.models import attention_configs
 
@@ -86,6 +86,22 @@ def test_dense_and_smyrf_on_the_same_checkpoint_are_close_but_different(ckpt):
 def test_default_attention_is_the_runs_eval_attention(ckpt):
     # The demo config trains with SMYRF and evaluates dense.
     assert {c.kind for c in attention_configs(load_generator(ckpt)).values()} == {"dense"}
+
+
+def test_smyrf_starts_from_the_checkpoints_own_settings(ckpt, tmp_path):
+    """The demo trained with SMYRF 2 x 256 (1,024 queries): `--attention smyrf` alone must use
+    those, not the library's 4 x 2048, and each flag changes one field only."""
+    trained = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)
+    assert set(attention_configs(load_generator(ckpt, attention="smyrf")).values()) == {trained}
+    paper = AttentionChange.paper()
+    assert set(attention_configs(load_generator(ckpt, attention="paper")).values()) == {paper.apply(trained)}
+    eight = AttentionChange(kind="smyrf", n_hashes=8)
+    assert set(attention_configs(load_generator(ckpt, attention=eight)).values()) == {trained.with_(n_hashes=8)}
+    sample("--ckpt", ckpt, "--out", tmp_path, "--n", 2, "--attention", "smyrf")
+    sample("--ckpt", ckpt, "--out", tmp_path / "paper", "--n", 2, "--attention", "paper", "--n-hashes", 3)
+    # An exported generator keeps the run's SMYRF settings too, though it was exported dense.
+    exported = export_generator(load_generator(ckpt), tmp_path / "G.pt")
+    assert set(attention_configs(load_generator(exported, attention="smyrf")).values()) == {trained}
 
 
 def test_truncation_reduces_sample_variance(ckpt):

@@ -140,8 +140,10 @@ def check_values(config) -> None:
         positive(name, minimum=0)
 
 
+@dataclass(frozen=True)
 class _Change:
-    """Methods of AttentionChange (its fields are generated from AttentionConfig's below)."""
+    """Methods of AttentionChange (its fields are generated from AttentionConfig's below). A
+    dataclass itself, so that jsonargparse sees a plain dataclass, not a class hierarchy."""
 
     def __post_init__(self):
         check_values(self)

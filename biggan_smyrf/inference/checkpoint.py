@@ -12,13 +12,12 @@ from typing import Optional, Union
 
 import torch
 
-from biggan_smyrf.attention import AttentionConfig
-from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, restore, set_attention
+from biggan_smyrf.attention import AttentionChange, AttentionConfig, AttentionSchedule
+from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, set_attention
+from biggan_smyrf.models.swap import Setting
 from biggan_smyrf.typed import coerce
 
 EXPORT_FORMAT = "biggan_smyrf.generator/1"
-# Per-block configs (exported files), one config for all blocks (a run's eval attention), or none.
-SavedAttention = Union[dict, AttentionConfig, None]
 
 
 class CheckpointError(ValueError):
@@ -38,11 +37,13 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         ) from err
 
 
-def generator_state(checkpoint: dict, path: Path, ema: bool) -> tuple[GeneratorConfig, dict, SavedAttention]:
-    """(architecture, G weights, the attention to sample with) from either file format."""
+def generator_state(checkpoint: dict, path: Path, ema: bool) -> tuple[GeneratorConfig, dict, Optional[AttentionSchedule]]:
+    """(architecture, G weights, the run's attention schedule) from either file format; an
+    exported file has per-block configs of its own, returned in the architecture."""
     if checkpoint.get("format") == EXPORT_FORMAT:
         config = coerce(GeneratorConfig, checkpoint["config"])
-        return config, checkpoint["state_dict"], coerce(dict[str, AttentionConfig], checkpoint["attention"])
+        blocks = coerce(dict[str, AttentionConfig], checkpoint["attention"])
+        return config, checkpoint["state_dict"], blocks
     if "biggan_smyrf" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(
             f"{path} is not a biggan_smyrf checkpoint (expected a train.py last.ckpt/best checkpoint "
@@ -50,10 +51,10 @@ def generator_state(checkpoint: dict, path: Path, ema: bool) -> tuple[GeneratorC
         )
     hparams = checkpoint["hyper_parameters"]
     config = coerce(GeneratorConfig, hparams["generator"])
-    eval_attention = coerce(Optional[AttentionConfig], (hparams.get("attention") or {}).get("eval"))
+    schedule = coerce(AttentionSchedule, hparams.get("attention") or {})
     prefix = "G_ema.module." if ema else "G."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    return config, state, eval_attention
+    return config, state, schedule
 
 
 def load_generator(
@@ -61,26 +62,34 @@ def load_generator(
     *,
     ema: bool = True,
     device: Union[str, torch.device] = "cpu",
-    attention: Union[str, AttentionConfig, None] = None,
+    attention: Setting = None,
 ) -> Generator:
     """A generator in eval mode, ready to sample.
 
     ema: G_ema (default) or the raw G of a training checkpoint.
-    attention: "dense", "smyrf" or an AttentionConfig for every attention block (validated against
-        the model's token counts); default: the attention the run evaluated with
-        (`model.attention.eval`), else as trained; for an exported file, as it was exported.
+    attention: by default the attention the run evaluated with (`model.attention.eval`; for an
+        exported file, as exported). Every block keeps the run's own SMYRF settings (as trained),
+        even when it evaluated dense, so "smyrf" -- or an `AttentionChange` such as
+        `AttentionChange(kind="smyrf", n_hashes=8)` -- starts from them and changes only what it
+        names; "paper" is `AttentionChange.paper()`; a full AttentionConfig replaces them. Checked
+        against every block's token counts.
     """
     path = Path(path)
-    config, state, saved_attention = generator_state(read_checkpoint(path), path, ema)
+    config, state, saved = generator_state(read_checkpoint(path), path, ema)
     generator = Generator(config)
     generator.load_state_dict(state, strict=True)
-    if attention is not None:
-        set_attention(generator, attention)
-    elif isinstance(saved_attention, dict):
-        restore(generator, saved_attention)
-    elif saved_attention is not None:
-        set_attention(generator, saved_attention)
+    set_attention(generator, evaluated_attention(generator, saved))
+    if attention == "paper":
+        attention = AttentionChange.paper()
+    set_attention(generator, attention)
     return generator.to(device).eval()
+
+
+def evaluated_attention(generator: Generator, saved: Union[AttentionSchedule, dict]) -> dict[str, AttentionConfig]:
+    """Per block, the attention the run evaluated with, carrying the SMYRF settings it used."""
+    if isinstance(saved, dict):  # an exported file's own per-block configs
+        return saved
+    return {name: saved.config("eval", built) for name, built in attention_configs(generator).items()}
 
 
 def export_generator(generator: Generator, path: Union[str, Path]) -> Path:

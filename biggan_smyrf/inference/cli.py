@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -18,16 +20,16 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from biggan_smyrf.attention import AttentionConfig
-from biggan_smyrf.models import attention_configs, set_attention
-
-from biggan_smyrf.metrics import MissingWeightsError
+from biggan_smyrf.attention import AttentionChange, AttentionConfig
+from biggan_smyrf.metrics import MetricsConfig, MissingWeightsError, evaluate_images, prepare_scoring
+from biggan_smyrf.models import attention_configs
 
 from .checkpoint import CheckpointError, load_generator
 from .sampling import interpolate, labels, latents, render
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
-SMYRF_FLAGS = ("n_hashes", "q_cluster_size", "k_cluster_size", "hashing", "n_hub_keys", "n_summaries")
+# One flag per SMYRF field of AttentionConfig (--n-hashes, --q-cluster-size, ...), from its table.
+SMYRF_FIELDS = tuple(f for f in fields(AttentionConfig) if f.name != "kind")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,27 +60,35 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--data-root", help="real images (folder or zip); default: the built-in demo faces")
     metrics.add_argument("--n-real", type=int, help="real images for the statistics (default: all)")
     metrics.add_argument("--weights-path", help="local Inception weights file (offline machines)")
-    attention = p.add_argument_group("attention override (default: the attention the run evaluated with)")
+    attention = p.add_argument_group(
+        "attention (default: what the run evaluated with; SMYRF starts from the run's own SMYRF settings, "
+        "and each flag below changes one of them)")
     attention.add_argument("--attention", choices=["dense", "smyrf", "paper"],
-                           help="dense, smyrf (our defaults) or paper (SMYRF exactly as published)")
-    attention.add_argument("--n-hashes", type=int)
-    attention.add_argument("--q-cluster-size", type=int)
-    attention.add_argument("--k-cluster-size", type=int)
-    attention.add_argument("--hashing", choices=["kd", "xbox", "random"])
-    attention.add_argument("--n-hub-keys", type=int, help="keys every query attends (0: off; default k_cluster_size/4)")
-    attention.add_argument("--n-summaries", type=int, help="summary keys per cluster (0: off; default k_cluster_size/16)")
+                           help="dense, smyrf (the run's settings) or paper (the run's sizes, SMYRF exactly as published)")
+    for f in SMYRF_FIELDS:
+        attention.add_argument(f"--{f.name.replace('_', '-')}", help=f.metadata["help"], **flag_type(f.name))
     return p
 
 
-def attention_override(args) -> Optional[AttentionConfig]:
-    params = {k: getattr(args, k) for k in SMYRF_FLAGS if getattr(args, k) is not None}
-    if args.attention is None:
-        if params:
-            raise ValueError("SMYRF parameters given without --attention smyrf (or paper)")
-        return None
+def flag_type(name: str) -> dict:
+    """argparse's type or choices for an AttentionConfig field (int, Optional[int] or a Literal)."""
+    hint = typing.get_type_hints(AttentionConfig)[name]
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": list(options)}
+    return {"type": int if hint is int or int in options else str}
+
+
+def attention_override(args) -> Optional[AttentionChange]:
+    """The change the flags ask for, applied by load_generator on top of the run's settings."""
+    settings = {f.name: getattr(args, f.name) for f in SMYRF_FIELDS if getattr(args, f.name) is not None}
     if args.attention == "paper":
-        return AttentionConfig.paper(**params)
-    return AttentionConfig(kind=args.attention, **params)
+        return AttentionChange.paper(**settings)
+    if args.attention is None:
+        if settings:
+            raise ValueError("SMYRF settings given without --attention smyrf (or paper)")
+        return None
+    return AttentionChange(kind=args.attention, **settings)
 
 
 def pick_device(name: str) -> torch.device:
@@ -119,9 +129,7 @@ def run(args) -> list[Path]:
         raise ValueError(f"--n and --batch-size must be >= 1, got {args.n}, {args.batch_size}")
     override = attention_override(args)
     device = pick_device(args.device)
-    G = load_generator(args.ckpt, ema=not args.raw, device=device)
-    if override is not None:
-        set_attention(G, override)
+    G = load_generator(args.ckpt, ema=not args.raw, device=device, attention=override)
     out = prepare_output(Path(args.out))
     dtype = PRECISIONS[args.precision]
     c = G.config
@@ -153,8 +161,6 @@ def run(args) -> list[Path]:
 
 
 def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
-    from biggan_smyrf.metrics import MetricsConfig, evaluate_images, prepare_scoring
-
     target = out / "metrics.json"
     refuse_overwrite(target, args)
     cfg = MetricsConfig(n_samples=args.n, n_real=args.n_real, batch_size=args.batch_size, weights_path=args.weights_path)
