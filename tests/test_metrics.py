@@ -31,6 +31,7 @@ from biggan_smyrf.metrics import (
 )
 from biggan_smyrf.metrics import extractor as extractor_module
 from biggan_smyrf.metrics.registry import isc_splits
+from biggan_smyrf.training import LoopConfig
 from fidelity_weights import write_random_inception_weights
 
 N_REAL, N_FAKE, BATCH, RES = 8, 10, 4, 32
@@ -151,6 +152,28 @@ def test_only_enabled_metrics_are_returned(setup):
         "kid_mean",
         "kid_std",
     }
+
+
+def test_a_new_metric_is_one_registry_entry(setup, monkeypatch):
+    """Config, extraction, scoring and the run summary all read the registry."""
+    from biggan_smyrf.metrics.registry import METRICS, Metric
+    from biggan_smyrf.training.callbacks import describe_metrics
+
+    def mean_logit(cfg, logits, real):
+        return {"mean_logit": float(logits.mean())}
+
+    monkeypatch.setitem(METRICS, "mean_logit", Metric("mean logit", "logits_unbiased", False, ("mean_logit",), mean_logit))
+    cfg = config(setup, names=["fid", "mean_logit"])
+    assert cfg.features == ["2048", "logits_unbiased"] and cfg.needs_real
+    scores = compute_metrics(cfg, setup.fake_features, setup.stats)
+    assert scores["mean_logit"] == pytest.approx(float(setup.fake_features["logits_unbiased"].mean()))
+    assert set(scores) == {"fid", "mean_logit"}
+
+    class Module:  # what describe_metrics reads of the LightningModule
+        metrics_cfg, loop_cfg = cfg, LoopConfig(val_every=7)
+        kind_tag, evaluated_phases = staticmethod(lambda phase: "dense"), staticmethod(lambda: ["eval"])
+
+    assert "FID/mean logit of" in describe_metrics(Module())
 
 
 def test_real_stats_are_computed_once_then_loaded(setup, monkeypatch):

@@ -40,6 +40,18 @@ def test_demo_config_trains_end_to_end(demo_run):
 
 
 @pytest.mark.slow
+def test_one_tensorboard_point_per_scalar_per_step(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(demo_run / "checkpoints" / "demo" / "tb"))
+    events.Reload()
+    scalars = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert scalars["train/loss_d_smyrf"] == [1, 2, 3, 4]  # every G iteration (log_every 1), once
+    assert scalars["val/d_real_dense"] == [2, 4]
+    assert all(len(steps) == len(set(steps)) for steps in scalars.values()), scalars
+
+
+@pytest.mark.slow
 def test_resume_continues_at_the_right_step_with_optimizer_state(demo_run):
     run_dir = demo_run / "checkpoints" / "demo"
     before = load(run_dir / "last.ckpt")

@@ -210,8 +210,14 @@ class BigGAN(pl.LightningModule):
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
             metrics["train/peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         self.log("loss_g", g_loss, prog_bar=True, logger=False)
-        self.log_dict(metrics)
-        self.log("step", float(self.g_iters))  # x-axis: G iterations
+        # Written to the loggers here, once, at the G iteration: Lightning's own step logging would
+        # write a value again at every later D micro-step until the next G update (2-5 points per
+        # step in TensorBoard). `self.log` keeps them in callback_metrics for callbacks.
+        self.log_dict(metrics, logger=False)
+        if self.trainer.is_global_zero:
+            values = {name: float(value) for name, value in metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(values, step=self.g_iters)
 
     # --- evaluation ---------------------------------------------------------------------------
 
