@@ -23,13 +23,14 @@ import torch
 import torch_fidelity
 
 ROOT = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
+sys.path[:0] = [str(ROOT)]
 from common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
 from biggan_smyrf.metrics import (  # noqa: E402
     MetricsConfig, UInt8Images, create_extractor, evaluate_images, load_or_compute_real_stats)
+from biggan_smyrf.metrics.random_weights import write_random_inception_weights  # noqa: E402
 from biggan_smyrf.models import Generator, GeneratorConfig  # noqa: E402
 
 
@@ -53,7 +54,6 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
         if weights is None:
-            from fidelity_weights import write_random_inception_weights
             weights = str(write_random_inception_weights(Path(tmp) / "inception.pth"))
         cfg = MetricsConfig(n_samples=args.n, n_real=args.n, batch_size=args.batch_size,
                             kid_subset_size=args.n, weights_path=weights, cache_dir=str(Path(tmp) / "stats"))

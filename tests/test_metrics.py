@@ -32,7 +32,7 @@ from biggan_smyrf.metrics import (
 from biggan_smyrf.metrics import extractor as extractor_module
 from biggan_smyrf.metrics.registry import isc_splits
 from biggan_smyrf.training import LoopConfig
-from fidelity_weights import write_random_inception_weights
+from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 N_REAL, N_FAKE, BATCH, RES = 8, 10, 4, 32
 DEVICE = torch.device("cpu")

@@ -19,7 +19,7 @@ from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConf
 from biggan_smyrf.training.ema import make_ema, update_ema
 
 from conftest import DEMO, FAST, ROOT, load, train
-from fidelity_weights import write_random_inception_weights
+from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 
 @pytest.mark.slow

@@ -12,13 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_qkv, default_scale
-
-
-def pad_last(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Zero-pad the feature dim up to `dim` (zeros change no dot product). Always contiguous: the CPU
-    flash kernel falls back to the O(N*M) math path for strided inputs, such as BigGAN's
-    channels-first feature maps viewed as tokens."""
-    return x.contiguous() if x.shape[-1] == dim else F.pad(x, (0, dim - x.shape[-1]))
+from .kernels import pad_features
 
 
 def dense_attention(
@@ -40,12 +34,11 @@ def dense_attention(
         return _math_attention(q, k, v, scale, key_padding_mask)
     if backend != "sdpa":
         raise ValueError(f"backend must be 'sdpa' or 'math', got {backend!r}")
-    # PyTorch's flash kernels need one head dim for q, k and v; with d_qk != d_v SDPA silently
-    # falls back to the O(N*M) math kernel. Zero-padding to a common dim keeps every logit.
+    # With d_qk != d_v SDPA silently falls back to the O(N*M) math kernel (see pad_features).
     d = max(q.shape[-1], v.shape[-1])
     mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(
-        pad_last(q, d)[:, None], pad_last(k, d)[:, None], pad_last(v, d)[:, None], attn_mask=mask, scale=scale
+        pad_features(q, d)[:, None], pad_features(k, d)[:, None], pad_features(v, d)[:, None], attn_mask=mask, scale=scale
     )
     return out[:, 0, :, : v.shape[-1]]
 

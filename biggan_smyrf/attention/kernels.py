@@ -47,13 +47,20 @@ def attention_backward(grad, q, k, v, out, lse, scale: float, kernel: str, key_m
     return _chunked_backward(grad, q, k, v, out, lse, scale, key_mask)
 
 
+def pad_features(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zero-pad the feature dim up to `dim`, contiguous. PyTorch's fused attention kernels need one
+    head dim for q, k and v (d = max(d_qk, d_v); zeros change no logit, and the padding is cut off
+    the output again), and the CPU flash kernel falls back to the O(N*M) math path for strided
+    inputs such as BigGAN's channels-first feature maps viewed as tokens."""
+    return x.contiguous() if x.shape[-1] == dim else F.pad(x, (0, dim - x.shape[-1]))
+
+
 # --- flash (CPU) -------------------------------------------------------------------------------
-# The fused kernels need one head dim for q, k and v: zero-pad to d = max(d_qk, d_v), which keeps
-# every logit, and cut the padding off again. Layout (batch=1, heads=G, tokens, dim).
+# Layout (batch=1, heads=G, tokens, dim): every cluster is a head.
 
 
 def _pad(x: torch.Tensor, d: int) -> torch.Tensor:
-    return (x if x.shape[-1] == d else F.pad(x, (0, d - x.shape[-1])))[None]
+    return pad_features(x, d)[None]
 
 
 def _flash_forward(q, k, v, scale):

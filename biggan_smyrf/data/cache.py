@@ -5,8 +5,8 @@ on a few CPU cores would otherwise starve the GPU. The file name carries the sou
 the resolution (`<name>-<fingerprint>-<res>px-v<N>.npy`), so editing the dataset or changing the
 resolution builds a new cache instead of silently reusing a stale one.
 
-The cache is written to a temporary file in the cache directory and moved into place with
-`os.replace`, which is atomic: a killed build leaves no half-written file under the final name, and
+The cache is written to a temporary file in the cache directory and moved into place atomically
+(biggan_smyrf/atomic.py): a killed build leaves no half-written file under the final name, and
 processes racing to build the same cache (nodes sharing a filesystem) each publish a complete one.
 Nothing is ever written into the dataset itself.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from biggan_smyrf.atomic import temp_beside, write_text_atomically
 
 from .sources import ImageSource, PathLike
 
@@ -109,19 +110,6 @@ def _first_skipped(skipped: list[tuple[str, str]]) -> str:
     return shown + more
 
 
-def _temp_path(final: Path) -> Path:
-    # Same directory as the final file, so os.replace is a rename on one filesystem (atomic).
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}")
-    os.close(handle)
-    return Path(name)
-
-
-def _write_json_atomically(path: Path, record: dict) -> None:
-    temp = _temp_path(path)
-    temp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temp, path)
-
-
 def _copy_prefix(src: np.ndarray, dst: np.ndarray, block: int = 1024) -> None:
     """dst[:] = src[:len(dst)], a block at a time so no more than one block is paged in at once."""
     for start in range(0, len(dst), block):
@@ -143,7 +131,7 @@ def build_cache(
             return final
         _check_outside_dataset(source, final.parent)
         final.parent.mkdir(parents=True, exist_ok=True)
-        temps = [_temp_path(final)]
+        temps = [temp_beside(final)]
         try:
             shape = (len(source), resolution, resolution, 3)
             # Written straight to disk: a 30k-image cache never has to fit in RAM.
@@ -161,22 +149,22 @@ def build_cache(
                     stacklevel=2,
                 )
                 # The .npy header fixes N, so a cache with skipped files is copied to one of the right length.
-                temps.append(_temp_path(final))
+                temps.append(temp_beside(final))
                 packed = np.lib.format.open_memmap(temps[1], mode="w+", dtype=np.uint8, shape=(kept,) + shape[1:])
                 _copy_prefix(images, packed)
                 images = packed
             images.flush()
             del images  # unmap before the rename
-            _write_json_atomically(
+            write_text_atomically(
                 sidecar_path(final),
-                {
+                json.dumps({
                     "source": str(source.path.resolve()),
                     "fingerprint": source.fingerprint(),
                     "resolution": resolution,
                     "count": kept,
                     "skipped_count": len(skipped),
                     "skipped": [name for name, _ in skipped[:SKIPPED_NAMES_RECORDED]],
-                },
+                }, indent=2) + "\n",
             )
             os.replace(temps[-1], final)
         finally:

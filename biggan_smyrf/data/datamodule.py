@@ -62,7 +62,9 @@ class ImageArrayDataset(Dataset):
             self.images = load_cache(self.images)
 
 
-def check_resolution(resolution: int) -> None:
+def check_image_size(resolution: int) -> None:
+    """Any power of two from 16 px: the data can feed any model (models/specs.py's
+    `check_resolution` is stricter: G and D have width tables for 32-512 px only)."""
     if not isinstance(resolution, int) or resolution < MIN_RESOLUTION or resolution & (resolution - 1):
         raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION} (16, 32, 64, ...), got {resolution!r}")
 
@@ -96,7 +98,7 @@ class ImageDataModule(pl.LightningDataModule):
         val_images: int = 256,
     ):
         super().__init__()
-        check_resolution(resolution)
+        check_image_size(resolution)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:

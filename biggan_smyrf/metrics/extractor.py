@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.utils import create_feature_extractor
+
+from biggan_smyrf.atomic import replacing
 
 from .config import MetricsConfig
 
@@ -42,26 +43,17 @@ def default_weights_path() -> Path:
 
 
 def download_weights(destination: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Download the weights to `destination` atomically, checking the hash prefix in the file name.
-
-    The temporary file sits next to the destination, so the final `os.replace` is atomic and
-    processes racing on a shared filesystem each publish a complete file.
-    """
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    """Download the weights to `destination` atomically (see biggan_smyrf/atomic.py), checking the
+    hash prefix in the file name."""
     expected_prefix = torch.hub.HASH_REGEX.search(WEIGHTS_FILENAME).group(1)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(WEIGHTS_URL, timeout=timeout) as response:
+    with replacing(destination) as temp:
+        with open(temp, "wb") as out, urllib.request.urlopen(WEIGHTS_URL, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
         if not digest.hexdigest().startswith(expected_prefix):
             raise OSError(f"downloaded file has sha256 {digest.hexdigest()[:8]}..., expected {expected_prefix}...")
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _instructions(reason: str, target: Path) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 import torch_fidelity
 from torch_fidelity.metric_fid import fid_features_to_statistics
+
+from biggan_smyrf.atomic import replacing
 
 from . import extractor as _extractor  # called through the module, so tests can monkeypatch it
 from .config import MetricsConfig
@@ -136,17 +137,8 @@ def cache_path(cfg: MetricsConfig, key: str) -> Path:
 
 
 def _save_atomically(stats: RealStatistics, path: Path) -> None:
-    """Temp file in the same directory + `os.replace`: a killed process leaves no partial file under
-    the final name, and ranks racing to write the same statistics each publish a complete one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(stats.state_dict(), f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replacing(path) as temp:
+        torch.save(stats.state_dict(), temp)
 
 
 def _load(path: Path, key: str) -> Optional[RealStatistics]:

@@ -1,5 +1,7 @@
 """Random but informative weights for torch-fidelity's `inception-v3-compat` feature extractor.
 
+For smoke tests of the metrics path on machines without the real weights (the test suite, the
+benchmarks' dry runs): the numbers they give are meaningless, the code path is the real one.
 Tests must not download the 91 MB Inception checkpoint, yet they should run the real torch-fidelity
 code path (`feature_extractor_weights_path` -> `torch.load` -> strict `load_state_dict`). This writes a
 state dict with exactly the keys and shapes of `FeatureExtractorInceptionV3`, taken from the module
