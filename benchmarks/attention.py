@@ -50,7 +50,7 @@ def attention_fn(method: dict):
         config = AttentionConfig(kind="smyrf", n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"])
         return lambda q, k, v: attend(q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0))
     return lambda q, k, v: smyrf_attention(
-        q, k, v, n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
+        q, k, v, AttentionConfig.paper(), n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
         hashing=method.get("hashing", "xbox"),
     )
 
