@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -30,15 +31,21 @@ CHECKPOINT_ROOT = Path("checkpoints")
 class BigGANCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--run", default="default", help="run name: outputs go to checkpoints/<run>/")
+        parser.add_argument(
+            "--tf32", type=bool, default=True,
+            help="on CUDA, let float32 matmuls and convolutions use TF32 tensor cores "
+                 "(torch.set_float32_matmul_precision('high')); false = full float32 (slower)")
         # One image size for everything: D and the data follow G's resolution.
         parser.link_arguments("model.generator.resolution", "model.discriminator.resolution")
         parser.link_arguments("model.generator.resolution", "data.resolution")
 
     def before_instantiate_classes(self):
-        """Refuse to overwrite a run's checkpoint unless it is being resumed."""
+        """Set the float32 matmul precision; refuse to overwrite a run's checkpoint unless it is
+        being resumed."""
+        cfg = self.config[self.subcommand]
+        set_float32_precision(cfg["tf32"], cfg["trainer"].get("accelerator"))
         if self.subcommand != "fit":
             return
-        cfg = self.config[self.subcommand]
         last = CHECKPOINT_ROOT / cfg["run"] / "last.ckpt"
         if last.exists() and cfg.get("ckpt_path") is None:
             raise SystemExit(
@@ -76,6 +83,14 @@ class BigGANCLI(LightningCLI):
         ]
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+def set_float32_precision(tf32: bool, accelerator) -> None:
+    """TF32 on CUDA unless turned off (Lightning warns when nothing was chosen). Left alone on the
+    CPU, where the setting could change results that tests pin bit for bit."""
+    if accelerator in ("auto", "gpu", "cuda", None) and torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:

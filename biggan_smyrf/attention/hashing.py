@@ -35,10 +35,19 @@ def random_projections(dim: int, n_hashes: int, generator: torch.Generator, devi
     """E2LSH directions a ~ N(0, I), (dim, n_hashes).
 
     Drawn on the CPU from the caller's generator, so results do not depend on the device and the
-    global RNG is never touched. E2LSH's offset b and bucket width r only shift and scale the
+    global RNG is never touched, then copied to `device` asynchronously (`to_device`). E2LSH's offset b and bucket width r only shift and scale the
     projection, so they do not change the sort order and are left out.
     """
-    return torch.randn(dim, n_hashes, generator=generator).to(device)
+    return to_device(torch.randn(dim, n_hashes, generator=generator), device)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU draw moved to `device` without making the host wait: on CUDA a plain copy from pageable
+    memory synchronises with the GPU (once per SMYRF call, inside every training step); from pinned
+    memory it is an asynchronous copy that the allocator keeps alive until it is done."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -65,7 +74,7 @@ def cluster_orders(
     """
     if hashing == "random":
         (B, N), M = q.shape[:2], k.shape[1]
-        keys = torch.rand(B, n_hashes, N + M, generator=generator).to(q.device)
+        keys = to_device(torch.rand(B, n_hashes, N + M, generator=generator), q.device)
         return keys[..., :N].argsort(-1), keys[..., N:].argsort(-1)
     q_ext, k_ext = xbox_plus(q, k)
     if hashing == "xbox":
@@ -79,7 +88,7 @@ def cluster_orders(
         nodes = 1
         for factor in prime_factors(n_clusters):
             # One direction per (round, node), shared by the node's queries and keys.
-            a = torch.randn(n_hashes, nodes, q_ext.shape[-1], generator=generator).to(q.device)
+            a = to_device(torch.randn(n_hashes, nodes, q_ext.shape[-1], generator=generator), q.device)
             q_order = _sort_within_nodes(q_ext, q_order, a)
             k_order = _sort_within_nodes(k_ext, k_order, a)
             nodes *= factor
@@ -138,7 +147,7 @@ def hub_keys(
     Returns (B, n_hub) key indices.
     """
     B, N, _ = q.shape
-    pick = torch.randperm(N, generator=generator)[: min(n_sample, N)].to(q.device)
+    pick = to_device(torch.randperm(N, generator=generator)[: min(n_sample, N)], q.device)
     logits = scale * torch.einsum("bsd,bmd->bsm", q[:, pick].float(), k.float())
     if key_padding_mask is not None:
         logits = logits.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
