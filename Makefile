@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,20 @@ bench: $(STAMP)
 		--variants "dense@128 flash" "smyrf@128 paper 4x2048" "smyrf@128 ours 4x2048"
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
+
+# GPU check (issue #13): run on a CUDA machine that has torch, Lightning, torchvision, tensorboard
+# and scikit-image (our device machines: Python 3.12, no internet). `make gpu-wheels` first, on a
+# machine with internet, downloads what those lack into .whl/ (git-ignored; carry it along).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+WHEELS := torch-fidelity==0.4.0 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
+gpu-wheels:
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl $(WHEELS)
+
+gpu-check:
+	@if [ -d .whl ] && ! $(GPU_PYTHON) -c "import torch_fidelity, jsonargparse" 2>/dev/null; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

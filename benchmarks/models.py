@@ -90,6 +90,8 @@ def cases(table: str, device: str, quick: bool, reps: int, threads: int):
         # CPU bf16 only where the question is (flash dense vs SMYRF); on CUDA the whole set.
         bf16 = ["dense@128 flash", "smyrf@128 paper 4x2048"] if device == "cpu" else STEP_VARIANTS
         plan += [(v, batches[0], "bf16") for v in bf16]
+        if device == "cuda":  # 16-mixed: fp16 autocast with GradScaler, as Lightning runs it on CUDA
+            plan += [(v, batches[0], "fp16") for v in STEP_VARIANTS]
     for variant, batch, dtype in plan:
         yield {"table": table, "device": device, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch,
                "reps": 1 if quick else reps, "threads": threads}
@@ -121,9 +123,10 @@ def workload(case: dict, device: torch.device):
     """The function one rep calls."""
     G, D = build(case, device)
     batch = case["batch"]
-    autocast = (
-        functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if case["dtype"] == "bf16" else nullcontext
-    )
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case["dtype"])
+    autocast = functools.partial(torch.autocast, device.type, dtype=half) if half else nullcontext
+    # fp16 needs loss scaling; with it off (fp32, bf16) GradScaler's calls pass straight through.
+    scaler = torch.amp.GradScaler(device.type, enabled=case["dtype"] == "fp16")
 
     def z():
         return torch.randn(batch, G.config.dim_z, device=device)
@@ -148,14 +151,16 @@ def workload(case: dict, device: torch.device):
                 fake = G(z())
             with autocast():
                 scores = D(torch.cat([real, fake.to(real.dtype)])).float()
-            d_hinge_loss(*scores.split(batch)).backward()
-            opt_d.step()
+            scaler.scale(d_hinge_loss(*scores.split(batch))).backward()
+            scaler.step(opt_d)
+            scaler.update()
             opt_d.zero_grad(set_to_none=True)
         D.requires_grad_(False)  # as Lightning's toggle_optimizer(opt_g) does
         with autocast():
             loss = g_hinge_loss(D(G(z())).float())
-        loss.backward()
-        opt_g.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt_g)
+        scaler.update()
         opt_g.zero_grad(set_to_none=True)
         D.requires_grad_(True)
 
@@ -210,7 +215,8 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=3, help="timed calls per case, after the first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per CPU case")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (fp32 and bf16)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
     parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
     parser.add_argument("--name", help="results file stem (default: models / train_step)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -226,6 +232,8 @@ def main():
     rows = []
     for case in cases(args.table, args.device, args.quick, args.reps, args.threads):
         if (args.variants and case["variant"] not in args.variants) or (args.batches and case["batch"] not in args.batches):
+            continue
+        if args.dtypes and case["dtype"] not in args.dtypes:
             continue
         rows.append(run_cpu_case(case) if device.type == "cpu" else run_cuda_case(case))
         print(json.dumps(rows[-1]), flush=True)
