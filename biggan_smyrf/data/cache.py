@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Union
@@ -34,7 +35,8 @@ CHUNK = 64
 SKIPPED_NAMES_SHOWN = 5
 SKIPPED_NAMES_RECORDED = 50
 # Failures that mean "this file is not a usable image", as opposed to bugs in this module.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# zipfile.BadZipFile: a damaged zip member (bad CRC) is one unusable image, not a broken archive.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, zipfile.BadZipFile)
 
 
 def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:

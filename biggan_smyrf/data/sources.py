@@ -44,7 +44,10 @@ def resolve_source(root: PathLike) -> Path:
             f"(leave it unset to train on the built-in LFW demo faces)."
         )
     if path.is_file() and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is a file but not a .zip archive: pass a folder or .zip of images as --data.root")
+        raise ValueError(
+            f"{path} is a file but not a readable .zip archive (another format, or truncated): "
+            f"pass a folder or .zip of images as --data.root"
+        )
     return path
 
 
