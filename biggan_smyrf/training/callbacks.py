@@ -103,13 +103,13 @@ class GIterationProgressBar(TQDMProgressBar):
     (Lightning's rich bar shows "Epoch 14/-2"); one G iteration takes num_d_steps * accumulate batches.
     """
 
-    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} G it [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    TRAIN_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} G it [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
         bar = self.train_progress_bar
         bar.reset(total=pl_module.loop_cfg.max_g_iters)
-        bar.unit = "G it"
+        bar.bar_format, bar.unit = self.TRAIN_BAR_FORMAT, "G it"
         bar.n = bar.initial = pl_module.g_iters  # a resumed run starts where it stopped
         bar.set_description("training")
 
