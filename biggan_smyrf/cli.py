@@ -8,6 +8,9 @@
 Everything a run writes goes to checkpoints/<run>/: last.ckpt, samples/*.png, TensorBoard logs in
 tb/, and the resolved config. Intervals are in G iterations (see biggan_smyrf/training/config.py),
 translated here into Lightning's optimizer-step and batch counts.
+
+Bad input stops with one `error:` line saying what to change (biggan_smyrf/errors.py); `--debug`
+anywhere on the command line, or BIGGAN_SMYRF_DEBUG=1, shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -108,9 +111,11 @@ def check_ckpt_path(config) -> None:
     """A --ckpt_path file must exist and be a torch.save file: Lightning reads it right after parsing,
     and a text file fails deep inside torch.load with an unrelated-looking error."""
     ckpt_path = config[config.subcommand].get("ckpt_path") if config.get("subcommand") else None
-    keyword = ckpt_path in LIGHTNING_CKPT_KEYWORDS or str(ckpt_path).startswith("registry")
-    if ckpt_path and not keyword and "://" not in ckpt_path:
-        check_checkpoint_file(ckpt_path)
+    if not isinstance(ckpt_path, str) or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
+        return
+    if ckpt_path.startswith("registry") or "://" in ckpt_path:
+        return  # a model registry or remote file: Lightning fetches it
+    check_checkpoint_file(ckpt_path)
 
 
 # What each accelerator name needs, checked before Lightning's less direct errors ("No supported gpu

@@ -19,7 +19,6 @@ from typing import Iterator, Optional, Sequence
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "BIGGAN_SMYRF_DEBUG"
 PACKAGE_DIR = Path(__file__).resolve().parent
-INPUT_ERROR_STATUS = 1
 USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
 
 
@@ -61,8 +60,9 @@ def reported_errors(debug: bool, input_error_types: tuple[type, ...] = ()) -> It
     except Exception as error:
         if debug or not is_input_error(error, input_error_types):
             raise
-        print(f"error: {error}", file=sys.stderr)
         hint = getattr(error, "hint", None)
-        if hint:
-            print(hint, file=sys.stderr)
-        sys.exit(USAGE_ERROR_STATUS if isinstance(error, CommandLineError) else INPUT_ERROR_STATUS)
+        text = f"error: {error}" + (f"\n{hint}" if hint else "")
+        if isinstance(error, CommandLineError):
+            print(text, file=sys.stderr)
+            sys.exit(USAGE_ERROR_STATUS)
+        sys.exit(text)  # printed to stderr on the way out, exit status 1, like sys.exit("error: ...") elsewhere
