@@ -49,7 +49,8 @@ class BigGANCLI(LightningCLI):
             argv = list(sys.argv[1:] if args is None else args)
             subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
             hint = f"all options: {script_command('train.py', *filter(None, [subcommand]), '--help')}"
-            raise command_line_error(str(error), option_strings(parser, subcommand), argv, hint) from error
+            options = option_strings(parser, subcommand)
+            raise command_line_error(str(error), options, argv, hint, SUBCOMMANDS) from error
         check_ckpt_path(self.config)
 
     def add_arguments_to_parser(self, parser):

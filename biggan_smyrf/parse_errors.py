@@ -6,7 +6,7 @@ import argparse
 import difflib
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import yaml
 
@@ -87,17 +87,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise command_line_error(message, option_strings(self, None), [], f"all options: {self.prog} --help")
 
 
-def command_line_error(message: str, options: list[str], argv: list[str], hint: str) -> CommandLineError:
+def command_line_error(
+    message: str, options: list[str], argv: list[str], hint: str, subcommands: Sequence[str] = ()
+) -> CommandLineError:
     """The CommandLineError for jsonargparse's error `message` on the command line `argv`.
 
-    options: the long options the parser accepts, for suggestions; hint: where to read them all.
+    options, subcommands: what the parser accepts, for suggestions; hint: where to read them all.
     """
     files = list(config_files(argv))
     if message.startswith("unrecognized arguments:"):
         tokens = message.split(":", 1)[1].split()
         option = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), None)
         if option is None:
-            return CommandLineError(f"unexpected argument {' '.join(tokens)!r}", hint)
+            word = tokens[0]
+            return CommandLineError(f"unexpected argument {word!r}{did_you_mean(word, list(subcommands))}", hint)
         return CommandLineError(f"unknown option {option}{did_you_mean(option, options)}", hint)
     unknown_key = UNKNOWN_KEY.search(message)
     if unknown_key:

@@ -103,6 +103,7 @@ def test_unknown_options_name_the_closest_valid_one(run_dir, capsys):
                          "unknown option --model.loop.max_g_itrs; did you mean --model.loop.max_g_iters?")
     assert tail[1] == f"all options: {script_command('train.py', 'fit', '--help')}"
     fails_cleanly(train_cli.main, train_args("--trainer.acelerator", "cpu"), capsys, "did you mean --trainer.accelerator?")
+    fails_cleanly(train_cli.main, ["validat", *train_args()], capsys, "unexpected argument 'validat'; did you mean validate?")
     fails_cleanly(sample_cli.main, ["--ckpt", "x", "--out", "o", "--q-clustr-size", "8"], capsys,
                   "unknown option --q-clustr-size; did you mean --q-cluster-size?", "sample.py --help")
 
