@@ -8,27 +8,52 @@
 Everything a run writes goes to checkpoints/<run>/: last.ckpt, samples/*.png, TensorBoard logs in
 tb/, and the resolved config. Intervals are in G iterations (see biggan_smyrf/training/config.py),
 translated here into Lightning's optimizer-step and batch counts.
+
+Bad input stops with one `error:` line saying what to change (biggan_smyrf/errors.py); `--debug`
+anywhere on the command line, or BIGGAN_SMYRF_DEBUG=1, shows the traceback instead.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from lightning_fabric.accelerators import CUDAAccelerator, MPSAccelerator
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from biggan_smyrf.commands import script_command
 from biggan_smyrf.data import ImageDataModule
+from biggan_smyrf.errors import debug_requested, reported_errors
+from biggan_smyrf.inference.checkpoint import check_checkpoint_file
+from biggan_smyrf.metrics import MissingWeightsError
+from biggan_smyrf.parse_errors import command_line_error, option_strings
 from biggan_smyrf.training import BigGAN
-from biggan_smyrf.training.callbacks import FinalCheckpoint, RunSummary, SampleGrid
+from biggan_smyrf.training.callbacks import FinalCheckpoint, GIterationProgressBar, RunSummary, SampleGrid
 
 SUBCOMMANDS = ("fit", "validate")
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values that Lightning resolves itself
 CHECKPOINT_ROOT = Path("checkpoints")
 
 
 class BigGANCLI(LightningCLI):
+    def parse_arguments(self, parser, args):
+        """A parse error becomes one line naming the option or file (see parse_errors.py), not the usage."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            argv = list(sys.argv[1:] if args is None else args)
+            subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+            hint = f"all options: {script_command('train.py', *filter(None, [subcommand]), '--help')}"
+            options = option_strings(parser, subcommand)
+            raise command_line_error(str(error), options, argv, hint, SUBCOMMANDS) from error
+        check_ckpt_path(self.config)
+
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--run", default="default", help="run name: outputs go to checkpoints/<run>/")
         parser.add_argument(
@@ -40,9 +65,10 @@ class BigGANCLI(LightningCLI):
         parser.link_arguments("model.generator.resolution", "data.resolution")
 
     def before_instantiate_classes(self):
-        """Set the float32 matmul precision; refuse to overwrite a run's checkpoint unless it is
-        being resumed."""
+        """Check the accelerator and set the float32 matmul precision; refuse to overwrite a run's
+        checkpoint unless it is being resumed."""
         cfg = self.config[self.subcommand]
+        check_accelerator(cfg["trainer"].get("accelerator"))
         set_float32_precision(cfg["tf32"], cfg["trainer"].get("accelerator"))
         if self.subcommand != "fit":
             return
@@ -68,6 +94,10 @@ class BigGANCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
         callbacks = list(trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(GIterationProgressBar())
         callbacks += [
             ModelCheckpoint(
                 dirpath=run_dir,
@@ -93,6 +123,41 @@ def set_float32_precision(tf32: bool, accelerator) -> None:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
+def check_ckpt_path(config) -> None:
+    """A --ckpt_path file must exist and be a torch.save file: Lightning reads it right after parsing,
+    and a text file fails deep inside torch.load with an unrelated-looking error."""
+    ckpt_path = config[config.subcommand].get("ckpt_path") if config.get("subcommand") else None
+    if not isinstance(ckpt_path, str) or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
+        return
+    if ckpt_path.startswith("registry") or "://" in ckpt_path:
+        return  # a model registry or remote file: Lightning fetches it
+    check_checkpoint_file(ckpt_path)
+
+
+# What each accelerator name needs, checked before Lightning's less direct errors ("No supported gpu
+# backend found!", a ModuleNotFoundError for tpu). For tpu only torch_xla is checked: whether its
+# devices can be used is for Lightning and torch_xla to say.
+ACCELERATOR_NEEDS = {
+    "gpu": (lambda: CUDAAccelerator.is_available() or MPSAccelerator.is_available(),
+            "a CUDA (or Apple MPS) GPU, and none is available here"),
+    "cuda": (CUDAAccelerator.is_available, "a CUDA GPU, and none is available here (torch.cuda.is_available() is False)"),
+    "mps": (MPSAccelerator.is_available, "an Apple MPS device, and none is available here"),
+    "tpu": (lambda: importlib.util.find_spec("torch_xla") is not None,
+            "torch_xla, which is not installed (pip install torch_xla on a TPU VM)"),
+}
+
+
+def check_accelerator(name) -> None:
+    if not isinstance(name, str) or name.lower() not in ACCELERATOR_NEEDS:
+        return  # auto, cpu, or an Accelerator instance: Lightning checks those
+    available, needs = ACCELERATOR_NEEDS[name.lower()]
+    if not available():
+        raise ValueError(
+            f"--trainer.accelerator {name} needs {needs}. Use --trainer.accelerator cpu, "
+            f"or auto to use an accelerator only when there is one."
+        )
+
+
 def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:
     """best-fid.ckpt: the lowest FID under the eval attention, when FID is computed."""
     if not (model.metrics_cfg.enabled and "fid" in model.metrics_cfg.names):
@@ -116,18 +181,21 @@ def main(args=None):
     # Our checkpoints are written after a complete G iteration, weights and counters together,
     # which is exactly what a resume needs; Lightning's suggestion for manual optimisation is not.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
-    argv = list(sys.argv[1:] if args is None else args)
+    debug, argv = debug_requested(sys.argv[1:] if args is None else args)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help"):
         argv.insert(0, "fit")
     if args is None:
         sys.argv[1:] = argv  # LightningCLI warns when given both args and a command line
         argv = None
-    BigGANCLI(
-        BigGAN,
-        ImageDataModule,
-        args=argv,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0},
-        parser_kwargs={"default_env": False},
-    )
+    # Bad input ends in one `error:` line; --debug or BIGGAN_SMYRF_DEBUG=1 shows the traceback.
+    with reported_errors(debug, input_error_types=(MisconfigurationException, MissingWeightsError)):
+        BigGANCLI(
+            BigGAN,
+            ImageDataModule,
+            args=argv,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0},
+            # Errors are raised, not printed with the whole usage: parse_arguments words them.
+            parser_kwargs={"default_env": False, "exit_on_error": False},
+        )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from biggan_smyrf.data import (
     load_cache,
 )
 from biggan_smyrf.data import cache as cache_module
+from biggan_smyrf.data import report
 
 RES = 16
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -308,3 +310,60 @@ def test_batch_size_is_checked(dataset, cache_dir):
     module = ImageDataModule(root=str(root), resolution=RES, batch_size=64, cache_dir=str(cache_dir))
     with pytest.raises(ValueError, match=r"batch_size 64 is larger than the dataset \(11 images"):
         module.setup("fit")
+
+
+def odd_images(root: Path) -> None:
+    """Readable files that caching at 32 px must change beyond resizing, and one plain RGB image."""
+    save(Image.new("CMYK", (40, 40), (0, 255, 255, 0)), root / "cmyk.jpg")
+    save(Image.new("L", (40, 40), 128), root / "gray.png")
+    save(Image.new("RGBA", (40, 40), (255, 0, 0, 128)), root / "rgba.png")
+    save(Image.new("RGB", (40, 40), GREEN).convert("P"), root / "palette.png")
+    save(Image.new("RGB", (16, 16), RED), root / "tiny.png")
+    save(Image.new("RGB", (1024, 768), BLUE), root / "photo.JPG", quality=90)
+    save(Image.new("RGB", (40, 40), RED), root / "plain.png")
+    (root / "broken.png").write_text("not an image")
+
+
+def data_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+
+
+def test_caching_reports_each_kind_of_change_once(tmp_path, cache_dir, caplog):
+    odd_images(tmp_path / "odd")
+    caplog.set_level(logging.INFO)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 8 .*broken\.png"):
+        path = build_cache(tmp_path / "odd", 32, cache_dir, progress=False)
+    assert data_lines(caplog) == [
+        "data: converted 4 images to RGB (CMYK 1: cmyk.jpg; grayscale 1: gray.png; palette 1: palette.png; RGBA 1: rgba.png)",
+        "data: upscaled 1 image smaller than 32 px, which will look blurry: tiny.png",
+        "data: cropped 1 non-square image to its centre square: photo.JPG",
+    ]
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["converted"] == {mode: {"count": 1, "names": [name]} for mode, name in
+                                    (("CMYK", "cmyk.jpg"), ("L", "gray.png"), ("P", "palette.png"), ("RGBA", "rgba.png"))}
+    assert sidecar["upscaled"] == {"count": 1, "names": ["tiny.png"]}
+    assert sidecar["cropped"] == {"count": 1, "names": ["photo.JPG"]}
+    assert sidecar["skipped"] == ["broken.png"] and sidecar["count"] == 7
+
+
+def test_reused_cache_summarises_the_changes_in_one_line(tmp_path, cache_dir, caplog):
+    odd_images(tmp_path / "odd")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        build_cache(tmp_path / "odd", 32, cache_dir, progress=False)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    module = ImageDataModule(root=str(tmp_path / "odd"), resolution=32, batch_size=2, cache_dir=str(cache_dir))
+    module.prepare_data()
+    module.setup("fit")
+    [line] = data_lines(caplog)
+    assert line.startswith("data: 7 images from ") and line.endswith(
+        "; when cached: 1 unreadable file skipped (broken.png); 4 images converted to RGB (CMYK, grayscale, "
+        f"palette, RGBA); 1 image upscaled from below 32 px; 1 non-square image cropped (names in "
+        f"{next(cache_dir.glob('*.json'))})"
+    )
+
+
+def test_caches_recorded_before_the_report_existed_are_summarised_too():
+    old_sidecar = {"resolution": 64, "count": 9, "skipped_count": 7, "skipped": [f"{i}.jpg" for i in range(7)]}
+    assert report.summary(old_sidecar) == "7 unreadable files skipped (0.jpg, 1.jpg, 2.jpg, 3.jpg, 4.jpg and 2 more)"
+    assert report.summary({"resolution": 64, "count": 9, "skipped_count": 0, "skipped": []}) is None

@@ -134,7 +134,10 @@ def test_raw_g_and_exported_generator(ckpt, tmp_path):
 def test_error_cases(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_generator(tmp_path / "missing.ckpt")
-    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    (tmp_path / "text.ckpt").write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not written by torch.save"):
+        load_generator(tmp_path / "text.ckpt")
+    (tmp_path / "corrupt.ckpt").write_bytes(b"\x80\x02 a pickle header, then garbage")
     with pytest.raises(CheckpointError, match="weights_only"):
         load_generator(tmp_path / "corrupt.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Union
@@ -23,8 +24,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pytorch_lightning.utilities import rank_zero_info
+
 from biggan_smyrf.atomic import temp_beside, write_text_atomically
 
+from .report import CacheReport
 from .sources import ImageSource, PathLike
 
 DEFAULT_CACHE_DIR = "data/cache"
@@ -33,9 +37,9 @@ DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 # Images decoded per round trip to the pool: bounds memory to a few dozen decoded images.
 CHUNK = 64
 SKIPPED_NAMES_SHOWN = 5
-SKIPPED_NAMES_RECORDED = 50
 # Failures that mean "this file is not a usable image", as opposed to bugs in this module.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# zipfile.BadZipFile: a damaged zip member (bad CRC) is one unusable image, not a broken archive.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, zipfile.BadZipFile)
 
 
 def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
@@ -74,11 +78,12 @@ def _check_outside_dataset(source: ImageSource, cache_dir: Path) -> None:
         )
 
 
-def _decode(source: ImageSource, name: str, resolution: int) -> Union[np.ndarray, str]:
-    """One cached image as a uint8 (R, R, 3) array, or the reason it could not be read."""
+def _decode(source: ImageSource, name: str, resolution: int) -> Union[tuple[np.ndarray, str, tuple[int, int]], str]:
+    """One cached image as (uint8 (R, R, 3) array, original mode, original size), or the reason it
+    could not be read."""
     try:
-        image = source.open_rgb(name, min_size=2 * resolution)
-        return np.asarray(center_crop_resize(image, resolution), dtype=np.uint8)
+        decoded = source.decode_rgb(name, min_size=2 * resolution)
+        return np.asarray(center_crop_resize(decoded.image, resolution), dtype=np.uint8), decoded.mode, decoded.size
     except DECODE_ERRORS as error:
         return f"{type(error).__name__}: {error}"
 
@@ -88,20 +93,21 @@ def _chunks(items, size: int):
         yield items[start : start + size]
 
 
-def _fill(out: np.ndarray, source: ImageSource, resolution: int, progress: bool) -> tuple[int, list[tuple[str, str]]]:
-    """Decode every image of `source` into `out`, packed from index 0. Returns (kept, [(name, reason)])."""
-    kept, skipped = 0, []
+def _fill(out: np.ndarray, source: ImageSource, resolution: int, progress: bool) -> tuple[int, CacheReport]:
+    """Decode every image of `source` into `out`, packed from index 0. Returns (kept, what was changed)."""
+    kept, report = 0, CacheReport(resolution)
     bar = tqdm(total=len(source), desc=f"caching {source.name} at {resolution}px", unit="img", disable=not progress)
     with bar, ThreadPoolExecutor(DECODE_WORKERS) as pool:
         for names in _chunks(source.names, CHUNK):
             for name, result in zip(names, pool.map(lambda n: _decode(source, n, resolution), names)):
                 if isinstance(result, str):
-                    skipped.append((name, result))
+                    report.skip(name, result)
                 else:
-                    out[kept] = result
+                    out[kept], mode, size = result
+                    report.note(name, mode, size)
                     kept += 1
             bar.update(len(names))
-    return kept, skipped
+    return kept, report
 
 
 def _first_skipped(skipped: list[tuple[str, str]]) -> str:
@@ -123,7 +129,8 @@ def build_cache(
     """The path of the cache of `root` at `resolution`, built first if it does not exist yet.
 
     Unreadable files are skipped with a warning naming the first few; if none is usable, ValueError.
-    A JSON sidecar beside the `.npy` records the source, counts and skipped names.
+    Images converted to RGB, upscaled or cropped are reported with one line per kind (see report.py).
+    A JSON sidecar beside the `.npy` records the source, counts, and the skipped and changed names.
     """
     with ImageSource(root) as source:
         final = cache_path(source, resolution, cache_dir)
@@ -136,7 +143,8 @@ def build_cache(
             shape = (len(source), resolution, resolution, 3)
             # Written straight to disk: a 30k-image cache never has to fit in RAM.
             images = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.uint8, shape=shape)
-            kept, skipped = _fill(images, source, resolution, progress)
+            kept, report = _fill(images, source, resolution, progress)
+            skipped = report.skipped
             if kept == 0:
                 raise ValueError(
                     f"none of the {len(source)} files in {source.path} could be read as an image: "
@@ -162,15 +170,24 @@ def build_cache(
                     "fingerprint": source.fingerprint(),
                     "resolution": resolution,
                     "count": kept,
-                    "skipped_count": len(skipped),
-                    "skipped": [name for name, _ in skipped[:SKIPPED_NAMES_RECORDED]],
+                    **report.record(),
                 }, indent=2) + "\n",
             )
             os.replace(temps[-1], final)
+            for line in report.lines():
+                rank_zero_info(f"data: {line}")
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
     return final
+
+
+def read_sidecar(path: PathLike) -> dict:
+    """The JSON record written beside the cache `path` (empty if it is missing or unreadable)."""
+    try:
+        return json.loads(sidecar_path(Path(path)).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def load_cache(path: PathLike) -> np.ndarray:

@@ -16,8 +16,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import DEFAULT_CACHE_DIR, PREPROCESSING_VERSION, build_cache, load_cache
+from .cache import DEFAULT_CACHE_DIR, PREPROCESSING_VERSION, build_cache, load_cache, read_sidecar, sidecar_path
 from .demo import DEMO_NAME, lfw_demo_images
+from .report import summary
 from .sources import fingerprint, resolve_source
 
 MIN_RESOLUTION = 16
@@ -135,7 +136,11 @@ class ImageDataModule(pl.LightningDataModule):
         # under prepare_data_per_node=False, or direct use outside a Trainer).
         path = build_cache(self.root, self.resolution, self.cache_dir)
         images = load_cache(path)
-        rank_zero_info(f"data: {len(images)} images from {self.root} at {self.resolution}px (cache {path})")
+        # What caching changed is reported in detail once, when the cache is built; a reused cache
+        # repeats it in brief here, with the sidecar that names the files.
+        changes = summary(read_sidecar(path))
+        when_cached = f"; when cached: {changes} (names in {sidecar_path(path)})" if changes else ""
+        rank_zero_info(f"data: {len(images)} images from {self.root} at {self.resolution}px (cache {path}){when_cached}")
         return images
 
     def _check_batch_fits(self) -> None:

@@ -13,7 +13,7 @@ import os
 import threading
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 from PIL import Image, ImageOps
 
@@ -44,7 +44,10 @@ def resolve_source(root: PathLike) -> Path:
             f"(leave it unset to train on the built-in LFW demo faces)."
         )
     if path.is_file() and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is a file but not a .zip archive: pass a folder or .zip of images as --data.root")
+        raise ValueError(
+            f"{path} is a file but not a readable .zip archive (another format, or truncated): "
+            f"pass a folder or .zip of images as --data.root"
+        )
     return path
 
 
@@ -101,18 +104,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def open_rgb(file: Union[PathLike, io.BytesIO], min_size: int = 0) -> Image.Image:
-    """Decode one image file (path or file object) as RGB, honouring its EXIF orientation.
+class Decoded(NamedTuple):
+    image: Image.Image  # 8-bit RGB, upright
+    mode: str  # the file's pixel mode before conversion: "RGB", "L", "CMYK", "RGBA", "P", ...
+    size: tuple[int, int]  # the file's (width, height), before any reduced-scale decoding
+
+
+def decode_rgb(file: Union[PathLike, io.BytesIO], min_size: int = 0) -> Decoded:
+    """Decode one image file (path or file object) as RGB, honouring its EXIF orientation, and say
+    what it was before (mode, size), so callers can report conversions.
 
     `min_size` > 0 lets JPEGs decode at a reduced scale (DCT scaling) while keeping both sides at least
     `min_size`: a 1024 px CelebA-HQ JPEG cached at 128 px then decodes several times faster.
     """
     with Image.open(file) as image:
+        mode, size = image.mode, image.size
         if min_size > 0:
             image.draft(None, (min_size, min_size))
         image = ImageOps.exif_transpose(image)
         image.load()
-        return to_rgb(image)
+        return Decoded(to_rgb(image), mode, size)
+
+
+def open_rgb(file: Union[PathLike, io.BytesIO], min_size: int = 0) -> Image.Image:
+    """Decode one image file as RGB; see `decode_rgb`."""
+    return decode_rgb(file, min_size).image
 
 
 class ImageSource:
@@ -163,7 +179,11 @@ class ImageSource:
 
     def open_rgb(self, name: str, min_size: int = 0) -> Image.Image:
         """Decode image `name` (one of `self.names`) as RGB; see `open_rgb`."""
-        return open_rgb(io.BytesIO(self.read_bytes(name)), min_size=min_size)
+        return self.decode_rgb(name, min_size).image
+
+    def decode_rgb(self, name: str, min_size: int = 0) -> Decoded:
+        """Decode image `name` as RGB, with its original mode and size; see `decode_rgb`."""
+        return decode_rgb(io.BytesIO(self.read_bytes(name)), min_size=min_size)
 
     def fingerprint(self) -> str:
         """sha256 over (name, size, mtime) for a folder or (name, size, CRC) for a zip, shortened.

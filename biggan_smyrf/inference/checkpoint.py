@@ -6,6 +6,7 @@ architecture comes from the file itself, so users never repeat the model options
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Union
@@ -18,22 +19,41 @@ from biggan_smyrf.models.swap import Setting
 from biggan_smyrf.typed import coerce
 
 EXPORT_FORMAT = "biggan_smyrf.generator/1"
+WHAT_TO_PASS = "pass a train.py checkpoint (last.ckpt, best-fid.ckpt) or a file written by export_generator"
 
 
 class CheckpointError(ValueError):
     """The file is missing, unreadable, or not a biggan_smyrf checkpoint."""
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict:
+def check_checkpoint_file(path: Union[str, Path]) -> Path:
+    """`path`, checked to exist and to look like a file written by torch.save, without loading it.
+
+    torch.save writes a zip archive (a pickle stream, starting with the PROTO opcode, before torch 1.6).
+    Anything else, e.g. a text file, fails inside torch.load with errors that name nothing useful
+    (`IndexError: pop from empty list`), so it is refused here first.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; {WHAT_TO_PASS}")
+    with path.open("rb") as file:
+        first_byte = file.read(1)
+        is_zip = zipfile.is_zipfile(file)
+        if not is_zip and first_byte != pickle.PROTO:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (not written by torch.save); {WHAT_TO_PASS}")
+    return path
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    path = check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+    # Whatever torch.load raises on a damaged or foreign file (UnpicklingError, RuntimeError, but also
+    # IndexError or KeyError from its unpickler) says the file is unusable, not that our code is wrong.
+    except Exception as err:
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint that loads safely with weights_only=True ({type(err).__name__}); "
-            f"pass a train.py checkpoint or a file written by export_generator"
+            f"{path} is not a PyTorch checkpoint that loads safely with weights_only=True "
+            f"({type(err).__name__}); {WHAT_TO_PASS}"
         ) from err
 
 

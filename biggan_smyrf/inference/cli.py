@@ -24,7 +24,11 @@ from biggan_smyrf.attention import AttentionChange, AttentionConfig
 from biggan_smyrf.metrics import MetricsConfig, MissingWeightsError, evaluate_images, prepare_scoring
 from biggan_smyrf.models import attention_configs
 
-from .checkpoint import CheckpointError, load_generator
+from biggan_smyrf.commands import script_command
+from biggan_smyrf.errors import DEBUG_ENV, DEBUG_FLAG, debug_requested, reported_errors
+from biggan_smyrf.parse_errors import OneLineErrorParser
+
+from .checkpoint import load_generator
 from .sampling import interpolate, labels, latents, render
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -33,7 +37,8 @@ SMYRF_FIELDS = tuple(f for f in fields(AttentionConfig) if f.name != "kind")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           prog=script_command("sample.py"))
     p.add_argument("--ckpt", required=True, help="train.py checkpoint (last.ckpt, best) or an exported generator file")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     what = p.add_mutually_exclusive_group()
@@ -56,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="use the raw G instead of G_ema")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="32")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
     metrics = p.add_argument_group("--metrics (same code as validation; real statistics cached in data/cache/metrics)")
     metrics.add_argument("--data-root", help="real images (folder or zip); default: the built-in demo faces")
     metrics.add_argument("--n-real", type=int, help="real images for the statistics (default: all)")
@@ -197,8 +203,8 @@ def write_interpolation(G, args, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (CheckpointError, ValueError, MissingWeightsError) as err:
-        sys.exit(f"error: {err}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Bad input ends in one `error:` line; --debug or BIGGAN_SMYRF_DEBUG=1 shows the traceback.
+    debug, _ = debug_requested(argv)
+    with reported_errors(debug, input_error_types=(MissingWeightsError,)):
+        run(build_parser().parse_args(argv))

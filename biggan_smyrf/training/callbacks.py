@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_info
 from torchvision.io import write_png
 from torchvision.utils import make_grid
 
+from biggan_smyrf.commands import script_command, tensorboard_command
 from biggan_smyrf.inference.sampling import to_uint8
 from biggan_smyrf.metrics.registry import METRICS
 from biggan_smyrf.models import model_summary
@@ -89,11 +90,46 @@ class RunSummary(pl.Callback):
 
 
     def on_fit_end(self, trainer, pl_module):
+        # Spelled with this interpreter's path: after the README's set-up a bare `python` lacks torch.
+        more_images = script_command("sample.py", "--ckpt", self.run_dir / "last.ckpt", "--out", self.run_dir / "samples")
         rank_zero_info(
             f"finished at G iteration {pl_module.g_iters}: checkpoint {self.run_dir / 'last.ckpt'}, "
-            f"sample grids in {self.run_dir / 'samples'}/, TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}; "
-            f"more images: python sample.py --ckpt {self.run_dir / 'last.ckpt'} --out {self.run_dir / 'samples'}"
+            f"sample grids in {self.run_dir / 'samples'}/, TensorBoard: {tensorboard_command(self.run_dir / 'tb')}; "
+            f"more images: {more_images}"
         )
+
+
+class GIterationProgressBar(TQDMProgressBar):
+    """One bar over the whole run in G iterations (`12/300 G it`), the unit of every length here.
+
+    Lightning's bar counts batches per epoch, and a run bounded by G iterations has no epoch count
+    (Lightning's rich bar shows "Epoch 14/-2"); one G iteration takes num_d_steps * accumulate batches.
+    """
+
+    TRAIN_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} G it [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=pl_module.loop_cfg.max_g_iters)
+        bar.bar_format, bar.unit = self.TRAIN_BAR_FORMAT, "G it"
+        bar.n = bar.initial = pl_module.g_iters  # a resumed run starts where it stopped
+        bar.set_description("training")
+
+    def on_train_epoch_start(self, trainer, *_):
+        pass  # one bar for the whole run: epochs are not reset
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = self.train_progress_bar
+        if bar.n != pl_module.g_iters and self._should_update(pl_module.g_iters, bar.total):
+            bar.n = pl_module.g_iters
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("g_iter", None)  # the bar itself counts G iterations
+        metrics.pop("v_num", None)  # the run directory names the run
+        return metrics
 
 
 class FinalCheckpoint(pl.Callback):
