@@ -127,7 +127,6 @@ class GIterationProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("g_iter", None)  # the bar itself counts G iterations
         metrics.pop("v_num", None)  # the run directory names the run
         return metrics
 

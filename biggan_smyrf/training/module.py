@@ -185,8 +185,8 @@ class BigGAN(pl.LightningModule):
     # --- logging ------------------------------------------------------------------------------
 
     def log_progress(self, d_loss, d_real, d_fake, g_loss, batch_size):
-        self.log("g_iter", float(self.g_iters), prog_bar=True, logger=False)
-        self.log("loss_d", d_loss, prog_bar=True, logger=False)
+        """Everything at `log_every` G iterations only: a tensor shown in the progress bar is read
+        back to the host, which would stall a GPU (or break an XLA graph) at every step."""
         if g_loss is None or self.g_iters % self.loop_cfg.log_every:
             return
         tag = self.kind_tag("train")
@@ -209,7 +209,7 @@ class BigGAN(pl.LightningModule):
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
             metrics["train/peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.log("loss_g", g_loss, prog_bar=True, logger=False)
+        self.log_dict({"loss_d": d_loss, "loss_g": g_loss}, prog_bar=True, logger=False)
         # Written to the loggers here, once, at the G iteration: Lightning's own step logging would
         # write a value again at every later D micro-step until the next G update (2-5 points per
         # step in TensorBoard). `self.log` keeps them in callback_metrics for callbacks.
