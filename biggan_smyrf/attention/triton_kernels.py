@@ -92,6 +92,16 @@ def _dot(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _cluster_and_block(length, BLOCK: tl.constexpr):
+    """(cluster, block) of this program in a flat grid, the blocks of one cluster consecutive (so
+    they run together and share its keys in L2; a flat grid also has no 65,535 limit on the number
+    of clusters). The cluster index is int64 so that its offsets cannot overflow."""
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(length, BLOCK)
+    return (pid // n_blocks).to(tl.int64), pid % n_blocks
+
+
+@triton.jit
 def _scores_log2(q, k, offs_n, Lk, mask_ptr, stride_mg, stride_mn, g, scale_log2,
                  HAS_MASK: tl.constexpr, UPCAST: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits times log2(e), -inf for keys past Lk and masked keys."""
@@ -115,8 +125,8 @@ def _forward_kernel(
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    start_m, g = tl.program_id(0), tl.program_id(1)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    g, block = _cluster_and_block(Lq, BLOCK_M)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows = offs_m < Lq
@@ -167,8 +177,8 @@ def _row_dot_kernel(
     BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """DELTA[g, i] = sum_d dO[g, i, d] * out[g, i, d] in fp32 (FlashAttention's D)."""
-    start_m, g = tl.program_id(0), tl.program_id(1)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    g, block = _cluster_and_block(Lq, BLOCK_M)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     inside = (offs_m[:, None] < Lq) & (offs_dv[None, :] < D_V)
     do = tl.load(DO + g * stride_dg + offs_m[:, None] * stride_dm + offs_dv[None, :] * stride_dd, mask=inside, other=0.0)
@@ -196,8 +206,8 @@ def _backward_kv_kernel(
 ):
     """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks.
     DK and DV are contiguous (G, Lk, d)."""
-    start_n, g = tl.program_id(0), tl.program_id(1)
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    g, block = _cluster_and_block(Lk, BLOCK_N)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     cols = offs_n < Lk
@@ -244,8 +254,8 @@ def _backward_q_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dQ = scale · dS K for one block of queries, over all key blocks. DQ is contiguous (G, Lq, d_qk)."""
-    start_m, g = tl.program_id(0), tl.program_id(1)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    g, block = _cluster_and_block(Lq, BLOCK_M)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows = offs_m < Lq
@@ -289,7 +299,7 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
     block_m, block_n = _block(Lq, 128), _block(Lk, 64)
-    _forward_kernel[(triton.cdiv(Lq, block_m), G)](
+    _forward_kernel[(G * triton.cdiv(Lq, block_m),)](
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
         Lq, Lk, d_qk, d_v, scale * LOG2E,
@@ -304,12 +314,12 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     enters dS (see the module docstring of kernels.py)."""
     check_inputs(q, k, v)
     (G, Lq, d_qk), Lk, d_v = q.shape, k.shape[1], v.shape[-1]
-    lse = lse.contiguous()
+    lse = lse.to(torch.float32).contiguous()
     grad = grad.to(q.dtype)
     block_dqk, block_dv = _head_block(d_qk), _head_block(d_v)
     delta = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     block_rows = _block(Lq, 128)
-    _row_dot_kernel[(triton.cdiv(Lq, block_rows), G)](
+    _row_dot_kernel[(G * triton.cdiv(Lq, block_rows),)](
         grad, out, delta, *_strides(grad), *_strides(out), Lq, d_v, BLOCK_M=block_rows, BLOCK_DV=block_dv,
     )
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
@@ -322,8 +332,8 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     )
     block_m, block_n = _block(Lq, 64), _block(Lk, 64)
     sizes = dict(HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, UPCAST=INTERPRETED)
-    _backward_kv_kernel[(triton.cdiv(Lk, block_n), G)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
-    _backward_q_kernel[(triton.cdiv(Lq, block_m), G)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
+    _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
+    _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
     return dq, dk, dv
 
 
