@@ -51,6 +51,44 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
         pick_kernel("triton", torch.device("cuda"), False, torch.float64)
 
 
+@needs_triton
+@pytest.mark.parametrize("has_mask", [False, True], ids=["nomask", "mask"])
+def test_kernels_compile_for_hopper_without_a_gpu(has_mask):
+    """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
+    kernel for sm_90 through ptxas at BigGAN's block sizes, bf16, which needs no GPU."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from biggan_smyrf.attention import triton_kernels as kernels
+
+    sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False)
+    jobs = [
+        (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
+        (kernels._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
+        (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
+        (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+    ]
+    for kernel, constants in jobs:
+        signature = {name: _argument_type(name, constants) for name in kernel.arg_names}
+        compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel.__name__
+
+
+def _argument_type(name: str, constants: dict) -> str:
+    """Triton signature types of the kernels' arguments, by their naming convention."""
+    if name in constants:
+        return "constexpr"
+    if name in ("LSE", "DELTA"):
+        return "*fp32"
+    if name == "MASK":
+        return "*u8"
+    if name.startswith("scale"):
+        return "fp32"
+    if name.startswith("stride") or name in ("Lq", "Lk", "D_QK", "D_V"):
+        return "i32"
+    return "*bf16"
+
+
 # --- CUDA: the compiled kernels at BigGAN ch=96's sizes ------------------------------------------
 # 2048 queries and 512 keys + 32 summary keys per cluster, d_qk = 12, d_v = 48.
 
