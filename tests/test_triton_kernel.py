@@ -32,14 +32,15 @@ def test_kernels_under_triton_interpreter():
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-3000:]
 
 
-def test_auto_never_picks_triton_on_the_cpu_or_for_float64():
+def test_auto_picks_triton_on_cuda_only_where_it_runs():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pick_kernel("auto", cpu, False, torch.float32) == "flash"
-    assert pick_kernel("auto", cpu, True, torch.bfloat16) == "chunked"
-    assert pick_kernel("auto", cuda, False, torch.float64) == "chunked"
+    assert pick_kernel("auto", cpu, False, torch.float32, 49) == "flash"
+    assert pick_kernel("auto", cpu, True, torch.bfloat16, 49) == "chunked"
+    assert pick_kernel("auto", cuda, False, torch.float64, 49) == "chunked"
+    assert pick_kernel("auto", cuda, False, torch.bfloat16, 384) == "chunked"  # past the register budget
     expected = "triton" if triton_available() else "chunked"
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        assert pick_kernel("auto", cuda, True, dtype) == expected
+        assert pick_kernel("auto", cuda, True, dtype, 256) == expected
 
 
 @needs_triton
@@ -49,6 +50,8 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
         pick_kernel("triton", torch.device("cpu"), False, torch.float32)
     with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
         pick_kernel("triton", torch.device("cuda"), False, torch.float64)
+    with pytest.raises(ValueError, match="head dims up to 256, got 384"):
+        pick_kernel("triton", torch.device("cuda"), False, torch.float32, 384)
 
 
 @needs_triton

@@ -31,22 +31,30 @@ import torch.nn.functional as F
 Kernel = Literal["auto", "flash", "triton", "chunked"]
 KERNELS = ("flash", "triton", "chunked")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Largest head dim of the triton kernel: one program holds a block of rows at the padded width in
+# registers, and past 256 they would spill (BigGAN: d_qk = C/8, d_v = C/2, 12 and 48 at ch 96, 128 px).
+TRITON_MAX_HEAD_DIM = 256
 
 # Scores held at once by the chunked kernel: 2^24 float32 = 64 MiB.
 CHUNK_SCORES = 1 << 24
 
 
-def pick_kernel(kernel: Kernel, device: torch.device, has_mask: bool, dtype: torch.dtype = torch.float32) -> str:
+def pick_kernel(
+    kernel: Kernel, device: torch.device, has_mask: bool, dtype: torch.dtype = torch.float32, head_dim: int = 0
+) -> str:
+    """The kernel to run ("auto" resolved), or a ValueError saying why the one asked for cannot.
+    head_dim: the larger of d_qk and d_v as the kernel will see them."""
     if kernel == "auto":
         if device.type == "cpu":
             return "chunked" if has_mask else "flash"
-        return "triton" if device.type == "cuda" and dtype in TRITON_DTYPES and triton_available() else "chunked"
+        fits = dtype in TRITON_DTYPES and head_dim <= TRITON_MAX_HEAD_DIM
+        return "triton" if device.type == "cuda" and fits and triton_available() else "chunked"
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be 'auto', 'flash', 'triton' or 'chunked', got {kernel!r}")
     if kernel == "flash" and (device.type != "cpu" or has_mask):
         raise ValueError("the 'flash' cluster kernel runs on the CPU without masks; use kernel='chunked'")
     if kernel == "triton":
-        _check_triton_usable(device, dtype)
+        _check_triton_usable(device, dtype, head_dim)
     return kernel
 
 
@@ -59,11 +67,13 @@ def triton_available() -> bool:
     return True
 
 
-def _check_triton_usable(device: torch.device, dtype: torch.dtype) -> None:
+def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
     if not triton_available():
         raise ValueError("kernel='triton' needs the triton package (pip install triton); use kernel='chunked'")
     if dtype not in TRITON_DTYPES:
         raise ValueError(f"kernel='triton' takes float16, bfloat16 or float32, got {dtype}; use kernel='chunked'")
+    if head_dim > TRITON_MAX_HEAD_DIM:
+        raise ValueError(f"kernel='triton' takes head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; use kernel='chunked'")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"kernel='triton' runs on CUDA (or the CPU interpreter), not {device.type}; use kernel='chunked'")
     if device.type == "cpu" and not _triton().INTERPRETED:

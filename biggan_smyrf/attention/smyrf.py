@@ -111,7 +111,9 @@ def smyrf_attention(
     config.validate_for(N, M, "smyrf_attention")
     q_cluster_size, k_cluster_size = config.cluster_sizes(N, M)
     n_hub_keys, n_summaries = config.hub_keys_for(N, M), config.summaries_for(N, M)
-    kernel = pick_kernel(kernel, q.device, key_padding_mask is not None, q.dtype)
+    # The cluster kernel sees d_qk + 1 features when hub or summary keys add the logit offset.
+    head_dim = max(q.shape[-1] + 1, v.shape[-1])
+    kernel = pick_kernel(kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
 

@@ -45,9 +45,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Register budget of one program: head dims above this would spill (BigGAN: 12 and 48).
-MAX_HEAD_DIM = 256
+from .kernels import TRITON_DTYPES, TRITON_MAX_HEAD_DIM
+
 LOG2E = 1.4426950408889634
 
 
@@ -60,14 +59,14 @@ def _head_block(d: int) -> int:
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+    if q.dtype not in TRITON_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(
             f"the 'triton' cluster kernel takes float16, bfloat16 or float32 q, k, v of one dtype, got "
             f"{q.dtype}, {k.dtype}, {v.dtype}; use kernel='chunked' (e.g. for float64 gradcheck)"
         )
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+    if max(q.shape[-1], v.shape[-1]) > TRITON_MAX_HEAD_DIM:
         raise ValueError(
-            f"the 'triton' cluster kernel supports head dims up to {MAX_HEAD_DIM}, got d_qk={q.shape[-1]}, "
+            f"the 'triton' cluster kernel supports head dims up to {TRITON_MAX_HEAD_DIM}, got d_qk={q.shape[-1]}, "
             f"d_v={v.shape[-1]}; use kernel='chunked'"
         )
 
