@@ -47,7 +47,8 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .kernels import TRITON_DTYPES, TRITON_MAX_HEAD_DIM
 
-LOG2E = 1.4426950408889634
+# log2(e): the kernels work in base 2 (exp2, log2), the host's scale and lse in base e.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 def _block(length: int, largest: int) -> int:
@@ -83,7 +84,7 @@ def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
 @triton.jit
 def _dot(a, b, UPCAST: tl.constexpr):
     """a @ b accumulated in fp32. UPCAST (only under the interpreter, whose tl.dot multiplies
-    bfloat16's raw bit patterns: triton-lang/triton#11584) feeds it fp32 copies instead: products
+    bfloat16's raw bit patterns in triton 3.8: triton-lang/triton#11584) feeds it fp32 copies instead: products
     of half values are exact in fp32, so this is the tensor-core result up to summation order."""
     if UPCAST:
         a, b = a.to(tl.float32), b.to(tl.float32)
@@ -159,7 +160,7 @@ def _forward_kernel(
         m_i = m_new
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
     tl.store(
         OUT + g * stride_og + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
         out.to(OUT.dtype.element_ty), mask=rows[:, None] & (offs_dv[None, :] < D_V),
@@ -228,7 +229,7 @@ def _backward_kv_kernel(
             mask=rows[:, None] & (offs_dv[None, :] < D_V), other=0.0,
         )
         # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there.
-        lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * 1.4426950408889634
+        lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST)
         p = _probabilities(s, lse_log2)
@@ -264,7 +265,7 @@ def _backward_q_kernel(
         DO + g * stride_dog + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
         mask=rows[:, None] & (offs_dv[None, :] < D_V), other=0.0,
     )
-    lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * 1.4426950408889634
+    lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
     delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
@@ -301,7 +302,7 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     _forward_kernel[(G * triton.cdiv(Lq, block_m),)](
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale * LOG2E,
+        Lq, Lk, d_qk, d_v, scale * LOG2E.value,
         HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_DQK=_head_block(d_qk), BLOCK_DV=_head_block(d_v), UPCAST=INTERPRETED,
     )
@@ -327,7 +328,7 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     dv = torch.empty(G, Lk, d_v, dtype=v.dtype, device=v.device)
     shared = (
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale, scale * LOG2E,
+        Lq, Lk, d_qk, d_v, scale, scale * LOG2E.value,
     )
     block_m, block_n = _block(Lq, 64), _block(Lk, 64)
     sizes = dict(HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, UPCAST=INTERPRETED)
