@@ -51,7 +51,9 @@ def attention_fn(method: dict, kernel: str = "auto"):
     if method["kind"] == "ours":
         # What the model's blocks run (`attend` with this config), with the cluster kernel chosen.
         config = AttentionConfig(kind="smyrf", n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"])
-        return lambda q, k, v: smyrf_attention(q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0), kernel=kernel)
+        return lambda q, k, v: smyrf_attention(
+            q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0), kernel=kernel
+        )
     return lambda q, k, v: smyrf_attention(
         q, k, v, AttentionConfig.paper(), n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
         hashing=method.get("hashing", "xbox"), kernel=kernel,
@@ -151,7 +153,7 @@ def main():
     table = markdown_table(rows, columns)
     print(table)
     # Other dtypes and kernels get their own files: the default table stays the float32, auto one.
-    name = "attention" + ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if args.kernel == "auto" else f"_{args.kernel}")
+    name = "attention" + "".join(f"_{x}" for x, default in ((args.dtype, "float32"), (args.kernel, "auto")) if x != default)
     meta = {"d_qk": D_QK, "d_v": D_V, "quick": args.quick, "dtype": args.dtype, "kernel": args.kernel}
     stem = write_results(name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")

@@ -17,6 +17,7 @@ from biggan_smyrf.attention import smyrf_attention
 from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel, triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "tests" / "triton_interpreted.py"
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
@@ -25,7 +26,7 @@ needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not 
 def test_kernels_under_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(ROOT / "tests" / "triton_interpreted.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"

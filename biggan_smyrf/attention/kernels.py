@@ -73,7 +73,9 @@ def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int
     if dtype not in TRITON_DTYPES:
         raise ValueError(f"kernel='triton' takes float16, bfloat16 or float32, got {dtype}; use kernel='chunked'")
     if head_dim > TRITON_MAX_HEAD_DIM:
-        raise ValueError(f"kernel='triton' takes head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; use kernel='chunked'")
+        raise ValueError(
+            f"kernel='triton' takes head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; use kernel='chunked'"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"kernel='triton' runs on CUDA (or the CPU interpreter), not {device.type}; use kernel='chunked'")
     if device.type == "cpu" and not _triton().INTERPRETED:

@@ -331,7 +331,9 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
         Lq, Lk, d_qk, d_v, scale, scale * LOG2E.value,
     )
     block_m, block_n = _block(Lq, 64), _block(Lk, 64)
-    sizes = dict(HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, UPCAST=INTERPRETED)
+    sizes = dict(
+        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, UPCAST=INTERPRETED,
+    )
     _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
     _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
     return dq, dk, dv
