@@ -56,16 +56,18 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
 
 
 @needs_triton
-@pytest.mark.parametrize("has_mask", [False, True], ids=["nomask", "mask"])
-def test_kernels_compile_for_hopper_without_a_gpu(has_mask):
+@pytest.mark.parametrize(
+    "dtype, precision, has_mask", [("bf16", "ieee", False), ("bf16", "ieee", True), ("fp32", "tf32", True)]
+)
+def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
     """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
-    kernel for sm_90 through ptxas at BigGAN's block sizes, bf16, which needs no GPU."""
+    kernel for sm_90 through ptxas at BigGAN's block sizes, which needs no GPU."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
     from biggan_smyrf.attention import triton_kernels as kernels
 
-    sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False)
+    sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
     jobs = [
         (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
         (kernels._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
@@ -73,12 +75,12 @@ def test_kernels_compile_for_hopper_without_a_gpu(has_mask):
         (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
     ]
     for kernel, constants in jobs:
-        signature = {name: _argument_type(name, constants) for name in kernel.arg_names}
+        signature = {name: _argument_type(name, constants, dtype) for name in kernel.arg_names}
         compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel.__name__
 
 
-def _argument_type(name: str, constants: dict) -> str:
+def _argument_type(name: str, constants: dict, dtype: str) -> str:
     """Triton signature types of the kernels' arguments, by their naming convention."""
     if name in constants:
         return "constexpr"
@@ -90,7 +92,7 @@ def _argument_type(name: str, constants: dict) -> str:
         return "fp32"
     if name.startswith("stride") or name in ("Lq", "Lk", "D_QK", "D_V"):
         return "i32"
-    return "*bf16"
+    return f"*{dtype}"
 
 
 # --- CUDA: the compiled kernels at BigGAN ch=96's sizes ------------------------------------------
@@ -147,3 +149,22 @@ def test_cuda_smyrf_auto_is_triton_and_matches_chunked(dtype):
 
     for a, b in zip(run("auto"), run("chunked")):
         assert relative_error(a, b) < CUDA_TOLERANCE[dtype]
+
+
+@pytest.mark.cuda
+def test_cuda_fp32_follows_torchs_tf32_setting():
+    """With PyTorch's CUDA matmuls on TF32 the kernel's fp32 dots use TF32 too: both kernels then
+    round at TF32's precision (~1e-3), and the triton one still matches the chunked one."""
+    q, k, v, mask = biggan_clusters(torch.float32, G=4)
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        out, lse = attention_forward(q, k, v, 1.0, "triton", mask)
+        want_out, _ = attention_forward(q, k, v, 1.0, "chunked", mask)
+        grad = torch.randn_like(out)
+        got = attention_backward(grad, q, k, v, out, lse, 1.0, "triton", mask)
+        want = attention_backward(grad, q, k, v, out, lse, 1.0, "chunked", mask)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+    for a, b in zip((out, *got), (want_out, *want)):
+        assert relative_error(a, b) < 1e-2

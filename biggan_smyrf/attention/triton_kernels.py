@@ -30,8 +30,9 @@ Design, and why:
 - Exponentials in base 2 (exp2 with log2(e) folded into the scale), the usual cheap form.
 - fp16/bf16/fp32 inputs; every dot accumulates in fp32. Half inputs feed P and dS to the second
   dots in the input dtype (as FlashAttention does: tensor cores, and the error stays at the
-  input's precision). fp32 inputs use input_precision="ieee", not TF32: "fp32" here means fp32,
-  like torch.matmul's default. fp64 is rejected: use the "chunked" kernel (gradcheck).
+  input's precision). fp32 inputs use IEEE fp32 dots unless PyTorch's CUDA matmuls are set to TF32
+  (torch.set_float32_matmul_precision("high")): then TF32, like the chunked kernel's matmuls.
+  fp64 is rejected: use the "chunked" kernel (gradcheck).
 - Block sizes are fixed per call from the lengths (at most 128 queries x 64 keys, at least 16),
   not autotuned: no GPU has measured them yet. Small lengths get small blocks, which also keeps
   Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run without a GPU) fast.
@@ -82,13 +83,14 @@ def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr):
-    """a @ b accumulated in fp32. UPCAST (only under the interpreter, whose tl.dot multiplies
-    bfloat16's raw bit patterns in triton 3.8: triton-lang/triton#11584) feeds it fp32 copies instead: products
-    of half values are exact in fp32, so this is the tensor-core result up to summation order."""
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b accumulated in fp32; PRECISION ("ieee" or "tf32") matters for fp32 inputs only.
+    UPCAST (only under the interpreter, whose tl.dot multiplies bfloat16's raw bit patterns in
+    triton 3.8: triton-lang/triton#11584) feeds it fp32 copies instead: products of half values
+    are exact in fp32, so this is the tensor-core result up to summation order."""
     if UPCAST:
         a, b = a.to(tl.float32), b.to(tl.float32)
-    return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
@@ -103,9 +105,9 @@ def _cluster_and_block(length, BLOCK: tl.constexpr):
 
 @triton.jit
 def _scores_log2(q, k, offs_n, Lk, mask_ptr, stride_mg, stride_mn, g, scale_log2,
-                 HAS_MASK: tl.constexpr, UPCAST: tl.constexpr):
+                 HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits times log2(e), -inf for keys past Lk and masked keys."""
-    s = _dot(q, tl.trans(k), UPCAST) * scale_log2
+    s = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
     keep = offs_n < Lk
     if HAS_MASK:
         attend = tl.load(mask_ptr + g * stride_mg + offs_n * stride_mn, mask=keep, other=0)
@@ -123,7 +125,7 @@ def _forward_kernel(
     stride_mg, stride_mn,
     Lq, Lk, D_QK, D_V, scale_log2,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     g, block = _cluster_and_block(Lq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -148,7 +150,7 @@ def _forward_kernel(
             V + g * stride_vg + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
             mask=cols[:, None] & (offs_dv[None, :] < D_V), other=0.0,
         )
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps
         # exp2(-inf - max) = 0 rather than NaN.
@@ -156,7 +158,7 @@ def _forward_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
         m_i = m_new
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -202,7 +204,7 @@ def _backward_kv_kernel(
     stride_mg, stride_mn,
     Lq, Lk, D_QK, D_V, scale, scale_log2,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks.
     DK and DV are contiguous (G, Lk, d)."""
@@ -231,12 +233,12 @@ def _backward_kv_kernel(
         # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there.
         lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
-        dv += _dot(tl.trans(p.to(do.dtype)), do, UPCAST)
-        dp = _dot(do, tl.trans(v), UPCAST)
+        dv += _dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
+        dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST)
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
     tl.store(DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :], (dk * scale).to(DK.dtype.element_ty), mask=k_inside)
     tl.store(DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=v_inside)
 
@@ -251,7 +253,7 @@ def _backward_q_kernel(
     stride_mg, stride_mn,
     Lq, Lk, D_QK, D_V, scale, scale_log2,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ = scale · dS K for one block of queries, over all key blocks. DQ is contiguous (G, Lq, d_qk)."""
     g, block = _cluster_and_block(Lq, BLOCK_M)
@@ -279,12 +281,19 @@ def _backward_q_kernel(
             V + g * stride_vg + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
             mask=cols[:, None] & (offs_dv[None, :] < D_V), other=0.0,
         )
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
-        dp = _dot(do, tl.trans(v), UPCAST)
+        dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, UPCAST)
+        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
     tl.store(DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_inside)
+
+
+def _fp32_dot_precision() -> str:
+    """TF32 for fp32 dots where PyTorch's CUDA matmuls use it too (torch.set_float32_matmul_precision
+    "high"/"medium", or torch.backends.cuda.matmul.fp32_precision = "tf32"), so that this kernel and
+    the chunked one round alike; IEEE fp32 otherwise, and always under the interpreter."""
+    return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" and not INTERPRETED else "ieee"
 
 
 def _strides(x: torch.Tensor):
@@ -304,7 +313,8 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
         Lq, Lk, d_qk, d_v, scale * LOG2E.value,
         HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_DQK=_head_block(d_qk), BLOCK_DV=_head_block(d_v), UPCAST=INTERPRETED,
+        BLOCK_DQK=_head_block(d_qk), BLOCK_DV=_head_block(d_v),
+        UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
     )
     return out, lse
 
@@ -332,7 +342,8 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     )
     block_m, block_n = _block(Lq, 64), _block(Lk, 64)
     sizes = dict(
-        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, UPCAST=INTERPRETED,
+        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
+        UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
     )
     _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
     _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
