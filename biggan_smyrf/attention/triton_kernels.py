@@ -3,9 +3,10 @@
 The "triton" kernel of `kernels.py`: same interface, same numbers as the "chunked" kernel up to
 rounding. q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
 
-Cost: time O(G·Lq·Lk·(d_qk + d_v)) forward and about 2.5x that backward (scores recomputed);
-memory O(G·(Lq + Lk)·(d_qk + d_v)) for inputs, outputs and gradients plus O(G·Lq) for the
-logsumexp. No score tensor exists anywhere: scores live in registers, one block at a time.
+Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots,
+the backward 7 (S and dP recomputed in both backward kernels; dV, dK, dQ once). Memory
+O(G·(Lq + Lk)·(d_qk + d_v)) for inputs, outputs and gradients plus O(G·Lq) for the logsumexp
+and D. No score tensor exists anywhere: scores live in registers, one block at a time.
 
 Design, and why:
 - Forward: one program per (block of queries, cluster) with an online softmax over key blocks
@@ -21,8 +22,8 @@ Design, and why:
   folds in the gradient through its logsumexp round weights; see smyrf.py).
 - d_qk and d_v are separate compile-time block widths, each the next power of two >= 16 (tl.dot
   needs >= 16), reached by masked loads: BigGAN's 12 and 48 become 16 and 64 in registers. The
-  fused PyTorch kernels need one head dim, i.e. padded *copies* of q and k at 48 (4x the q·k
-  work); here nothing is copied, and strided inputs are read through their strides.
+  fused PyTorch kernels need one head dim, i.e. padded *copies* of q and k at 48 (about 4x the
+  q·k work); here nothing is copied, and strided inputs are read through their strides.
 - Tails (Lq, Lk not multiples of the block, e.g. 512 keys + 32 summary keys = 544) and the
   optional key mask (True = attend) become -inf logits. A query whose keys are all masked gets
   out = 0 and lse = -inf, like the chunked kernel; the backward treats its lse as 0 there so
