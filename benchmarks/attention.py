@@ -2,11 +2,13 @@
 
     python benchmarks/attention.py            # full table (CPU: ~15 min on 2 cores)
     python benchmarks/attention.py --quick    # N <= 4096, a sanity run
+    python benchmarks/attention.py --device cuda --dtype bfloat16 --methods "dense SDPA" "ours 4x2048"
 
 SMYRF rows are the paper's recipe (and random clusters as the bar to clear) except "ours", the
 library default. Shapes as in BigGAN ch=96: d_qk = 12, d_v = 48, keys 2x2-pooled (M = N/4), scale 1.
 Each CPU case runs in a fresh process so that peak RSS belongs to that case alone.
-Error = |out - exact| / |exact| at batch 1, on Gaussian inputs and on the BigGAN-like
+SMYRF's cluster kernel is `--kernel` (default auto: PyTorch's flash op on the CPU, Triton on CUDA).
+Error = |out - exact| / |exact| (exact: dense attention in float32) at batch 1, on Gaussian inputs and on the BigGAN-like
 "smooth feature map" family (biggan_smyrf.attention.synthetic), mean over 2 seeds.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results  # noqa: E402
 
-from biggan_smyrf.attention import AttentionConfig, attend, dense_attention, smyrf_attention  # noqa: E402
+from biggan_smyrf.attention import AttentionConfig, dense_attention, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.synthetic import gaussian_qkv, relative_error, smooth_feature_qkv  # noqa: E402
 
 D_QK, D_V = 12, 48
@@ -41,27 +43,30 @@ METHODS = {
 NAIVE_LIMIT_BYTES = 12 * 2**30
 
 
-def attention_fn(method: dict):
+def attention_fn(method: dict, kernel: str = "auto"):
     if method["kind"] == "naive":
         return lambda q, k, v: dense_attention(q, k, v, scale=1.0, backend="math")
     if method["kind"] == "sdpa":
         return lambda q, k, v: dense_attention(q, k, v, scale=1.0)
     if method["kind"] == "ours":
+        # What the model's blocks run (`attend` with this config), with the cluster kernel chosen.
         config = AttentionConfig(kind="smyrf", n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"])
-        return lambda q, k, v: attend(q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0))
+        return lambda q, k, v: smyrf_attention(
+            q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0), kernel=kernel
+        )
     return lambda q, k, v: smyrf_attention(
         q, k, v, AttentionConfig.paper(), n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
-        hashing=method.get("hashing", "xbox"),
+        hashing=method.get("hashing", "xbox"), kernel=kernel,
     )
 
 
 def run_case(case: dict) -> dict:
     """One (N, batch, method): memory first (fresh process), then times, then errors."""
-    device = torch.device(case["device"])
+    device, dtype = torch.device(case["device"]), getattr(torch, case["dtype"])
     n, batch = case["n"], case["batch"]
-    fn = attention_fn(METHODS[case["method"]])
+    fn = attention_fn(METHODS[case["method"]], case["kernel"])
     g = torch.Generator().manual_seed(0)
-    q, k, v = (t.to(device).requires_grad_() for t in gaussian_qkv(batch, n, n // 4, D_QK, D_V, g))
+    q, k, v = (t.to(device, dtype).requires_grad_() for t in gaussian_qkv(batch, n, n // 4, D_QK, D_V, g))
 
     def forward():
         with torch.no_grad():
@@ -79,11 +84,11 @@ def run_case(case: dict) -> dict:
         "fwd_bwd_ms": 1e3 * median_seconds(forward_backward, device, reps),
     }
     if batch == 1:
-        result.update(errors(fn, n, device))
+        result.update(errors(fn, n, device, dtype))
     return result
 
 
-def errors(fn, n: int, device: torch.device) -> dict:
+def errors(fn, n: int, device: torch.device, dtype: torch.dtype) -> dict:
     out = {}
     side = int(round(n**0.5))
     for family in ("gaussian", "smooth"):
@@ -96,19 +101,21 @@ def errors(fn, n: int, device: torch.device) -> dict:
                 q, k, v = smooth_feature_qkv(1, side, D_QK, D_V, g)
             q, k, v = (t.to(device) for t in (q, k, v))
             with torch.no_grad():
-                errs.append(relative_error(fn(q, k, v), dense_attention(q, k, v, scale=1.0)))
+                exact = dense_attention(q, k, v, scale=1.0)
+                errs.append(relative_error(fn(q.to(dtype), k.to(dtype), v.to(dtype)), exact))
         out[f"err_{family}"] = sum(errs) / len(errs)
     return out
 
 
-def cases(device: torch.device, quick: bool):
+def cases(device: torch.device, quick: bool, methods: list[str], dtype: str, kernel: str):
     sizes = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
     for n in sizes:
         for batch in (1, 4):
-            for name, method in METHODS.items():
+            for name in methods:
+                method = METHODS[name]
                 if method.get("q_cluster_size", 0) > n:
                     continue
-                case = {"device": device.type, "n": n, "batch": batch, "method": name}
+                case = {"device": device.type, "dtype": dtype, "kernel": kernel, "n": n, "batch": batch, "method": name}
                 naive_bytes = 3 * 4 * batch * n * (n // 4)
                 if method["kind"] == "naive" and naive_bytes > NAIVE_LIMIT_BYTES:
                     yield {**case, "skipped": f"scores need ~{naive_bytes / 2**30:.0f} GiB"}
@@ -120,6 +127,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only N <= 4096")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--kernel", default="auto", choices=["auto", "flash", "triton", "chunked"],
+                        help="SMYRF's cluster kernel (auto: flash on the CPU, triton on CUDA)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
+                        help=f"rows to run (default all): {', '.join(METHODS)}")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -128,7 +140,7 @@ def main():
 
     device = torch.device(args.device)
     rows = []
-    for case in cases(device, args.quick):
+    for case in cases(device, args.quick, args.methods, args.dtype, args.kernel):
         if "skipped" not in case:
             case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_case(case)
         rows.append(case)
@@ -140,7 +152,10 @@ def main():
     ]
     table = markdown_table(rows, columns)
     print(table)
-    stem = write_results("attention", device, rows, table, {"d_qk": D_QK, "d_v": D_V, "quick": args.quick})
+    # Other dtypes and kernels get their own files: the default table stays the float32, auto one.
+    name = "attention" + "".join(f"_{x}" for x, default in ((args.dtype, "float32"), (args.kernel, "auto")) if x != default)
+    meta = {"d_qk": D_QK, "d_v": D_V, "quick": args.quick, "dtype": args.dtype, "kernel": args.kernel}
+    stem = write_results(name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")
 
 

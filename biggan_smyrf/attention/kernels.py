@@ -6,44 +6,105 @@ is subtracted from the score gradient (FlashAttention's D = rowsum(dO * O)). Pas
 multi-round SMYRF output there instead of this round's output is exactly the gradient through the
 logsumexp weights (see `smyrf.py`), which is why no kernel here needs a gradient for lse.
 
-Two implementations:
+Three implementations:
 - "flash": PyTorch's fused CPU flash-attention kernels (aten ops behind F.scaled_dot_product_attention).
   Never materialises scores. CPU only; no masks.
+- "triton": FlashAttention-2 style Triton kernels (`triton_kernels.py`). Never materialises scores;
+  key masks; d_qk and d_v kept apart; float16/bfloat16/float32. CUDA, or CPU tensors under
+  Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported; slow, for tests).
 - "chunked": plain matmuls over chunks of clusters with recomputation in the backward. Works on
-  any device and with key masks; memory O(chunk * Lq * Lk) for the scores.
+  any device, dtype (float64 for gradcheck) and with key masks; memory O(chunk * Lq * Lk) for the scores.
+
+"auto": "flash" on the CPU without masks, "triton" on CUDA for float16/bfloat16/float32 where
+triton imports, "chunked" otherwise. Triton is imported only when the "triton" kernel is used or
+considered (CUDA), so the package works where it is not installed.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
-Kernel = Literal["auto", "flash", "chunked"]
+Kernel = Literal["auto", "flash", "triton", "chunked"]
+KERNELS = ("flash", "triton", "chunked")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Largest head dim of the triton kernel: one program holds a block of rows at the padded width in
+# registers, and past 256 they would spill (BigGAN: d_qk = C/8, d_v = C/2, 12 and 48 at ch 96, 128 px).
+TRITON_MAX_HEAD_DIM = 256
 
 # Scores held at once by the chunked kernel: 2^24 float32 = 64 MiB.
 CHUNK_SCORES = 1 << 24
 
 
-def pick_kernel(kernel: Kernel, device: torch.device, has_mask: bool) -> str:
+def pick_kernel(
+    kernel: Kernel, device: torch.device, has_mask: bool, dtype: torch.dtype = torch.float32, head_dim: int = 0
+) -> str:
+    """The kernel to run ("auto" resolved), or a ValueError saying why the one asked for cannot.
+    head_dim: the larger of d_qk and d_v as the kernel will see them."""
     if kernel == "auto":
-        return "flash" if device.type == "cpu" and not has_mask else "chunked"
+        if device.type == "cpu":
+            return "chunked" if has_mask else "flash"
+        fits = dtype in TRITON_DTYPES and head_dim <= TRITON_MAX_HEAD_DIM
+        return "triton" if device.type == "cuda" and fits and triton_available() else "chunked"
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'auto', 'flash', 'triton' or 'chunked', got {kernel!r}")
     if kernel == "flash" and (device.type != "cpu" or has_mask):
         raise ValueError("the 'flash' cluster kernel runs on the CPU without masks; use kernel='chunked'")
-    if kernel not in ("flash", "chunked"):
-        raise ValueError(f"kernel must be 'auto', 'flash' or 'chunked', got {kernel!r}")
+    if kernel == "triton":
+        _check_triton_usable(device, dtype, head_dim)
     return kernel
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    if not triton_available():
+        raise ValueError("kernel='triton' needs the triton package (pip install triton); use kernel='chunked'")
+    if dtype not in TRITON_DTYPES:
+        raise ValueError(f"kernel='triton' takes float16, bfloat16 or float32, got {dtype}; use kernel='chunked'")
+    if head_dim > TRITON_MAX_HEAD_DIM:
+        raise ValueError(
+            f"kernel='triton' takes head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; use kernel='chunked'"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"kernel='triton' runs on CUDA (or the CPU interpreter), not {device.type}; use kernel='chunked'")
+    if device.type == "cpu" and not _triton().INTERPRETED:
+        raise ValueError(
+            "kernel='triton' on CPU tensors runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+            "before triton is imported, or use kernel='flash' / 'chunked' on the CPU"
+        )
+
+
+def _triton():
+    """The Triton kernels, imported on first use (triton is optional)."""
+    from . import triton_kernels
+
+    return triton_kernels
 
 
 def attention_forward(q, k, v, scale: float, kernel: str, key_mask: Optional[torch.Tensor] = None):
     if kernel == "flash":
         return _flash_forward(q, k, v, scale)
+    if kernel == "triton":
+        return _triton().forward(q, k, v, scale, key_mask)
     return _chunked_forward(q, k, v, scale, key_mask)
 
 
 def attention_backward(grad, q, k, v, out, lse, scale: float, kernel: str, key_mask: Optional[torch.Tensor] = None):
     if kernel == "flash":
         return _flash_backward(grad, q, k, v, out, lse, scale)
+    if kernel == "triton":
+        return _triton().backward(grad, q, k, v, out, lse, scale, key_mask)
     return _chunked_backward(grad, q, k, v, out, lse, scale, key_mask)
 
 

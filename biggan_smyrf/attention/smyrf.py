@@ -30,7 +30,8 @@ hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none"):
 
 Cost: H = n_hashes, C = k_cluster_size. Time O(H * N * (C + S) * d) for the cluster attention plus
 O(H * (N + M) log(N + M)) for the sorts. Memory O(H * (N + M) * (d_qk + d_v)) for the sorted
-copies; the scores are never materialised by the CPU flash kernel (O(chunk) by the chunked one).
+copies; the scores are never materialised by the CPU flash or the Triton kernel (O(chunk) by the
+chunked one).
 
 Gradient through the combination: d out / d lse_r adds w_r g·(o_r - out) to lse_r's gradient,
 and lse_r's gradient adds P_r times that to the scores. Folded into FlashAttention's backward,
@@ -110,7 +111,9 @@ def smyrf_attention(
     config.validate_for(N, M, "smyrf_attention")
     q_cluster_size, k_cluster_size = config.cluster_sizes(N, M)
     n_hub_keys, n_summaries = config.hub_keys_for(N, M), config.summaries_for(N, M)
-    kernel = pick_kernel(kernel, q.device, key_padding_mask is not None)
+    # The cluster kernel sees d_qk + 1 features when hub or summary keys add the logit offset.
+    head_dim = max(q.shape[-1] + 1, v.shape[-1])
+    kernel = pick_kernel(kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
 

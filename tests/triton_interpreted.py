@@ -1,0 +1,130 @@
+"""The "triton" cluster kernel on the CPU, through Triton's interpreter, against the "chunked" kernel.
+
+Not collected by the suite (no test_ prefix): the interpreter must be on before triton is first
+imported, so `test_triton_kernel.py::test_kernels_under_triton_interpreter` runs this file in a
+fresh pytest process with TRITON_INTERPRET=1. Sizes are small because the interpreter runs every
+block operation through numpy; tails (40 queries, 24 keys), head dims 12 and 48 (padded to 16 and
+64 in registers) and a power-of-two case cover the kernels' masking paths.
+"""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+triton_kernels = pytest.importorskip("biggan_smyrf.attention.triton_kernels")
+if not triton_kernels.INTERPRETED:
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+
+from biggan_smyrf.attention import smyrf_attention  # noqa: E402
+from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel  # noqa: E402
+
+SHAPES = {"tails": (3, 40, 24, 12, 48), "powers of two": (2, 64, 32, 16, 32)}
+# Relative error (norm) allowed against the chunked kernel, which computes in fp32 from the same
+# inputs: fp32 only summation order; halves also round P and dS to the input dtype, like FlashAttention.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+SCALE = 0.7
+
+
+def inputs(shape, dtype, masked: bool, seed: int = 0):
+    G, Lq, Lk, d_qk, d_v = shape
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(G, n, d, generator=g).to(dtype) for n, d in ((Lq, d_qk), (Lk, d_qk), (Lk, d_v)))
+    mask = None
+    if masked:
+        mask = torch.rand(G, Lk, generator=g) > 0.3
+        mask[0] = False  # cluster 0: every key masked, so every query there attends to nothing
+    return q, k, v, mask
+
+
+def assert_close(got, want, dtype):
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    else:
+        error = (got.float() - want.float()).norm() / want.float().norm()
+        assert error < TOLERANCE[dtype], f"relative error {error:.2e} >= {TOLERANCE[dtype]:.0e}"
+
+
+parametrize = pytest.mark.parametrize
+cases = [
+    pytest.param(shape, dtype, masked, id=f"{name}-{str(dtype)[6:]}-{'mask' if masked else 'nomask'}")
+    for name, shape in SHAPES.items()
+    for dtype in TOLERANCE
+    for masked in (False, True)
+]
+
+
+@parametrize("shape, dtype, masked", cases)
+def test_forward_matches_chunked(shape, dtype, masked):
+    q, k, v, mask = inputs(shape, dtype, masked)
+    out, lse = attention_forward(q, k, v, SCALE, "triton", mask)
+    want_out, want_lse = attention_forward(q, k, v, SCALE, "chunked", mask)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_close(out, want_out, dtype)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-5)  # -inf rows included
+    if masked:
+        assert torch.isneginf(lse[0]).all() and out[0].abs().max() == 0
+
+
+@parametrize("shape, dtype, masked", cases)
+def test_backward_matches_chunked(shape, dtype, masked):
+    """With an `out` that is not this call's output (as SMYRF passes the combined one), so the
+    rowsum(dO * out) term is tested on its own."""
+    q, k, v, mask = inputs(shape, dtype, masked)
+    own_out, lse = attention_forward(q, k, v, SCALE, "chunked", mask)
+    g = torch.Generator().manual_seed(1)
+    grad = torch.randn(own_out.shape, generator=g).to(dtype)
+    out = (own_out.float() + 0.3 * torch.randn(own_out.shape, generator=g)).to(dtype)
+    got = attention_backward(grad, q, k, v, out, lse, SCALE, "triton", mask)
+    want = attention_backward(grad, q, k, v, out, lse, SCALE, "chunked", mask)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        assert torch.isfinite(a).all(), name
+        assert_close(a, b, dtype)
+    if masked:
+        assert got[0][0].abs().max() == 0 and got[1][0].abs().max() == 0 and got[2][0].abs().max() == 0
+
+
+def test_strided_inputs_read_through_their_strides():
+    """Token-major views of feature-major tensors (BigGAN's layout) give the same numbers as copies."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, d, n, generator=g).transpose(1, 2) for n, d in ((40, 12), (24, 12), (24, 48)))
+    assert not q.is_contiguous()
+    out, lse = attention_forward(q, k, v, SCALE, "triton")
+    want_out, want_lse = attention_forward(q.contiguous(), k.contiguous(), v.contiguous(), SCALE, "triton")
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    grad = torch.randn(out.shape, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
+    got = attention_backward(grad, q, k, v, out, lse, SCALE, "triton")
+    want = attention_backward(grad.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out, lse, SCALE, "triton")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_smyrf_end_to_end_matches_chunked(masked):
+    """smyrf_attention with the library defaults (k-d hashing, hub keys, summary keys, dedup):
+    output and gradients with kernel="triton" equal kernel="chunked"."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, n, d, generator=g) for n, d in ((512, 12), (128, 12), (128, 48)))
+    mask = torch.rand(2, 128, generator=g) > 0.2 if masked else None
+
+    def run(kernel):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = smyrf_attention(*leaves, n_hashes=2, q_cluster_size=128, seed=4, key_padding_mask=mask, kernel=kernel)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [x.grad for x in leaves]
+
+    (out, grads), (want_out, want_grads) = run("triton"), run("chunked")
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pick_kernel_under_the_interpreter():
+    cpu = torch.device("cpu")
+    assert pick_kernel("triton", cpu, True, torch.bfloat16) == "triton"
+    assert pick_kernel("auto", cpu, False, torch.float32) == "flash"  # the CPU default stays
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        pick_kernel("triton", cpu, False, torch.float64)
+    with pytest.raises(TypeError, match="kernel='chunked'"):
+        attention_forward(*inputs(SHAPES["tails"], torch.float64, False)[:3], SCALE, "triton")
