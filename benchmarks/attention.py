@@ -107,10 +107,11 @@ def errors(fn, n: int, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
-def cases(device: torch.device, quick: bool, methods: list[str], dtype: str, kernel: str):
-    sizes = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
+def cases(device: torch.device, quick: bool, methods: list[str], dtype: str, kernel: str,
+          sizes: list[int] = None, batches: list[int] = None):
+    sizes = sizes or ([1024, 4096] if quick else [1024, 4096, 16384, 65536])
     for n in sizes:
-        for batch in (1, 4):
+        for batch in batches or (1, 4):
             for name in methods:
                 method = METHODS[name]
                 if method.get("q_cluster_size", 0) > n:
@@ -132,6 +133,8 @@ def main():
                         help="SMYRF's cluster kernel (auto: flash on the CPU, triton on CUDA)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help=f"rows to run (default all): {', '.join(METHODS)}")
+    parser.add_argument("--sizes", nargs="+", type=int, help="token counts N (default 1024 4096 16384 65536)")
+    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 4)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -140,7 +143,7 @@ def main():
 
     device = torch.device(args.device)
     rows = []
-    for case in cases(device, args.quick, args.methods, args.dtype, args.kernel):
+    for case in cases(device, args.quick, args.methods, args.dtype, args.kernel, args.sizes, args.batches):
         if "skipped" not in case:
             case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_case(case)
         rows.append(case)

@@ -5,13 +5,14 @@
 
 Steps, each a subprocess with its own time limit, so one failure never hides the others:
   1. the CUDA tests (`pytest -m cuda`)
-  2. the attention table on CUDA (benchmarks/attention.py)
+  2. the attention tables on CUDA, bf16 and fp32 (benchmarks/attention.py: dense SDPA vs SMYRF with the
+     triton cluster kernel, 16,384 and 65,536 tokens, batch 8 and 32)
   3. the training-step table at 128 px, batch 32: fp32, bf16-mixed and 16-mixed rows (benchmarks/models.py)
   4. train.py on configs/celebahq128_smyrf.yaml (built-in faces, ~60 G iterations, bf16-mixed), with
      validation metrics from a random-weights Inception file, diagnostics and the dense comparison on
   5. sample.py --device cuda on its checkpoint
 Writes benchmarks/results/gpu_check-cuda.{json,md} (card, per-step rc and seconds); steps 2 and 3
-write their own attention-cuda and train_step-cuda results. Budget: about 6 minutes on an H100.
+write their own attention*-cuda and train_step-cuda results. Budget: about 6 minutes on an H100.
 """
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ def steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str],
     ]
     return [
         ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 180),
-        ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda"], 120),
+        *[(f"attention table {dtype}", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
+                                        "--dtype", dtype, "--sizes", "16384", "65536", "--batches", "8", "32",
+                                        "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048"], 90)
+          for dtype in ("bfloat16", "float32")],
         ("step table", [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda",
                         "--batches", "32", "--reps", "5", "--variants", "dense@64", "dense@128 flash",
                         "smyrf@128 paper 4x2048", "smyrf@128 ours 4x2048"], 120),
