@@ -12,7 +12,7 @@ Steps, each a subprocess with its own time limit, so one failure never hides the
      validation metrics from a random-weights Inception file, diagnostics and the dense comparison on
   5. sample.py --device cuda on its checkpoint
 Writes benchmarks/results/gpu_check-cuda.{json,md} (card, per-step rc and seconds); steps 2 and 3
-write their own attention*-cuda and train_step-cuda results. Budget: about 6 minutes on an H100.
+write their own attention*-cuda and train_step-cuda results. Budget: about 6 minutes on an H100; the steps' limits add up to 9 minutes, under one device call's 10.
 """
 from __future__ import annotations
 
@@ -50,17 +50,17 @@ def steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str],
         "--model.attention.diagnostics", "true",
     ]
     return [
-        ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 180),
+        ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 150),
         *[(f"attention table {dtype}", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
                                         "--dtype", dtype, "--sizes", "16384", "65536", "--batches", "8", "32",
-                                        "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048"], 90)
+                                        "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048"], 70)
           for dtype in ("bfloat16", "float32")],
         ("step table", [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda",
                         "--batches", "32", "--reps", "5", "--variants", "dense@64", "dense@128 flash",
-                        "smyrf@128 paper 4x2048", "smyrf@128 ours 4x2048"], 120),
-        ("train.py celebahq128_smyrf", train, 150),
+                        "smyrf@128 paper 4x2048", "smyrf@128 ours 4x2048"], 90),
+        ("train.py celebahq128_smyrf", train, 120),
         ("sample.py --device cuda", [py, str(ROOT / "sample.py"), "--ckpt", str(ckpt), "--out", str(work / "samples"),
-                                     "--n", "64", "--device", "cuda", "--attention", "smyrf"], 60),
+                                     "--n", "64", "--device", "cuda", "--attention", "smyrf"], 40),
     ]
 
 
