@@ -291,5 +291,14 @@ class BigGAN(pl.LightningModule):
             restore_rng_state(pending, attention_generators(self))
             self._pending_rng = None
 
+    def on_validation_start(self):
+        # Validation draws latents too, and it runs at G iterations that differ between an
+        # interrupted run and an uninterrupted one (Lightning validates whenever a run stops), so
+        # it works on a copy of the random streams and training continues as if it had not run.
+        self._training_rng = rng_state(attention_generators(self))
+
+    def on_validation_end(self):
+        restore_rng_state(self._training_rng, attention_generators(self))
+
     def summary_dict(self) -> dict:
         return {k: asdict(v) for k, v in self.hparams.items() if hasattr(v, "__dataclass_fields__")}
