@@ -18,10 +18,12 @@ from pathlib import Path
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
 
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.training import BigGAN
 from biggan_smyrf.training.callbacks import FinalCheckpoint, RunSummary, SampleGrid
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
 
 SUBCOMMANDS = ("fit", "validate")
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -75,7 +77,16 @@ class BigGANCLI(LightningCLI):
             RunSummary(run_dir),
         ]
         kwargs["callbacks"] = callbacks
+        kwargs["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
         return super().instantiate_trainer(**kwargs)
+
+
+def with_atomic_checkpoints(plugins) -> list:
+    """The trainer's plugins plus AtomicCheckpointIO, unless a CheckpointIO was chosen already."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:
