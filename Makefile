@@ -34,6 +34,7 @@ bench: $(STAMP)
 		--variants "dense@128 flash" "smyrf@128 paper 4x2048" "smyrf@128 ours 4x2048"
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
+	$(PY) benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -106,8 +106,8 @@ def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -
         started = time.monotonic()
         if not wait_for_new_checkpoint(proc, ckpt, mtime(ckpt)):
             raise SystemExit(f"attempt {len(rows) + 1}: train.py exited ({proc.returncode}) before a checkpoint; see {log.name}")
-        if proc.poll() is not None:
-            break  # finished before this kill: --g-iters is too small for --kills
+        if proc.poll() is not None:  # finished before this kill: --g-iters is too small for --kills
+            return ckpt, rows, proc.returncode
         if mode == "random":
             time.sleep(rng.uniform(0, interval))
         else:

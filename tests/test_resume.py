@@ -14,6 +14,7 @@ import torch
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.data.sampler import ResumableSampler
+from biggan_smyrf.training import LoopConfig
 from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
@@ -106,6 +107,7 @@ def test_validation_leaves_the_training_random_streams_where_they_were():
 
 KILLED_MID_WRITE = """
 import os, signal, sys, torch
+from biggan_smyrf.training import LoopConfig
 from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 io.save_checkpoint({"weights": torch.zeros(1000)}, path)
@@ -165,3 +167,16 @@ def test_ten_kills_lose_nothing(tmp_path):
     assert results["kills"] == 10 and results["unreadable_checkpoints"] == 0
     assert results["kills_during_a_write"] >= 1
     assert results["final_g_iters"] == 30 and results["values_different_from_uninterrupted"] == 0
+
+
+def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path):
+    """`--trainer.deterministic true` (torch.use_deterministic_algorithms) raises on any op that has
+    no deterministic implementation; G with SMYRF, D and G_ema must train under it."""
+    from test_training import fit
+
+    module = tiny_module(loop=LoopConfig(max_g_iters=1, sample_every=100, ckpt_every=100, val_every=100, n_samples=4))
+    try:
+        fit(module, tmp_path, deterministic=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert module.g_iters == 1
