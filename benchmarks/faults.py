@@ -32,7 +32,7 @@ import common  # noqa: E402
 from common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.training.checkpoint_io import partial_path  # noqa: E402
-from biggan_smyrf.training.resume_check import training_state_differences  # noqa: E402
+from biggan_smyrf.training.resume_check import training_state, training_state_differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.001  # how often a write in progress is looked for: a small checkpoint is written in ~10 ms
@@ -70,11 +70,14 @@ def wait_for_new_checkpoint(proc: subprocess.Popen, ckpt: Path, since: int) -> b
     return True
 
 
-def wait_for_write(proc: subprocess.Popen, ckpt: Path, timeout: float) -> None:
-    """Returns when a checkpoint write is in progress (its `.partial` file exists), or at `timeout`."""
+def wait_for_write(proc: subprocess.Popen, ckpt: Path, timeout: float) -> bool:
+    """True when a checkpoint write is in progress (its `.partial` file exists), False at `timeout`."""
     partial, deadline = partial_path(ckpt), time.monotonic() + timeout
-    while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
+    while not partial.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            return False
         time.sleep(POLL_S)
+    return True
 
 
 def load(path: Path) -> dict:
@@ -108,12 +111,17 @@ def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -
             raise SystemExit(f"attempt {len(rows) + 1}: train.py exited ({proc.returncode}) before a checkpoint; see {log.name}")
         if proc.poll() is not None:  # finished before this kill: --g-iters is too small for --kills
             return ckpt, rows, proc.returncode
+        checkpointed = time.monotonic()
         if mode == "random":
             time.sleep(rng.uniform(0, interval))
-        else:
-            wait_for_write(proc, ckpt, timeout=3 * interval)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        elif wait_for_write(proc, ckpt, timeout=3 * interval):
+            # The machine's speed changes (other work on it): keep the interval up to date, so that
+            # random kills stay within about one checkpoint interval of the last checkpoint.
+            interval = time.monotonic() - checkpointed
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        if proc.wait() != -signal.SIGKILL:  # it finished first: --g-iters is too small for --kills
+            return ckpt, rows, proc.returncode
         row = {"kill": len(rows) + 1, "mode": mode, "seconds_alive": round(time.monotonic() - started, 2),
                "write_interrupted": partial_path(ckpt).exists()}
         try:
@@ -154,9 +162,10 @@ def main() -> None:
         "unreadable_checkpoints": sum(not r["readable"] for r in rows),
         "final_run_exit_code": final_exit,
         "final_g_iters": load(faulty)["biggan_smyrf"]["g_iters"] if final_exit == 0 else None,
+        "values_compared": len(training_state(load(reference))),
         "values_different_from_uninterrupted": len(differences),
         "different": differences[:20],
-        "seconds_between_checkpoints": round(interval, 2),
+        "seconds_between_checkpoints_in_reference": round(interval, 2),
         "wall_s": round(time.monotonic() - began, 1),
     }
     print(summary)
@@ -166,8 +175,8 @@ def main() -> None:
     text = (f"{summary['kills']} SIGKILLs of one demo run (ch {args.ch}, batch {args.batch_size}, {args.g_iters} G iterations, "
             f"a checkpoint every {args.ckpt_every}), {summary['kills_during_a_write']} of them during a checkpoint write; "
             f"unreadable checkpoints: {summary['unreadable_checkpoints']}; final run exit code {final_exit}; "
-            f"values of the final training state that differ from the uninterrupted run's: "
-            f"{summary['values_different_from_uninterrupted']}.\n\n{table}")
+            f"values of the final training state (tensors, counters, data position) that differ from the "
+            f"uninterrupted run's: {summary['values_different_from_uninterrupted']} of {summary['values_compared']}.\n\n{table}")
     write_results(args.name, torch.device("cpu"), rows, text, {**vars(args), "workdir": str(workdir), "results_dir": str(args.results_dir), **summary})
     ok = final_exit == 0 and not differences and not summary["unreadable_checkpoints"] and len(rows) == args.kills
     sys.exit(0 if ok else 1)

@@ -151,6 +151,9 @@ def test_run_stopped_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_
     assert training_state_differences(uninterrupted, resumed) == []
     assert resumed["biggan_smyrf"]["g_iters"] == 16 and resumed["ImageDataModule"]["batches_consumed"] == 32
     assert len(resumed["optimizer_states"]) == 2 and any(k.startswith("G_ema.") for k in resumed["state_dict"])
+    # Resuming the finished run with the same length trains nothing more.
+    train(stopped, "--run=r", "--ckpt_path=last", "--model.loop.max_g_iters=16")
+    assert training_state_differences(resumed, load(stopped / "checkpoints" / "r" / "last.ckpt")) == []
 
 
 @pytest.mark.slow
