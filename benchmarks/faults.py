@@ -35,7 +35,7 @@ from biggan_smyrf.training.checkpoint_io import partial_path  # noqa: E402
 from biggan_smyrf.training.resume_check import training_state, training_state_differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL_S = 0.001  # how often a write in progress is looked for: a small checkpoint is written in ~10 ms
+POLL_S = 0.0  # a write in progress is looked for without pause: a small checkpoint is written in a few ms
 
 
 def train_command(args, run: str, resume: bool) -> list[str]:
