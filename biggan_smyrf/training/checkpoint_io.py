@@ -14,12 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from fsspec.implementations.local import LocalFileSystem
-
-import torch
 
 PARTIAL_SUFFIX = ".partial"
 
