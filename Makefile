@@ -34,6 +34,7 @@ bench: $(STAMP)
 		--variants "dense@128 flash" "smyrf@128 paper 4x2048" "smyrf@128 ours 4x2048"
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
+	$(PY) benchmarks/faults.py
 
 # GPU check (issue #13): run on a CUDA machine that has torch, Lightning, torchvision, tensorboard
 # and scikit-image (our device machines: Python 3.12, no internet). `make gpu-wheels` first, on a

@@ -26,6 +26,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
 
 from biggan_smyrf.commands import script_command
 from biggan_smyrf.data import ImageDataModule
@@ -35,6 +36,7 @@ from biggan_smyrf.metrics import MissingWeightsError
 from biggan_smyrf.parse_errors import command_line_error, option_strings
 from biggan_smyrf.training import BigGAN
 from biggan_smyrf.training.callbacks import FinalCheckpoint, GIterationProgressBar, RunSummary, SampleGrid
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
 
 SUBCOMMANDS = ("fit", "validate")
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values that Lightning resolves itself
@@ -112,6 +114,7 @@ class BigGANCLI(LightningCLI):
             RunSummary(run_dir),
         ]
         kwargs["callbacks"] = callbacks
+        kwargs["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
 
@@ -156,6 +159,14 @@ def check_accelerator(name) -> None:
             f"--trainer.accelerator {name} needs {needs}. Use --trainer.accelerator cpu, "
             f"or auto to use an accelerator only when there is one."
         )
+
+
+def with_atomic_checkpoints(plugins) -> list:
+    """The trainer's plugins plus AtomicCheckpointIO, unless a CheckpointIO was chosen already."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def best_checkpoint(model, run_dir: Path) -> list[ModelCheckpoint]:

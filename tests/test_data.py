@@ -266,18 +266,19 @@ def test_flip_flips_training_images_only_when_enabled(dataset, cache_dir):
     images = load_cache(build_cache(root, RES, cache_dir, progress=False))
     wide = list_images(root).index("wide.png")
     original = torch.from_numpy(np.array(images[wide])).permute(2, 0, 1).float() / 127.5 - 1
-    torch.manual_seed(0)
-    draws = [ImageArrayDataset(images, flip=True)[wide][0] for _ in range(32)]
-    flipped = sum(torch.equal(x, original.flip(-1)) for x in draws)
-    unflipped = sum(torch.equal(x, original) for x in draws)
-    assert flipped + unflipped == 32 and flipped > 0 and unflipped > 0
-    assert all(torch.equal(ImageArrayDataset(images, flip=False)[wide][0], original) for _ in range(8))
+    data = ImageArrayDataset(images)
+    assert torch.equal(data[(wide, True)][0], original.flip(-1))
+    assert torch.equal(data[(wide, False)][0], original) and torch.equal(data[wide][0], original)
+    for flip in (True, False):
+        module = ImageDataModule(root=str(root), resolution=RES, batch_size=2, num_workers=0, cache_dir=str(cache_dir), flip=flip)
+        coins = [f for _, f in module.train_dataloader().sampler.draws(epoch=0)]
+        assert (True in coins and False in coins) if flip else not any(coins)
 
 
 def test_dataset_pickles_a_memmap_by_path(dataset, cache_dir):
     root, _ = dataset
     images = load_cache(build_cache(root, RES, cache_dir, progress=False))
-    data = ImageArrayDataset(images, flip=False)
+    data = ImageArrayDataset(images)
     payload = pickle.dumps(data)
     assert len(payload) < images.nbytes // 2
     restored = pickle.loads(payload)

@@ -7,8 +7,9 @@ Lightning runs on local rank 0 only and follows with a barrier, so a DDP job dec
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .cache import DEFAULT_CACHE_DIR, PREPROCESSING_VERSION, build_cache, load_cache, read_sidecar, sidecar_path
 from .demo import DEMO_NAME, lfw_demo_images
 from .report import summary
+from .sampler import ResumableSampler
 from .sources import fingerprint, resolve_source
 
 MIN_RESOLUTION = 16
@@ -28,24 +30,25 @@ class ImageArrayDataset(Dataset):
     """(image, label) pairs from a uint8 (N, H, W, 3) array: a float32 (3, H, W) image in [-1, 1] and label 0.
 
     The label is always 0 because CelebA-HQ is unconditional; it keeps the (x, y) batch shape that the
-    class-conditional BigGAN code expects. Flips draw from torch's RNG, which Lightning seeds per
-    process and per DataLoader worker, so runs are reproducible under `seed_everything`.
+    class-conditional BigGAN code expects. A key is an index, or `(index, flip)` as `ResumableSampler`
+    draws them: the flip is decided with the data order, not by a random stream in the worker that
+    happens to load the image, so a resumed run flips exactly as the uninterrupted one.
     """
 
-    def __init__(self, images: np.ndarray, flip: bool = False, limit: Optional[int] = None):
+    def __init__(self, images: np.ndarray, limit: Optional[int] = None):
         self.images = images
-        self.flip = flip
         self.length = len(images) if limit is None else min(limit, len(images))
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Union[int, tuple[int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, flip = key if isinstance(key, tuple) else (key, False)
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
         pixels = torch.from_numpy(np.array(self.images[index]))  # a copy: memmapped pages are read-only
         image = pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        if self.flip and torch.rand(()) < 0.5:
+        if flip:
             image = image.flip(-1)
         return image, torch.tensor(0)
 
@@ -86,6 +89,11 @@ class ImageDataModule(pl.LightningDataModule):
             relative to the working directory). The dataset itself is never written to.
         flip: Randomly flip training images horizontally.
         val_images: Validation uses the first this-many images, unflipped (capped at the dataset size).
+
+    The training order and flips follow from the seed (`seed_everything`) and the position in the
+    run alone (`ResumableSampler`); the position, in batches consumed by training steps, is saved in
+    checkpoints (`state_dict`), so a resumed run continues with the very batch the interrupted one
+    would have trained on next, even mid-epoch.
     """
 
     def __init__(
@@ -115,6 +123,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.flip = flip
         self.val_images = val_images
         self._images: Optional[np.ndarray] = None
+        self._sampler: Optional[ResumableSampler] = None  # the training data's order and position
+        self._resume_state: Optional[dict[str, int]] = None
 
     def prepare_data(self) -> None:
         if self.root is not None:
@@ -175,19 +185,68 @@ class ImageDataModule(pl.LightningDataModule):
             yield torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(ImageArrayDataset(self.images, flip=self.flip), shuffle=True, drop_last=True)
+        dataset = ImageArrayDataset(self.images)
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            dataset,
+            self.batch_size,
+            flip=self.flip,
+            # The seed Lightning itself gives its distributed samplers: seed_everything's.
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        sampler.position = self._resume_position(sampler)
+        self._sampler = sampler
+        return self._loader(dataset, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = ImageArrayDataset(self.images, flip=False, limit=self.val_images)
-        return self._loader(dataset, shuffle=False, drop_last=False)
+        dataset = ImageArrayDataset(self.images, limit=self.val_images)
+        return self._loader(dataset, sampler=None, drop_last=False)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Optional[ResumableSampler], drop_last: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Worker seeds are drawn from this generator, not from the global RNG that training
+            # draws latents from, so starting an epoch's iterator never shifts the training stream.
+            generator=torch.Generator(),
         )
+
+    # --- position in the run, for exact resumes -------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Lightning calls this once per batch, just before the step that uses it (unlike the
+        # DataLoader's iterator, which runs ahead), which makes it the count of batches consumed.
+        if self.trainer is not None and self.trainer.training and self._sampler is not None:
+            self._sampler.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        if self._sampler is None:  # not training (e.g. `validate`): nothing to resume
+            return {}
+        return {"batches_consumed": self._sampler.position, "batches_per_epoch": self._sampler.batches_per_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_state = dict(state_dict) or None
+
+    def _resume_position(self, sampler: ResumableSampler) -> int:
+        """Where a resumed run's data continues: the saved position, or with another batch size or
+        number of devices (other epoch lengths) the start of the next epoch."""
+        state, self._resume_state = self._resume_state, None
+        if state is None:  # a new run, or the loader rebuilt mid-run (reload_dataloaders_every_n_epochs)
+            return self._sampler.position if self._sampler is not None else 0
+        if state["batches_per_epoch"] == sampler.batches_per_epoch:
+            return state["batches_consumed"]
+        epoch = state["batches_consumed"] // state["batches_per_epoch"] + 1
+        rank_zero_info(
+            f"data: the checkpoint was written with {state['batches_per_epoch']} batches per epoch, this run has "
+            f"{sampler.batches_per_epoch} (another batch size or number of devices); the data order continues "
+            f"at the start of epoch {epoch}"
+        )
+        return epoch * sampler.batches_per_epoch

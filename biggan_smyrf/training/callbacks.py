@@ -26,6 +26,10 @@ class SampleGrid(pl.Callback):
         self.out_dir = Path(out_dir)
         self._last = -1
 
+    def on_train_start(self, trainer, pl_module):
+        # A resumed run has written this iteration's grid already (before its checkpoint).
+        self._last = pl_module.g_iters
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         g_iters = pl_module.g_iters
         if g_iters == 0 or g_iters == self._last or g_iters % pl_module.loop_cfg.sample_every:

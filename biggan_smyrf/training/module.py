@@ -288,3 +288,16 @@ class BigGAN(pl.LightningModule):
         if pending is not None:
             restore_rng_state(pending, attention_generators(self))
             self._pending_rng = None
+        # A finished run resumed with the same length: training_step would run one more step
+        # before it checks the length, so stop before the first one.
+        if self.g_iters >= self.loop_cfg.max_g_iters:
+            self.trainer.should_stop = True
+
+    def on_validation_start(self):
+        # Validation draws latents too, and it runs at G iterations that differ between an
+        # interrupted run and an uninterrupted one (Lightning validates whenever a run stops), so
+        # it works on a copy of the random streams and training continues as if it had not run.
+        self._training_rng = rng_state(attention_generators(self))
+
+    def on_validation_end(self):
+        restore_rng_state(self._training_rng, attention_generators(self))

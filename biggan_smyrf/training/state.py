@@ -1,7 +1,8 @@
 """Random-number state that a checkpoint must carry for an exact resume.
 
 Lightning checkpoints weights, optimisers and loop counters but not the RNG streams; a GAN run
-draws z, labels, flips and SMYRF hash projections from them, so they are saved here too.
+draws z, labels and SMYRF hash projections from them, so they are saved here too (the data order
+and flips do not use them: see `biggan_smyrf/data/sampler.py`).
 """
 from __future__ import annotations
 

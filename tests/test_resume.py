@@ -1,0 +1,184 @@
+"""Exact resume and fault tolerance: data order, RNG streams, atomic checkpoint writes, kills."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from biggan_smyrf.cli import with_atomic_checkpoints
+from biggan_smyrf.data import ImageDataModule
+from biggan_smyrf.data.sampler import ResumableSampler
+from biggan_smyrf.training import LoopConfig
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
+from biggan_smyrf.training.resume_check import training_state_differences
+from biggan_smyrf.training.state import attention_generators
+
+from conftest import ROOT, load, train
+from test_training import tiny_module
+
+DATA = list(range(50))  # the sampler only needs a length
+
+
+def consume(sampler: ResumableSampler, batches: int) -> list:
+    """What a training loop sees in `batches` batches: new iterations at epoch ends, position advanced per batch."""
+    seen = []
+    while len(seen) < batches * sampler.batch_size:
+        for i, draw in enumerate(iter(sampler)):
+            seen.append(draw)
+            if (i + 1) % sampler.batch_size == 0:
+                sampler.position += 1
+                if len(seen) == batches * sampler.batch_size:
+                    break
+    return seen
+
+
+def test_sampler_resumed_at_any_batch_continues_the_uninterrupted_order():
+    uninterrupted = consume(ResumableSampler(DATA, batch_size=4, flip=True, seed=3), 30)  # 12 batches an epoch
+    for stop in (1, 5, 12, 13, 20):
+        first = consume(ResumableSampler(DATA, batch_size=4, flip=True, seed=3), stop)
+        rest = consume(ResumableSampler(DATA, batch_size=4, flip=True, seed=3, position=stop), 30 - stop)
+        assert first + rest == uninterrupted, stop
+
+
+def test_sampler_order_follows_seed_and_epoch_only():
+    sampler = ResumableSampler(DATA, batch_size=4, seed=0)
+    sampler.set_epoch(7)  # Lightning's epoch count is ignored
+    assert sampler.draws(0) == ResumableSampler(DATA, batch_size=4, seed=0).draws(0)
+    assert sampler.draws(0) != sampler.draws(1) and sampler.draws(0) != ResumableSampler(DATA, 4, seed=1).draws(0)
+    indices = [i for i, _ in sampler.draws(0)]
+    assert len(indices) == 48 and len(set(indices)) == 48  # 12 full batches, no repeats, tail dropped
+    assert list(iter(sampler)) == sampler.draws(0)  # no global RNG involved: iterating twice gives the same
+    assert list(iter(sampler)) == sampler.draws(0)
+
+
+def test_sampler_gives_each_rank_its_own_share_of_the_same_epoch():
+    ranks = [ResumableSampler(DATA, batch_size=4, flip=True, num_replicas=2, rank=r) for r in (0, 1)]
+    shares = [[i for i, _ in s.draws(0)] for s in ranks]
+    assert len(shares[0]) == len(shares[1]) == 24 and not set(shares[0]) & set(shares[1])
+    with pytest.raises(ValueError, match="batch_size"):
+        ResumableSampler(DATA, batch_size=26, num_replicas=2, rank=0)
+
+
+def trainer_stub(training: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(training=training, world_size=1, global_rank=0)
+
+
+def test_datamodule_counts_consumed_batches_and_resumes_there():
+    data = ImageDataModule(resolution=32, batch_size=16, num_workers=0)
+    data.trainer = trainer_stub()
+    data.train_dataloader()
+    for _ in range(9):
+        data.on_after_batch_transfer(None, 0)
+    data.trainer.training = False  # validation batches are not training data
+    data.on_after_batch_transfer(None, 0)
+    state = data.state_dict()
+    assert state == {"batches_consumed": 9, "batches_per_epoch": 6}  # 100 demo images // 16
+
+    resumed = ImageDataModule(resolution=32, batch_size=16, num_workers=0)
+    resumed.trainer = trainer_stub()
+    resumed.load_state_dict(state)
+    sampler = resumed.train_dataloader().sampler
+    assert sampler.position == 9 and list(sampler) == sampler.draws(1)[3 * 16 :]
+
+    other_batch_size = ImageDataModule(resolution=32, batch_size=8, num_workers=0)
+    other_batch_size.trainer = trainer_stub()
+    other_batch_size.load_state_dict(state)
+    assert other_batch_size.train_dataloader().sampler.position == 2 * 12  # the next epoch's start
+
+
+def test_validation_leaves_the_training_random_streams_where_they_were():
+    module = tiny_module()
+    generators = list(attention_generators(module).values())
+    torch.manual_seed(5)
+    before = torch.get_rng_state(), [g.get_state() for g in generators]
+    module.on_validation_start()
+    torch.randn(100)
+    torch.randn(10, generator=generators[0])
+    module.on_validation_end()
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(generators, before[1]))
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys, torch
+from biggan_smyrf.training import LoopConfig
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+io.save_checkpoint({"weights": torch.zeros(1000)}, path)
+
+def save_half_then_die(obj, f):
+    f.write(b"PK\\x03\\x04 the first bytes of a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save_half_then_die
+io.save_checkpoint({"weights": torch.ones(1000)}, path)
+"""
+
+
+def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "run" / "last.ckpt"
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert torch.equal(torch.load(path)["weights"], torch.zeros(1000))  # the old checkpoint, whole
+    assert partial_path(path).exists()  # the torn write went to the side file
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(1000)}, path)
+    assert torch.equal(torch.load(path)["weights"], torch.ones(1000)) and not partial_path(path).exists()
+
+
+def test_train_py_writes_checkpoints_atomically_unless_told_otherwise():
+    assert [type(p) for p in with_atomic_checkpoints(None)] == [AtomicCheckpointIO]
+    own = AtomicCheckpointIO()
+    assert with_atomic_checkpoints([own]) == [own] and with_atomic_checkpoints("bf16-mixed")[0] == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_run_stopped_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """Demo config stopped at G iteration 8 (mid-epoch: 12 batches an epoch, 2 per G iteration)
+    and resumed to 16: every tensor of the checkpoint, counters and data position as uninterrupted."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    train(whole, "--run=r", "--model.loop.max_g_iters=16")
+    train(stopped, "--run=r", "--model.loop.max_g_iters=8")
+    train(stopped, "--run=r", "--ckpt_path=last", "--model.loop.max_g_iters=16")
+    uninterrupted, resumed = (load(d / "checkpoints" / "r" / "last.ckpt") for d in (whole, stopped))
+    assert training_state_differences(uninterrupted, resumed) == []
+    assert resumed["biggan_smyrf"]["g_iters"] == 16 and resumed["ImageDataModule"]["batches_consumed"] == 32
+    assert len(resumed["optimizer_states"]) == 2 and any(k.startswith("G_ema.") for k in resumed["state_dict"])
+    # Resuming the finished run with the same length trains nothing more.
+    train(stopped, "--run=r", "--ckpt_path=last", "--model.loop.max_g_iters=16")
+    assert training_state_differences(resumed, load(stopped / "checkpoints" / "r" / "last.ckpt")) == []
+
+
+@pytest.mark.slow
+def test_ten_kills_lose_nothing(tmp_path):
+    """benchmarks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
+    state equals the uninterrupted run's and no checkpoint was ever unreadable."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--kills=10", "--g-iters=30", "--ckpt-every=1",
+         f"--workdir={tmp_path / 'runs'}", f"--results-dir={tmp_path}"],
+        capture_output=True, text=True, timeout=1500,
+    )
+    results = json.loads((tmp_path / "faults-cpu.json").read_text())["meta"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert results["kills"] == 10 and results["unreadable_checkpoints"] == 0
+    assert results["kills_during_a_write"] >= 1
+    assert results["final_g_iters"] == 30 and results["values_different_from_uninterrupted"] == 0
+
+
+def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path):
+    """`--trainer.deterministic true` (torch.use_deterministic_algorithms) raises on any op that has
+    no deterministic implementation; G with SMYRF, D and G_ema must train under it."""
+    from test_training import fit
+
+    module = tiny_module(loop=LoopConfig(max_g_iters=1, sample_every=100, ckpt_every=100, val_every=100, n_samples=4))
+    try:
+        fit(module, tmp_path, deterministic=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert module.g_iters == 1
