@@ -48,6 +48,11 @@ def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.mean()
 
 
+def on_host(metrics: dict[str, "float | torch.Tensor"]) -> dict[str, torch.Tensor]:
+    """Values to log as CPU tensors (Lightning would put Python numbers on the model's device)."""
+    return {name: value if isinstance(value, torch.Tensor) else torch.tensor(float(value)) for name, value in metrics.items()}
+
+
 class BigGAN(pl.LightningModule):
     """BigGAN G + D + G_ema with dense or SMYRF attention.
 
@@ -168,12 +173,15 @@ class BigGAN(pl.LightningModule):
         loss = d_hinge_loss(d_real, d_fake)
         if o.ortho_reg > 0:
             loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
+        # Taken before the optimizer step: on XLA they are then outputs of the step's graph, and
+        # logging them later starts no graph of its own.
+        stats = loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
         self.manual_backward(loss / o.accumulate)
         if self._micro_step % o.accumulate == o.accumulate - 1:
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt_d)
-        return loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
+        return stats
 
     def g_step(self, batch_size, opt_g):
         o = self.optim_cfg
@@ -192,10 +200,12 @@ class BigGAN(pl.LightningModule):
     # --- logging ------------------------------------------------------------------------------
 
     def log_progress(self, d_loss, d_real, d_fake, g_loss, batch_size):
-        self.log("g_iter", float(self.g_iters), prog_bar=True, logger=False)
-        self.log("loss_d", d_loss, prog_bar=True, logger=False)
+        # Progress bar included, everything is logged at log intervals only and as CPU tensors:
+        # Lightning turns logged values (the last logged ones too) into Python numbers after every
+        # batch, which on an XLA device (TPU) would be a device->host sync in every step.
         if g_loss is None or self.g_iters % self.loop_cfg.log_every:
             return
+        d_loss, d_real, d_fake, g_loss = (value.cpu() for value in (d_loss, d_real, d_fake, g_loss))
         tag = self.kind_tag(self.schedule.train)
         o = self.optim_cfg
         now = time.perf_counter()
@@ -216,9 +226,9 @@ class BigGAN(pl.LightningModule):
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
             metrics["train/peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.log("loss_g", g_loss, prog_bar=True, logger=False)
-        self.log_dict(metrics)
-        self.log("step", float(self.g_iters))  # x-axis: G iterations
+        self.log_dict(on_host({"g_iter": self.g_iters, "loss_d": d_loss, "loss_g": g_loss}), prog_bar=True, logger=False)
+        self.log_dict(on_host(metrics))
+        self.log_dict(on_host({"step": self.g_iters}))  # x-axis: G iterations
 
     # --- evaluation ---------------------------------------------------------------------------
 
