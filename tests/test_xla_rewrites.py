@@ -1,4 +1,6 @@
-"""The XLA-friendly rewrites in models/layers.py equal the PyTorch ops they replace, bit for bit on the CPU."""
+"""What was rewritten so the training step has no host fallbacks or host reads on XLA (see
+tests/test_xla.py) equals what it replaced, bit for bit on the CPU: nearest x2 upsampling and
+spectral norm (models/layers.py), and the G_ema update (training/ema.py)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from biggan_smyrf.models import Generator, GeneratorConfig
 from biggan_smyrf.models.layers import spectral, upsample2x
+from biggan_smyrf.training.ema import make_ema, update_ema
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
@@ -67,3 +71,27 @@ def test_spectral_norm_checkpoints_load_both_ways_and_survive_deepcopy():
     reference.eval(), ours.eval()
     assert torch.equal(ours.weight, reference.weight)
     assert ours.parametrizations.weight[0]._u.shape == (6,)
+
+
+def test_ema_update_equals_averaged_model_update_parameters():
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[16]))
+    ours, reference = make_ema(g, decay=0.9), make_ema(g, decay=0.9)
+    for copy in (True, True, False, False, False):
+        g(torch.randn(4, 120))  # train mode: moves BN statistics, num_batches_tracked, u and v
+        with torch.no_grad():
+            for p in g.parameters():
+                p.add_(torch.randn_like(p), alpha=0.01)
+        update_ema(ours, g, copy=copy)
+        if copy:
+            reference.n_averaged.zero_()  # the previous implementation's way to make it copy
+        reference.update_parameters(g)
+        for module in reference.modules():  # update_ema's re-normalisation of u and v
+            for sn in getattr(getattr(module, "parametrizations", None), "weight", None) or []:
+                if hasattr(sn, "_u"):
+                    sn._u.copy_(F.normalize(sn._u, dim=0, eps=sn.eps))
+                    sn._v.copy_(F.normalize(sn._v, dim=0, eps=sn.eps))
+        expected = reference.state_dict()
+        assert list(ours.state_dict()) == list(expected)
+        for name, value in ours.state_dict().items():
+            assert torch.equal(value, expected[name]), name
