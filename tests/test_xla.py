@@ -45,7 +45,7 @@ def test_training_steps_have_no_host_fallbacks(trained):
 def test_no_recompilation_after_two_g_iterations_of_each_kind_nor_after_swapping_back(trained):
     _, steps = trained
     first = 0
-    for phase in PHASES:
+    for phase in PHASES[:-1]:  # the last phase repeats the first: none of its steps may compile
         late = [s for s in phase_steps(steps, phase.name) if s["g_iters_before"] >= first + xla_check.WARMUP_G_ITERS]
         assert late and [s["compilations"] for s in late] == [0] * len(late), phase.name
         first = phase.until
