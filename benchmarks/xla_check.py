@@ -137,7 +137,7 @@ class StepLog(pl.Callback):
         phase = next(p for p in self.phases if module.g_iters < p.until)
         if module._micro_step == 0:  # attention changes only between G iterations
             module.schedule = replace(module.schedule, train=phase.attention)
-        self._open = {"batch": batch_idx, "phase": phase.name, "g_iters_before": module.g_iters,
+        self._open = {"step": len(self.steps), "phase": phase.name, "g_iters_before": module.g_iters,
                       "start": counters(), "t0": time.perf_counter()}
 
     def on_train_end(self, trainer, module):

@@ -54,7 +54,7 @@ def test_no_recompilation_after_two_g_iterations_of_each_kind_nor_after_swapping
 
 def test_device_to_host_transfers_only_at_logging_steps(trained):
     _, steps = trained
-    assert [s["batch"] for s in steps if s["device_to_host"] and not s["log_step"]] == []
+    assert [s["step"] for s in steps if s["device_to_host"] and not s["log_step"]] == []
     assert any(s["device_to_host"] for s in steps if s["log_step"])  # the counter does count
 
 
