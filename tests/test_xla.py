@@ -59,8 +59,8 @@ def test_device_to_host_transfers_only_at_logging_steps(trained):
 
 
 def test_sampling_with_either_attention_has_no_fallbacks_transfers_or_new_graphs_the_second_time(trained):
-    module, _ = trained
+    module = xla_check.back_on_xla(trained[0])
     renders = [xla_check.render(module, attention) for attention in (xla_check.DENSE, SMYRF, xla_check.DENSE)]
-    assert all(not r["aten"] and r["device_to_host"] == 0 for r in renders)
+    assert all(r["device"] == "xla" and not r["aten"] and r["device_to_host"] == 0 for r in renders)
     assert renders[-1]["compilations"] == 0
     assert all(r["images"].isfinite().all() and r["images"].shape == (4, 3, 32, 32) for r in renders)
