@@ -238,8 +238,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def back_on_xla(module: BigGAN) -> BigGAN:
-    """The module on the XLA device again: Lightning moves it to the CPU when training ends."""
-    return module.to(torch_xla.device())
+    """The module on the XLA device again: Lightning moves it to the CPU when training ends. The
+    move leaves pending ops; they run here rather than inside the first render's graph."""
+    module = module.to(torch_xla.device())
+    torch_xla.sync()
+    return module
 
 
 def render(module: BigGAN, attention: AttentionConfig) -> dict:
