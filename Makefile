@@ -1,10 +1,15 @@
 # Two entry points for a fresh machine with Python 3.11: `make demo` and `make test`.
+# `make xla-check`: TPU readiness on XLA's CPU device, in its own venv (.venv-xla, torch_xla).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean gpu-wheels gpu-check
+XLA_VENV := .venv-xla
+XLA_PY := $(XLA_VENV)/bin/python
+XLA_STAMP := $(XLA_VENV)/.installed
+
+.PHONY: demo test bench setup clean gpu-wheels gpu-check xla-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,5 +55,17 @@ gpu-check:
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
 	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
 
+# torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
+$(XLA_STAMP): requirements-xla.txt
+	test -x $(XLA_PY) || $(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_PY) -m pip install --quiet -r requirements-xla.txt
+	touch $(XLA_STAMP)
+
+# The training iteration and sampling on PJRT's CPU device (writes benchmarks/results/xla-cpu.*),
+# then the `xla` tests (skipped in the main venv, which has no torch_xla).
+xla-check: $(XLA_STAMP)
+	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) benchmarks/xla_check.py
+	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) -m pytest -q -m xla tests/test_xla.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(XLA_VENV) build *.egg-info

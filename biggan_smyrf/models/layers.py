@@ -2,13 +2,40 @@
 
 Every conv, linear and embedding weight is orthogonally initialised and then wrapped in PyTorch's
 own spectral norm (one power iteration per training forward, as in BigGAN).
+
+Two ops are written out in ops that XLA lowers, so a TPU step runs without host fallbacks
+(`make xla-check`): sigma's `torch.vdot` becomes `torch.dot`, and nearest x2 upsampling becomes an
+expand whose backward sums each 2x2 block. Both give bit-identical results on the CPU (tests).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+
+class SpectralNorm(_SpectralNorm):
+    """PyTorch's spectral norm parametrization with sigma = u . (W v) through `torch.dot`.
+
+    torch_xla has no lowering for `aten::vdot` (which the parent uses) and would run it on the host
+    inside every step; for real tensors vdot is dot on every other backend. Buffers (`_u`, `_v`),
+    power iteration, initialisation and state-dict keys are the parent's, so checkpoints written
+    with `torch.nn.utils.parametrizations.spectral_norm` load unchanged.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.ndim == 1:
+            return super().forward(weight)
+        weight_mat = self._reshape_weight_to_matrix(weight)
+        if self.training:
+            self._power_method(weight_mat, self.n_power_iterations)
+        # Clones, as in the parent: the power iteration updates the buffers in place, and D's
+        # graph from an earlier forward must still see the vectors it used.
+        u = self._u.clone(memory_format=torch.contiguous_format)
+        v = self._v.clone(memory_format=torch.contiguous_format)
+        return weight / torch.dot(u, torch.mv(weight_mat, v))
 
 
 def spectral(module: nn.Module, eps: float) -> nn.Module:
@@ -16,7 +43,37 @@ def spectral(module: nn.Module, eps: float) -> nn.Module:
     nn.init.orthogonal_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    return spectral_norm(module, n_power_iterations=1, eps=eps)
+    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, n_power_iterations=1, eps=eps))
+    return module
+
+
+class _Upsample2x(torch.autograd.Function):
+    """Nearest-neighbour x2 upsampling of (N, C, H, W), as `F.interpolate(x, scale_factor=2.0)`.
+
+    torch_xla lowers the forward of `F.interpolate` but not `upsample_nearest2d_backward`. Here the
+    forward is an expand and the backward sums each 2x2 block of the gradient in the order of
+    PyTorch's CPU and CUDA kernels (row by row, in the accumulation type), so both are bit-identical
+    to `F.interpolate`; autograd's own backward of the expand would sum in another order.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, h2, w2 = grad.shape
+        blocks = grad.reshape(n, c, h2 // 2, 2, w2 // 2, 2).to(torch.promote_types(grad.dtype, torch.float32))
+        total = blocks[:, :, :, 0, :, 0] + blocks[:, :, :, 0, :, 1] + blocks[:, :, :, 1, :, 0] + blocks[:, :, :, 1, :, 1]
+        return total.to(grad.dtype)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling that runs on XLA without host fallbacks (see `_Upsample2x`)."""
+    if x.dim() != 4:
+        raise ValueError(f"upsample2x expects (N, C, H, W), got shape {tuple(x.shape)}")
+    return _Upsample2x.apply(x)
 
 
 def sn_conv(in_ch: int, out_ch: int, kernel_size: int, eps: float, bias: bool = True) -> nn.Module:
@@ -60,9 +117,9 @@ class GBlock(nn.Module):
         self.shortcut = sn_conv(in_ch, out_ch, 1, sn_eps)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2.0, mode="nearest")
+        h = upsample2x(F.relu(self.bn1(x, cond)))
         h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return h + self.shortcut(upsample2x(x))
 
 
 class DBlock(nn.Module):

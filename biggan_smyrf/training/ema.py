@@ -6,6 +6,10 @@ depend on how many or which z are in a batch. Spectral norm's power-iteration ve
 buffers too; averaging shrinks them slightly below unit length, and the eval-mode spectral norm
 (which does no power iteration) would then under-estimate sigma. They are re-normalised after
 every update, which keeps sigma = uᵀ W_ema v an estimate of W_ema's top singular value.
+
+The update itself is AveragedModel.update_parameters' EMA step written out without its two reads of
+`n_averaged` on the host: on an XLA device (TPU) each read would stop the device pipeline once per
+G iteration. Whether to copy or average is decided by the caller, who knows it on the host.
 """
 from __future__ import annotations
 
@@ -25,9 +29,23 @@ def make_ema(generator: nn.Module, decay: float) -> AveragedModel:
 @torch.no_grad()
 def update_ema(ema: AveragedModel, generator: nn.Module, copy: bool) -> None:
     """One EMA step, or a plain copy of G while `copy` (before the EMA start iteration)."""
+    averaged = [*ema.module.parameters(), *ema.module.buffers()]
+    current = [t.detach() for t in (*generator.parameters(), *generator.buffers())]
     if copy:
-        ema.n_averaged.zero_()  # AveragedModel copies the weights when nothing was averaged yet
-    ema.update_parameters(generator)
+        for average, value in zip(averaged, current):
+            average.copy_(value)
+        ema.n_averaged.zero_()
+    else:
+        # One call per dtype, as AveragedModel groups them: the EMA rule lerps float tensors and
+        # averages integer buffers (BN's num_batches_tracked) through float arithmetic.
+        by_dtype: dict[torch.dtype, tuple[list, list]] = {}
+        for average, value in zip(averaged, current):
+            group = by_dtype.setdefault(average.dtype, ([], []))
+            group[0].append(average)
+            group[1].append(value)
+        for group, values in by_dtype.values():
+            ema.multi_avg_fn(group, values, ema.n_averaged)
+    ema.n_averaged += 1
     for module in ema.modules():
         spectral = getattr(getattr(module, "parametrizations", None), "weight", None)
         for param in spectral or []:

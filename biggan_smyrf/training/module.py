@@ -37,6 +37,16 @@ from .losses import gan_loss
 from .state import attention_generators, restore_rng_state, rng_state
 
 
+def kinds_of(configs: dict[str, AttentionConfig]) -> str:
+    """'dense', 'smyrf', 'dense_smyrf' (a mixed G) or 'none': the kinds in per-block configs."""
+    return "_".join(sorted({c.kind for c in configs.values()})) or "none"
+
+
+def on_host(metrics: dict[str, "float | torch.Tensor"]) -> dict[str, torch.Tensor]:
+    """Values to log as CPU tensors (Lightning would put Python numbers on the model's device)."""
+    return {name: value if isinstance(value, torch.Tensor) else torch.tensor(float(value)) for name, value in metrics.items()}
+
+
 class BigGAN(pl.LightningModule):
     """BigGAN G + D + G_ema with dense or SMYRF attention.
 
@@ -71,23 +81,14 @@ class BigGAN(pl.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.optim_cfg, self.ema_cfg, self.schedule, self.loop_cfg = optim, ema, attention, loop
+        self.optim_cfg, self.ema_cfg, self.loop_cfg = optim, ema, loop
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
 
         self.gan_loss = gan_loss(optim.loss)
         self.G = Generator(generator)
         self.D = Discriminator(discriminator)
-        # Every phase's per-block configs, resolved and checked against G's token counts now, not mid-run.
         self.built_attention = attention_configs(self.G)
-        self.phase_configs = {
-            phase: planned_attention(self.G, {name: attention.config(phase, cfg) for name, cfg in self.built_attention.items()})
-            for phase in ("train", "eval") + (("compare",) if attention.compare is not None else ())
-        }
-        if attention.compare is not None and self.kind_tag("compare") == self.kind_tag("eval"):
-            raise ValueError(
-                f"attention.compare must be the other kind than the eval attention ({self.kind_tag('eval')}): "
-                f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
-            )
+        self.set_schedule(attention)
         self.G_ema = make_ema(self.G, ema.decay)
         self.register_buffer("fixed_z", torch.randn(loop.n_samples, generator.dim_z, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("fixed_y", torch.arange(loop.n_samples) % generator.n_classes)
@@ -98,6 +99,21 @@ class BigGAN(pl.LightningModule):
 
     # --- attention schedule -------------------------------------------------------------------
 
+    def set_schedule(self, schedule: AttentionSchedule) -> None:
+        """Use `schedule` from now on. Every phase's per-block configs are resolved and checked
+        against G's token counts here, not mid-run."""
+        phases = ("train", "eval") + (("compare",) if schedule.compare is not None else ())
+        configs = {
+            phase: planned_attention(self.G, {name: schedule.config(phase, cfg) for name, cfg in self.built_attention.items()})
+            for phase in phases
+        }
+        if schedule.compare is not None and kinds_of(configs["compare"]) == kinds_of(configs["eval"]):
+            raise ValueError(
+                f"attention.compare must be the other kind than the eval attention ({kinds_of(configs['eval'])}): "
+                f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
+            )
+        self.schedule, self.phase_configs = schedule, configs
+
     @contextmanager
     def attention_phase(self, phase: str):
         """G and G_ema use the schedule's attention for `phase` inside the block, their built one after."""
@@ -107,7 +123,7 @@ class BigGAN(pl.LightningModule):
 
     def kind_tag(self, phase: str) -> str:
         """'dense', 'smyrf' (or 'dense_smyrf' for a mixed G) in `phase`: the suffix of every logged metric."""
-        return "_".join(sorted({c.kind for c in self.phase_configs[phase].values()})) or "none"
+        return kinds_of(self.phase_configs[phase])
 
     def smyrf_settings(self) -> dict[str, AttentionConfig]:
         """The SMYRF settings of every G attention block that runs SMYRF in some phase (for diagnostics)."""
@@ -161,12 +177,15 @@ class BigGAN(pl.LightningModule):
         loss = self.gan_loss.discriminator(d_real, d_fake)
         if o.ortho_reg > 0:
             loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
+        # Taken before the optimizer step: on XLA they are then outputs of the step's graph, and
+        # logging them later starts no graph of its own.
+        stats = loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
         self.manual_backward(loss / o.accumulate)
         if self._micro_step % o.accumulate == o.accumulate - 1:
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt_d)
-        return loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
+        return stats
 
     def g_step(self, batch_size, opt_g):
         o = self.optim_cfg
@@ -185,10 +204,12 @@ class BigGAN(pl.LightningModule):
     # --- logging ------------------------------------------------------------------------------
 
     def log_progress(self, d_loss, d_real, d_fake, g_loss, batch_size):
-        """Everything at `log_every` G iterations only: a tensor shown in the progress bar is read
-        back to the host, which would stall a GPU (or break an XLA graph) at every step."""
+        """Everything at `log_every` G iterations only, as CPU tensors: Lightning turns logged values
+        (the last logged ones too) into Python numbers after every batch, which on a GPU stalls the
+        step and on an XLA device (TPU) is a device->host sync in every step."""
         if g_loss is None or self.g_iters % self.loop_cfg.log_every:
             return
+        d_loss, d_real, d_fake, g_loss = (value.cpu() for value in (d_loss, d_real, d_fake, g_loss))
         tag = self.kind_tag("train")
         o = self.optim_cfg
         now = time.perf_counter()
@@ -209,11 +230,11 @@ class BigGAN(pl.LightningModule):
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
             metrics["train/peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.log_dict({"loss_d": d_loss, "loss_g": g_loss}, prog_bar=True, logger=False)
+        self.log_dict(on_host({"loss_d": d_loss, "loss_g": g_loss}), prog_bar=True, logger=False)
         # Written to the loggers here, once, at the G iteration: Lightning's own step logging would
         # write a value again at every later D micro-step until the next G update (2-5 points per
         # step in TensorBoard). `self.log` keeps them in callback_metrics for callbacks.
-        self.log_dict(metrics, logger=False)
+        self.log_dict(on_host(metrics), logger=False)
         if self.trainer.is_global_zero:
             values = {name: float(value) for name, value in metrics.items()}
             for logger in self.loggers:
