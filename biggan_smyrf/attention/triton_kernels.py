@@ -95,6 +95,14 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+    """The (rows, cols) tile of a strided matrix at `ptr`, zeros outside [0, n_r) x [0, n_c): the
+    tails of a cluster and the head-dim padding (12 -> 16, 48 -> 64) live only in registers."""
+    inside = (offs_r[:, None] < n_r) & (offs_c[None, :] < n_c)
+    return tl.load(ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c, mask=inside, other=0.0)
+
+
+@triton.jit
 def _cluster_and_block(length, BLOCK: tl.constexpr):
     """(cluster, block) of this program in a flat grid, the blocks of one cluster consecutive (so
     they run together and share its keys in L2; a flat grid also has no 65,535 limit on the number
@@ -133,24 +141,14 @@ def _forward_kernel(
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows = offs_m < Lq
-    q = tl.load(
-        Q + g * stride_qg + offs_m[:, None] * stride_qm + offs_dqk[None, :] * stride_qd,
-        mask=rows[:, None] & (offs_dqk[None, :] < D_QK), other=0.0,
-    )
+    q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < Lk
-        k = tl.load(
-            K + g * stride_kg + offs_n[:, None] * stride_kn + offs_dqk[None, :] * stride_kd,
-            mask=cols[:, None] & (offs_dqk[None, :] < D_QK), other=0.0,
-        )
-        v = tl.load(
-            V + g * stride_vg + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-            mask=cols[:, None] & (offs_dv[None, :] < D_V), other=0.0,
-        )
+        k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+        v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps
@@ -216,21 +214,15 @@ def _backward_kv_kernel(
     cols = offs_n < Lk
     k_inside = cols[:, None] & (offs_dqk[None, :] < D_QK)
     v_inside = cols[:, None] & (offs_dv[None, :] < D_V)
-    k = tl.load(K + g * stride_kg + offs_n[:, None] * stride_kn + offs_dqk[None, :] * stride_kd, mask=k_inside, other=0.0)
-    v = tl.load(V + g * stride_vg + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=v_inside, other=0.0)
+    k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+    v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < Lq
-        q = tl.load(
-            Q + g * stride_qg + offs_m[:, None] * stride_qm + offs_dqk[None, :] * stride_qd,
-            mask=rows[:, None] & (offs_dqk[None, :] < D_QK), other=0.0,
-        )
-        do = tl.load(
-            DO + g * stride_dog + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-            mask=rows[:, None] & (offs_dv[None, :] < D_V), other=0.0,
-        )
+        q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
+        do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
         # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there.
         lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
@@ -263,25 +255,15 @@ def _backward_q_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     rows = offs_m < Lq
     q_inside = rows[:, None] & (offs_dqk[None, :] < D_QK)
-    q = tl.load(Q + g * stride_qg + offs_m[:, None] * stride_qm + offs_dqk[None, :] * stride_qd, mask=q_inside, other=0.0)
-    do = tl.load(
-        DO + g * stride_dog + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-        mask=rows[:, None] & (offs_dv[None, :] < D_V), other=0.0,
-    )
+    q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
+    do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
     lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
     delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        cols = offs_n < Lk
-        k = tl.load(
-            K + g * stride_kg + offs_n[:, None] * stride_kn + offs_dqk[None, :] * stride_kd,
-            mask=cols[:, None] & (offs_dqk[None, :] < D_QK), other=0.0,
-        )
-        v = tl.load(
-            V + g * stride_vg + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-            mask=cols[:, None] & (offs_dv[None, :] < D_V), other=0.0,
-        )
+        k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+        v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
         dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
