@@ -12,19 +12,20 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from biggan_smyrf.models import Generator, GeneratorConfig
-from biggan_smyrf.models.layers import spectral, upsample2x
+from biggan_smyrf.models.layers import spectral, upsample2x, upsample2x_expand
 from biggan_smyrf.training.ema import make_ema, update_ema
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_upsample2x_equals_interpolate_nearest_forward_and_backward(dtype):
+def test_upsample2x_expand_equals_interpolate_nearest_forward_and_backward(dtype):
+    """The formulation XLA runs (`upsample2x` uses it on XLA devices, PyTorch's kernel elsewhere)."""
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 7, dtype=dtype, requires_grad=True)
     # Large, mixed-magnitude gradients: a different summation order of the 2x2 blocks shows up.
     grad = torch.randn(3, 5, 12, 14, dtype=dtype) * torch.logspace(-3, 3, 14, dtype=dtype)
     expected = F.interpolate(x, scale_factor=2.0, mode="nearest")
     (expected_grad,) = torch.autograd.grad(expected, x, grad)
-    out = upsample2x(x)
+    out = upsample2x_expand(x)
     (out_grad,) = torch.autograd.grad(out, x, grad)
     assert torch.equal(out, expected)
     assert torch.equal(out_grad, expected_grad)
@@ -32,7 +33,8 @@ def test_upsample2x_equals_interpolate_nearest_forward_and_backward(dtype):
 
 def test_upsample2x_double_backward_and_bad_shape():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(upsample2x, (x,))
+    assert torch.autograd.gradgradcheck(upsample2x_expand, (x,))
+    assert torch.equal(upsample2x(x), upsample2x_expand(x))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         upsample2x(torch.randn(3, 4, 4))
 

@@ -4,8 +4,9 @@ Every conv, linear and embedding weight is orthogonally initialised and then wra
 own spectral norm (one power iteration per training forward, as in BigGAN).
 
 Two ops are written out in ops that XLA lowers, so a TPU step runs without host fallbacks
-(`make xla-check`): sigma's `torch.vdot` becomes `torch.dot`, and nearest x2 upsampling becomes an
-expand whose backward sums each 2x2 block. Both give bit-identical results on the CPU (tests).
+(`make xla-check`): sigma's `torch.vdot` becomes `torch.dot`, and on XLA devices nearest x2
+upsampling becomes an expand whose backward sums each 2x2 block. Both give bit-identical results
+on the CPU (tests).
 """
 from __future__ import annotations
 
@@ -69,11 +70,20 @@ class _Upsample2x(torch.autograd.Function):
         return total.to(grad.dtype)
 
 
-def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """Nearest x2 upsampling that runs on XLA without host fallbacks (see `_Upsample2x`)."""
+def upsample2x_expand(x: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling in ops XLA lowers, forward and backward (see `_Upsample2x`)."""
     if x.dim() != 4:
         raise ValueError(f"upsample2x expects (N, C, H, W), got shape {tuple(x.shape)}")
     return _Upsample2x.apply(x)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling: on XLA devices `upsample2x_expand`, elsewhere PyTorch's own kernel,
+    whose backward reads the gradient once instead of summing four strided views (the same
+    numbers either way)."""
+    if x.device.type == "xla" or x.dim() != 4:
+        return upsample2x_expand(x)
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def sn_conv(in_ch: int, out_ch: int, kernel_size: int, eps: float, bias: bool = True) -> nn.Module:
