@@ -62,9 +62,6 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
 def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
     """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
     kernel for sm_90 through ptxas at BigGAN's block sizes, which needs no GPU."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile
-
     from biggan_smyrf.attention import triton_kernels as kernels
 
     sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
@@ -74,23 +71,54 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
         (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
     ]
+    _compile_for_hopper(jobs, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, precision, has_bias", [("bf16", "ieee", True), ("fp32", "tf32", False)])
+def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_bias):
+    """The same for SMYRF's permuted-round kernels (triton_rounds.py) at BigGAN's sizes."""
+    from biggan_smyrf.attention import triton_rounds as kernels
+
+    sizes = dict(HAS_BIAS=has_bias, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
+    jobs = [
+        (kernels._forward_kernel, {**sizes, "LSE_ONLY": True, "BLOCK_M": 128}),
+        (kernels._forward_kernel, {**sizes, "LSE_ONLY": False, "BLOCK_M": 128}),
+        (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
+        (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+    ]
+    _compile_for_hopper(jobs, dtype)
+
+
+def _compile_for_hopper(jobs, dtype: str) -> None:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
     for kernel, constants in jobs:
         signature = {name: _argument_type(name, constants, dtype) for name in kernel.arg_names}
         compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel.__name__
 
 
+# Float32 buffers of both kernel families: logsumexps, row dots, norms, the bias and accumulators.
+FLOAT32_ARGUMENTS = {"LSE", "DELTA", "NORM", "BIAS", "OUT_ACC", "DQ_ACC", "DK_ACC", "DV_ACC"}
+INDEX_ARGUMENTS = {"QIDX", "KIDX"}
+SIZE_ARGUMENTS = {"Lq", "Lk", "Cq", "n_clusters", "D_QK", "D_V"}
+
+
 def _argument_type(name: str, constants: dict, dtype: str) -> str:
     """Triton signature types of the kernels' arguments, by their naming convention."""
     if name in constants:
         return "constexpr"
-    if name in ("LSE", "DELTA"):
+    if name in FLOAT32_ARGUMENTS:
         return "*fp32"
+    if name in INDEX_ARGUMENTS:
+        return "*i64"
     if name == "MASK":
         return "*u8"
     if name.startswith("scale"):
         return "fp32"
-    if name.startswith("stride") or name in ("Lq", "Lk", "D_QK", "D_V"):
+    if name.startswith("stride") or name in SIZE_ARGUMENTS:
         return "i32"
     return f"*{dtype}"
 

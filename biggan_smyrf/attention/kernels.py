@@ -12,6 +12,8 @@ Three implementations:
 - "triton": FlashAttention-2 style Triton kernels (`triton_kernels.py`). Never materialises scores;
   key masks; d_qk and d_v kept apart; float16/bfloat16/float32. CUDA, or CPU tensors under
   Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported; slow, for tests).
+  SMYRF with kernel "triton" runs its hashed rounds through `triton_rounds.py` instead (kernels
+  that read q, k, v through the sort orders, no gathered copies) and only its hub round here.
 - "chunked": plain matmuls over chunks of clusters with recomputation in the backward. Works on
   any device, dtype (float64 for gradcheck) and with key masks; memory O(chunk * Lq * Lk) for the scores.
 

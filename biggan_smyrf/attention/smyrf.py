@@ -29,15 +29,22 @@ hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none"):
   With no hub keys it cancels out and changes nothing.
 
 Cost: H = n_hashes, C = k_cluster_size. Time O(H * N * (C + S) * d) for the cluster attention plus
-O(H * (N + M) log(N + M)) for the sorts. Memory O(H * (N + M) * (d_qk + d_v)) for the sorted
-copies; the scores are never materialised by the CPU flash or the Triton kernel (O(chunk) by the
-chunked one).
+O(H * (N + M) log(N + M)) for the sorts. Two routes compute the same thing:
+- gathered (CPU "flash", "chunked"): per-round sorted copies of q, k, v and per-round outputs,
+  memory O(H * (N + M) * (d_qk + d_v)); scores never materialised by the flash kernel (O(chunk)
+  by the chunked one).
+- permuted ("triton", the CUDA default): Triton kernels read q, k, v through the round orders
+  and add each round's weighted output into one float32 accumulator (`triton_rounds.py`),
+  memory O((N + M) * (d_qk + d_v) + H * N) plus O(H * M * (d_qk + d_v)) for the summaries' means.
 
 Gradient through the combination: d out / d lse_r adds w_r g·(o_r - out) to lse_r's gradient,
 and lse_r's gradient adds P_r times that to the scores. Folded into FlashAttention's backward,
     dS_r = P_r * (dP_r - rowsum(dO_r * out)),   dO_r = w_r * g,
 i.e. the usual backward with the combined `out` in place of o_r. So the whole step is one
-autograd Function around the fused kernels, with no score tensor kept for the backward.
+autograd Function around the fused kernels, with no score tensor kept for the backward. The
+permuted route goes one step further: with norm_r = lse_r - log w_r, w_r P_r = exp(S_r - norm_r),
+so a round's weighted output and its gradients need only norm_r, the combined output and its
+gradient, all in token order (`round_normalisers`).
 """
 from __future__ import annotations
 
@@ -117,16 +124,48 @@ def smyrf_attention(
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
 
-    hub = hub_v = hub_k = hub_mask = None
-    q_hashed, k_hashed = q, k
+    hub = None
     if n_hub_keys:
         hub = hub_keys(q, k, n_hub_keys, config.hub_sample, scale, generator, key_padding_mask)
-        hub_k, hub_v = _take(k, hub), _take(v, hub)
-        hub_mask = None if key_padding_mask is None else key_padding_mask.gather(1, hub)
-    if n_hub_keys or n_summaries:
-        q_hashed, k_hashed = _with_logit_offset(q, k, hub, scale)
-
     q_order, k_order = cluster_orders(q, k, config.n_hashes, N // q_cluster_size, generator, config.hashing)
+    plan = _Plan(q_order, k_order, hub, key_padding_mask, q_cluster_size, k_cluster_size, n_summaries, scale,
+                 config.dedup == "estimate")
+    out = _permuted_rounds(q, k, v, plan) if kernel == "triton" else _gathered_rounds(q, k, v, plan, kernel)
+    if not return_intermediates:
+        return out
+    return out, SmyrfIntermediates(q_order, k_order, q_cluster_size, k_cluster_size, hub)
+
+
+@dataclass
+class _Plan:
+    """One call's clusters and sizes, resolved; what either route needs besides q, k, v."""
+
+    q_order: torch.Tensor  # (B, H, N)
+    k_order: torch.Tensor  # (B, H, M)
+    hub: Optional[torch.Tensor]  # (B, n_hub_keys) key indices
+    key_padding_mask: Optional[torch.Tensor]
+    q_cluster_size: int
+    k_cluster_size: int
+    n_summaries: int
+    scale: float
+    dedup: bool
+
+    def hub_round(self, k: torch.Tensor, v: torch.Tensor):
+        """(hub keys, their values, their mask), each None without hub keys."""
+        if self.hub is None:
+            return None, None, None
+        mask = None if self.key_padding_mask is None else self.key_padding_mask.gather(1, self.hub)
+        return _take(k, self.hub), _take(v, self.hub), mask
+
+
+def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
+    """Every round's clusters as gathered copies, the cluster kernel over them, then the round
+    combination (CPU flash and chunked kernels). Memory O(H (N + M) (d_qk + d_v)) for the copies."""
+    q_order, k_order, hub, key_padding_mask, scale = plan.q_order, plan.k_order, plan.hub, plan.key_padding_mask, plan.scale
+    q_cluster_size, k_cluster_size, n_summaries = plan.q_cluster_size, plan.k_cluster_size, plan.n_summaries
+    q_hashed, k_hashed = q, k
+    if hub is not None or n_summaries:
+        q_hashed, k_hashed = _with_logit_offset(q, k, hub, scale)
     qs, ks, vs = _gather(q_hashed, q_order), _gather(k_hashed, k_order), _gather(v, k_order)
     mask = None if key_padding_mask is None else key_padding_mask.gather(1, k_order.flatten(1))
     summarised_k_size = k_cluster_size
@@ -134,13 +173,50 @@ def smyrf_attention(
         counted = _gather(_summarised(k, hub, key_padding_mask), k_order)
         ks, vs, mask = _append_summaries(ks, vs, mask, counted, k_cluster_size, n_summaries, scale)
         summarised_k_size += n_summaries
-    out = _ClusteredAttention.apply(
-        qs, ks, vs, q_order, mask, q, hub_k, hub_v, hub_mask,
-        (scale, q_cluster_size, summarised_k_size, kernel, config.dedup == "estimate"),
+    return _ClusteredAttention.apply(
+        qs, ks, vs, q_order, mask, q, *plan.hub_round(k, v),
+        (scale, q_cluster_size, summarised_k_size, kernel, plan.dedup),
     )
-    if not return_intermediates:
-        return out
-    return out, SmyrfIntermediates(q_order, k_order, q_cluster_size, k_cluster_size, hub)
+
+
+def _permuted_rounds(q, k, v, plan: _Plan):
+    """The Triton route (`triton_rounds.py`): kernels read q, k, v through the round orders and add
+    the weighted rounds into one output, so no per-round copy or output exists. Hub keys and padding
+    become a logit bias; summary keys are appended after the keys, each cluster's at its own index.
+    Only the summaries' block means need the keys in sorted order (O(H M (d_qk + d_v)), M = N/4)."""
+    k_order, k_cluster_size, n_summaries = plan.k_order, plan.k_cluster_size, plan.n_summaries
+    B, H, M = k_order.shape
+    n_clusters = M // k_cluster_size
+    hub_round = plan.hub_round(k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
+    k_index = k_order.view(B, H, n_clusters, k_cluster_size)
+    if n_summaries:
+        counted = _gather(_summarised(k, plan.hub, plan.key_padding_mask), k_order)
+        summary_k, summary_v, offset = _summary_keys(
+            _gather(k, k_order), _gather(v, k_order), counted, k_cluster_size, n_summaries
+        )
+        k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
+        bias = torch.cat([bias, offset.flatten(1)], dim=1)
+        summary_index = M + torch.arange(H * n_clusters * n_summaries, device=k.device)
+        summary_index = summary_index.view(1, H, n_clusters, n_summaries).expand(B, -1, -1, -1)
+        k_index = torch.cat([k_index, summary_index], dim=3)
+    return _PermutedRounds.apply(
+        q, k, v, bias, plan.q_order, k_index.reshape(B, H, -1), *hub_round, (plan.scale, plan.q_cluster_size, plan.dedup)
+    )
+
+
+def _logit_bias(k, hub, key_padding_mask, with_summaries: bool) -> Optional[torch.Tensor]:
+    """(B, M) float32 logit offsets of the keys in the hashed rounds: HUB_MASK_LOGIT on hub keys
+    (attended once, in the hub round), -inf on padding. None when there is nothing to add."""
+    if hub is None and key_padding_mask is None and not with_summaries:
+        return None
+    bias = torch.zeros(k.shape[:2], dtype=torch.float32, device=k.device)
+    if hub is not None:
+        bias.scatter_(1, hub, HUB_MASK_LOGIT)
+    if key_padding_mask is not None:
+        bias.masked_fill_(~key_padding_mask, float("-inf"))
+    return bias
 
 
 def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -175,21 +251,22 @@ def _summarised(k: torch.Tensor, hub: Optional[torch.Tensor], key_padding_mask: 
     return weight
 
 
-def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
-    """Give every cluster of every round n_summaries extra keys: the means of equal blocks of the
+def _summary_keys(ks, vs, counted, k_cluster_size: int, n_summaries: int):
+    """Every cluster's n_summaries summary keys in every round: the means of equal blocks of the
     round's sorted keys, each without the keys of the cluster itself (those it attends exactly).
 
-    ks: (B, H, M, d + 1) with the logit-offset feature last, vs: (B, H, M, d_v), mask: (B, H*M) or
-    None, counted: (B, H, M, 1) weights. Returns keys, values and mask laid out as clusters of
-    k_cluster_size + n_summaries. Sums run in float32 at least: a block minus its overlap with
-    the cluster cancels, and half precision would turn that into noise.
+    ks: (B, H, M, d_qk) and vs: (B, H, M, d_v) sorted per round, counted: (B, H, M, 1) weights.
+    Returns keys (B, H, n_clusters, S, d_qk), values (B, H, n_clusters, S, d_v) and their logit
+    offsets (B, H, n_clusters, S, 1) float32: log(count), or HUB_MASK_LOGIT for an empty block.
+    Sums run in float32 at least: a block minus its overlap with the cluster cancels, and half
+    precision would turn that into noise.
     """
     B, H, M, d = ks.shape
     n_clusters, block = M // k_cluster_size, M // n_summaries
     unit = math.gcd(block, k_cluster_size)  # the largest run that lies in one block and one cluster
     n_units = M // unit
     acc = counted.dtype
-    features = torch.cat([ks[..., :-1].to(acc) * counted, vs.to(acc) * counted, counted], dim=-1)
+    features = torch.cat([ks.to(acc) * counted, vs.to(acc) * counted, counted], dim=-1)
     unit_sums = features.view(B, H, n_units, unit, -1).sum(3)
     block_sums = unit_sums.view(B, H, n_summaries, n_units // n_summaries, -1).sum(3)
     units = torch.arange(n_units, device=ks.device)
@@ -199,9 +276,18 @@ def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: i
     # Counts are whole numbers, exact in float32: 0 means the block lies inside the cluster.
     count = sums[..., -1:].round()
     mean = sums[..., :-1] / count.clamp_min(1)
-    offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT)) / scale
-    summary_k = torch.cat([mean[..., : d - 1], offset], dim=-1).to(ks.dtype)
-    summary_v = mean[..., d - 1:].to(vs.dtype)
+    offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT))
+    return mean[..., :d].to(ks.dtype), mean[..., d:].to(vs.dtype), offset
+
+
+def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
+    """The gathered route's clusters with their summary keys appended: ks (B, H, M, d + 1) with
+    the logit-offset feature last, vs (B, H, M, d_v), mask (B, H*M) or None -> keys, values and
+    mask laid out as clusters of k_cluster_size + n_summaries."""
+    B, H, M, d = ks.shape
+    n_clusters = M // k_cluster_size
+    summary_k, summary_v, offset = _summary_keys(ks[..., :-1], vs, counted, k_cluster_size, n_summaries)
+    summary_k = torch.cat([summary_k, (offset / scale).to(ks.dtype)], dim=-1)
     ks = torch.cat([ks.view(B, H, n_clusters, k_cluster_size, d), summary_k], dim=3)
     vs = torch.cat([vs.view(B, H, n_clusters, k_cluster_size, -1), summary_v], dim=3)
     if mask is not None:
@@ -316,3 +402,65 @@ class _ClusteredAttention(torch.autograd.Function):
             dq, d_hub_k, d_hub_v, None, None,
         )
 
+
+
+def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup: bool):
+    """norm_r = lse_r - log w_r, (B, H, N), and the hub round's weight w_hub (B, N) or None.
+
+    exp(s - norm_r) = w_r exp(s - lse_r): a round's probabilities already carrying its weight,
+    which is what lets the permuted kernels add rounds into one output. The weights are the
+    gathered route's (softmax over the rounds' logsumexps, dedup-corrected against the hub round).
+    A round whose cluster held only masked keys (lse = -inf) gets norm = +inf: it adds nothing.
+    """
+    H = lse.shape[1]
+    logits = lse
+    if lse_hub is not None:
+        if dedup and H > 1:
+            logits = lse - log_participation(lse)
+        logits = torch.cat([logits, lse_hub[:, None].to(lse.dtype)], dim=1)
+    log_w = torch.log_softmax(logits, dim=1)
+    norm = torch.where(torch.isneginf(lse), torch.inf, lse - log_w[:, :H])
+    return norm.contiguous(), None if lse_hub is None else log_w[:, H].exp()
+
+
+class _PermutedRounds(torch.autograd.Function):
+    """The hashed rounds through `triton_rounds.Rounds`, the hub round through the cluster kernel,
+    combined in one float32 accumulator. Backward: the hashed rounds' kernels take the combined
+    output's gradient in token order; the hub round's is the gathered route's."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, q_order, k_index, hub_k, hub_v, hub_mask, config):
+        from .triton_rounds import Rounds
+
+        scale, q_cluster_size, dedup = config
+        rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
+        lse = rounds.lse()
+        o_hub = lse_hub = None
+        if hub_k is not None:
+            o_hub, lse_hub = _hub_round_forward(q, hub_k, hub_v, scale, "triton", hub_mask)
+        norm, w_hub = round_normalisers(lse, lse_hub, dedup)
+        if o_hub is None:
+            out = torch.zeros(*q.shape[:2], v.shape[-1], dtype=torch.float32, device=q.device)
+        else:
+            out = (w_hub[..., None] * o_hub.to(torch.float32)).contiguous()
+        rounds.accumulate(norm, out)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub)
+        ctx.config = config
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from .triton_rounds import Rounds
+
+        q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub = ctx.saved_tensors
+        scale, q_cluster_size, _ = ctx.config
+        rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
+        delta = (grad_out.to(torch.float32) * out.to(torch.float32)).sum(-1)
+        dq, dk, dv = rounds.backward(grad_out, norm, delta)
+        d_hub_k = d_hub_v = None
+        if hub_k is not None:
+            grad_hub = (w_hub[..., None] * grad_out).to(q.dtype)
+            dq_hub, d_hub_k, d_hub_v = _hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask)
+            dq += dq_hub
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, d_hub_k, d_hub_v, None, None

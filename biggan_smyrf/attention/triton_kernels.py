@@ -1,7 +1,8 @@
 """Triton kernels for attention inside clusters (FlashAttention-2 style), forward and backward.
 
 The "triton" kernel of `kernels.py`: same interface, same numbers as the "chunked" kernel up to
-rounding. q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
+rounding. SMYRF uses it for its hub round; its hashed rounds use `triton_rounds.py`, which builds
+on the helpers here. q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
 
 Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots,
 the backward 7 (S and dP recomputed in both backward kernels; dV, dK, dQ once). Memory

@@ -1,0 +1,307 @@
+"""Triton kernels for SMYRF's hashed rounds, read through the sort permutation and combined in place.
+
+The "triton" route of `smyrf.py` on CUDA. Unlike the cluster kernels of `triton_kernels.py`, which
+take gathered per-round copies (G, L, d) and return per-round outputs, these read q, k, v in token
+order through each round's index lists and add every round's weighted output straight into one
+token-order accumulator. Nothing of size (rounds x tokens x d) exists: no sorted copies of q, k or v,
+no per-round outputs, no un-sorting.
+
+Inputs, for B batch elements, H rounds, n_clusters clusters per round:
+  q (B, N, d_qk), k (B, M', d_qk), v (B, M', d_v)   token order, feature dim contiguous; M' = the
+        keys plus every round's summary keys appended after them (smyrf.py builds this)
+  bias (B, M') float32 or None   added to the logits: -1e4 on hub keys, -inf on padding, log(count)
+        on summary keys
+  q_order (B, H, N)   round r's cluster c is q_order[:, r, c*Cq:(c+1)*Cq] (token indices)
+  k_index (B, H, n_clusters * Lk)   its keys, k_index[:, r, c*Lk:(c+1)*Lk] (indices into M')
+
+Two passes, because a round's weight needs every round's logsumexp and no program sees a query's
+other rounds (they lie in other clusters):
+  1. `rounds_lse`: per round, an online logsumexp over the cluster's keys (q.k only, no values):
+     lse (B, H, N) float32, token order.
+  2. `accumulate_rounds`: with norm_r = lse_r - log w_r (w = the round weights, computed by the
+     caller from all rounds' lse), every round adds exp(s - norm_r) @ v = w_r * o_r to `out`.
+The backward needs only the combined output's gradient g and D = rowsum(g * out) in token order:
+with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),  dQ_r = scale dS_r K,
+dK_r = scale dS_rᵀ Q -- the FlashAttention-2 backward with dO_r = w_r g and the combined output in
+D (which carries the gradient through the round weights, see smyrf.py).
+
+Each round is its own launch and adds into float32 token-order accumulators (out, dq, dk, dv) by
+read-modify-write: within a round every query and every key is in exactly one cluster, so each row
+has one writer, and rounds add in a fixed order -- deterministic, no atomics.
+
+Cost per round: pass 1 does one dot per (query block, key block), pass 2 two, the backward five
+(S recomputed in the dK/dV and the dQ kernel), all at d_qk padded to 16 and d_v to 64 in registers.
+Time O(H N (Lk) (d_qk + d_v)); memory O(B (N + M') (d_qk + d_v)) in float32 accumulators, O(B H N)
+for lse and norm.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_kernels import INTERPRETED, LOG2E, _block, _dot, _fp32_dot_precision, _head_block, check_inputs
+
+
+@triton.jit
+def _batch_cluster_block(n_clusters, length, BLOCK: tl.constexpr):
+    """(batch, cluster, block) of this program in a flat grid, a cluster's blocks consecutive.
+    batch and cluster are int64 so that offsets built from them cannot overflow."""
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(length, BLOCK)
+    bc = (pid // n_blocks).to(tl.int64)
+    return bc // n_clusters, bc % n_clusters, pid % n_blocks
+
+
+@triton.jit
+def _gathered_rows(ptr, index, valid, stride_row, n_cols, BLOCK_D: tl.constexpr):
+    """Rows `index` of a row-major matrix (feature stride 1), zeros for invalid rows and for the
+    padding columns n_cols..BLOCK_D (12 -> 16, 48 -> 64 only in registers)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    inside = valid[:, None] & (offs_d[None, :] < n_cols)
+    return tl.load(ptr + index[:, None] * stride_row + offs_d[None, :], mask=inside, other=0.0)
+
+
+@triton.jit
+def _add_rows(ptr, index, valid, stride_row, n_cols, value, BLOCK_D: tl.constexpr):
+    """ptr[index] += value for a float32 row-major accumulator (one writer per row, see above)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    inside = valid[:, None] & (offs_d[None, :] < n_cols)
+    ptrs = ptr + index[:, None] * stride_row + offs_d[None, :]
+    tl.store(ptrs, tl.load(ptrs, mask=inside, other=0.0) + value, mask=inside)
+
+
+@triton.jit
+def _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK: tl.constexpr):
+    """Token indices, validity and q rows of query positions offs_m of cluster c."""
+    rows = offs_m < Cq
+    tok = tl.load(QIDX + b * stride_qib + c * Cq + offs_m, mask=rows, other=0)
+    return tok, rows, _gathered_rows(Q + b * stride_qb, tok, rows, stride_qn, D_QK, BLOCK_DQK)
+
+
+@triton.jit
+def _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK: tl.constexpr):
+    """Key indices, validity and k rows of key positions offs_n of cluster c."""
+    cols = offs_n < Lk
+    kid = tl.load(KIDX + b * stride_kib + c * Lk + offs_n, mask=cols, other=0)
+    return kid, cols, _gathered_rows(K + b * stride_kb, kid, cols, stride_kn, D_QK, BLOCK_DQK)
+
+
+@triton.jit
+def _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2,
+                 HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) logits (scale q.k + bias) times log2(e); -inf past the cluster's keys."""
+    s = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=float("-inf"))
+        s = s + bias[None, :] * LOG2E
+    return tl.where(cols[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, BIAS, QIDX, KIDX, LSE, NORM, OUT_ACC,
+    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
+    stride_qib, stride_kib, stride_lb, stride_ob, stride_on,
+    n_clusters, Cq, Lk, D_QK, D_V, scale_log2,
+    LSE_ONLY: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One round, one block of a cluster's queries. LSE_ONLY: write lse (pass 1). Otherwise add
+    exp(s - norm) @ v to OUT_ACC (pass 2); LSE is then unused and NORM holds norm_r (token order)."""
+    b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if LSE_ONLY:
+        norm_log2 = tl.zeros([BLOCK_M], tl.float32)
+    else:
+        # A round that saw only masked keys has norm = +inf: its exp2(s - norm) is 0.
+        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
+    for start_n in range(0, Lk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+        s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
+        if LSE_ONLY:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while all keys are masked
+            l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), axis=1)
+            m_i = m_new
+        else:
+            # norm_r >= lse_r >= every logit of the round, so these weights are at most w_r <= 1.
+            v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+            p = tl.math.exp2(s - norm_log2[:, None])
+            acc += _dot(p.to(v.dtype), v, UPCAST, PRECISION)
+    if LSE_ONLY:
+        empty = l_i == 0.0
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+        tl.store(LSE + b * stride_lb + tok, lse, mask=rows)
+    else:
+        _add_rows(OUT_ACC + b * stride_ob, tok, rows, stride_on, D_V, acc, BLOCK_DV)
+
+
+@triton.jit
+def _backward_kv_kernel(
+    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DK_ACC, DV_ACC,
+    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
+    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dkb, stride_dvb,
+    n_clusters, Cq, Lk, D_QK, D_V, scale, scale_log2,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One round, one block of a cluster's keys, over the cluster's queries: DK_ACC += scale dSᵀ Q and
+    DV_ACC += P~ᵀ g (float32, token order of the keys; DK_ACC/DV_ACC rows have d_qk / d_v columns)."""
+    b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+    v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start_m in range(0, Cq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+        g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
+        # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing.
+        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
+        delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
+        s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
+        p = tl.math.exp2(s - norm_log2[:, None])
+        dv += _dot(tl.trans(p.to(g.dtype)), g, UPCAST, PRECISION)
+        ds = p * (_dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
+    _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
+    _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
+
+
+@triton.jit
+def _backward_q_kernel(
+    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC,
+    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
+    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb,
+    n_clusters, Cq, Lk, D_QK, D_V, scale, scale_log2,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One round, one block of a cluster's queries, over the cluster's keys: DQ_ACC += scale dS K."""
+    b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+    g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
+    norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
+    delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
+    for start_n in range(0, Lk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+        v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+        s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
+        p = tl.math.exp2(s - norm_log2[:, None])
+        ds = p * (_dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
+    _add_rows(DQ_ACC + b * stride_dqb, tok, rows, D_QK, D_QK, dq * scale, BLOCK_DQK)
+
+
+# --- host side ---------------------------------------------------------------------------------
+
+
+
+
+class Rounds:
+    """One SMYRF call's hashed rounds as the kernels see them: inputs, index lists and sizes.
+
+    q (B, N, d_qk), k (B, M', d_qk), v (B, M', d_v): feature dim contiguous; bias (B, M') float32 or
+    None; q_order (B, H, N) and k_index (B, H, n_clusters * Lk) int64; q_cluster_size = Cq.
+    """
+
+    def __init__(self, q, k, v, bias: Optional[torch.Tensor], q_order, k_index, q_cluster_size: int, scale: float):
+        check_inputs(q, k, v)
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if x.stride(-1) != 1:
+                raise ValueError(f"the permuted SMYRF kernels read rows with feature stride 1; pass {name}.contiguous()")
+        if bias is not None and (bias.dtype != torch.float32 or bias.stride(-1) != 1):
+            raise ValueError("the logit bias must be a float32 (B, keys) tensor with contiguous keys")
+        (self.B, self.N, self.d_qk), self.d_v = q.shape, v.shape[-1]
+        self.H, self.Cq = q_order.shape[1], q_cluster_size
+        self.n_clusters = self.N // q_cluster_size
+        self.Lk = k_index.shape[-1] // self.n_clusters
+        self.q, self.k, self.v, self.bias = q, k, v, bias
+        self.q_order, self.k_index, self.scale = q_order, k_index, scale
+        self.constants = dict(
+            HAS_BIAS=bias is not None, BLOCK_DQK=_head_block(self.d_qk), BLOCK_DV=_head_block(self.d_v),
+            UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
+        )
+
+    def _inputs(self, r: int):
+        """Pointers and strides shared by every kernel for round r (index lists of that round)."""
+        q, k, v, qi, ki = self.q, self.k, self.v, self.q_order[:, r], self.k_index[:, r]
+        bias = self.bias if self.bias is not None else q  # a stand-in pointer, never read without HAS_BIAS
+        return (
+            (q, k, v, bias, qi, ki),
+            (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             0 if self.bias is None else self.bias.stride(0), qi.stride(0), ki.stride(0)),
+        )
+
+    def _grid(self, length: int, block: int):
+        return (self.B * self.n_clusters * triton.cdiv(length, block),)
+
+    def lse(self) -> torch.Tensor:
+        """Pass 1: every round's logsumexp, (B, H, N) float32 in token order (-inf where a query's
+        cluster held only masked keys)."""
+        lse = torch.empty(self.B, self.H, self.N, dtype=torch.float32, device=self.q.device)
+        block_m, block_n = _block(self.Cq, 128), _block(self.Lk, 64)
+        for r in range(self.H):
+            pointers, strides = self._inputs(r)
+            out = lse[:, r]
+            _forward_kernel[self._grid(self.Cq, block_m)](
+                *pointers, out, out, out, *strides, out.stride(0), 0, 0,
+                self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
+                LSE_ONLY=True, BLOCK_M=block_m, BLOCK_N=block_n, **self.constants,
+            )
+        return lse
+
+    def accumulate(self, norm: torch.Tensor, out: torch.Tensor) -> None:
+        """Pass 2: out (B, N, d_v) float32 += sum_r exp(S_r - norm_r) V_r, norm (B, H, N) float32."""
+        _check_accumulator(out, (self.B, self.N, self.d_v))
+        block_m, block_n = _block(self.Cq, 128), _block(self.Lk, 64)
+        for r in range(self.H):
+            pointers, strides = self._inputs(r)
+            norm_r = norm[:, r]
+            _forward_kernel[self._grid(self.Cq, block_m)](
+                *pointers, norm_r, norm_r, out, *strides, norm_r.stride(0), out.stride(0), out.stride(1),
+                self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
+                LSE_ONLY=False, BLOCK_M=block_m, BLOCK_N=block_n, **self.constants,
+            )
+
+    def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
+        """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
+        inputs' dtype, norm (B, H, N) and delta = rowsum(grad * out) (B, N), float32."""
+        grad = grad.to(self.q.dtype).contiguous()
+        delta = delta.to(torch.float32).contiguous()
+        device = self.q.device
+        dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
+        dk = torch.zeros(*self.k.shape, dtype=torch.float32, device=device)
+        dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
+        block_m, block_n = _block(self.Cq, 64), _block(self.Lk, 64)
+        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, **self.constants)
+        for r in range(self.H):
+            pointers, strides = self._inputs(r)
+            norm_r = norm[:, r]
+            shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
+            lengths = (self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale, self.scale * LOG2E.value)
+            _backward_kv_kernel[self._grid(self.Lk, block_n)](
+                *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **sizes,
+            )
+            _backward_q_kernel[self._grid(self.Cq, block_m)](
+                *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **sizes,
+            )
+        return dq, dk, dv
+
+
+def _check_accumulator(out: torch.Tensor, shape: tuple) -> None:
+    if out.dtype != torch.float32 or tuple(out.shape) != shape or not out.is_contiguous():
+        raise ValueError(f"the output accumulator must be a contiguous float32 tensor of shape {shape}")
+
