@@ -3,13 +3,17 @@
     python benchmarks/attention.py            # full table (CPU: ~15 min on 2 cores)
     python benchmarks/attention.py --quick    # N <= 4096, a sanity run
     python benchmarks/attention.py --device cuda --dtype bfloat16 --methods "dense SDPA" "ours 4x2048"
+    python benchmarks/attention.py --device cuda --dtype bfloat16 float32 --sizes 16384 65536 --batches 8 32 \
+        --methods "dense SDPA" "smyrf 4x2048" "ours 4x2048" "ours 4x4096" --name attention   # issue #14's table
 
 SMYRF rows are the paper's recipe (and random clusters as the bar to clear) except "ours", the
 library default. Shapes as in BigGAN ch=96: d_qk = 12, d_v = 48, keys 2x2-pooled (M = N/4), scale 1.
 Each CPU case runs in a fresh process so that peak RSS belongs to that case alone.
 SMYRF's cluster kernel is `--kernel` (default auto: PyTorch's flash op on the CPU, Triton on CUDA).
 Error = |out - exact| / |exact| (exact: dense attention in float32) at batch 1, on Gaussian inputs and on the BigGAN-like
-"smooth feature map" family (biggan_smyrf.attention.synthetic), mean over 2 seeds.
+"smooth feature map" family (biggan_smyrf.attention.synthetic), mean over 2 seeds; computed once per (N, dtype,
+method), on the row of the first batch size. Times: median of 10 calls on CUDA (after a warm-up),
+of 5 / 3 / 1 on the CPU by size.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ METHODS = {
     "smyrf 4x2048": dict(kind="smyrf", n_hashes=4, q_cluster_size=2048),
     # The library default (k-d hashing, hub keys, summary keys, dedup) at the paper's sizes.
     "ours 4x2048": dict(kind="ours", n_hashes=4, q_cluster_size=2048),
+    "ours 4x4096": dict(kind="ours", n_hashes=4, q_cluster_size=4096),  # the default's size at 65,536 tokens
     "smyrf 8x1024": dict(kind="smyrf", n_hashes=8, q_cluster_size=1024),
     # Same sizes and cost as smyrf 4x2048 with random balanced clusters: the bar SMYRF must clear.
     "random 4x2048": dict(kind="smyrf", n_hashes=4, q_cluster_size=2048, hashing="random"),
@@ -76,14 +81,14 @@ def run_case(case: dict) -> dict:
         fn(q, k, v).sum().backward()
 
     peak = peak_extra_bytes(forward_backward, device)
-    reps = 5 if n <= 4096 else 3 if n <= 16384 else 1
+    reps = 10 if device.type == "cuda" else 5 if n <= 4096 else 3 if n <= 16384 else 1
     result = {
         **case,
         "peak_mb": peak / 2**20,
         "fwd_ms": 1e3 * median_seconds(forward, device, reps),
         "fwd_bwd_ms": 1e3 * median_seconds(forward_backward, device, reps),
     }
-    if batch == 1:
+    if case.get("errors"):
         result.update(errors(fn, n, device, dtype))
     return result
 
@@ -107,34 +112,45 @@ def errors(fn, n: int, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
-def cases(device: torch.device, quick: bool, methods: list[str], dtype: str, kernel: str,
+def cases(device: torch.device, quick: bool, methods: list[str], dtypes: list[str], kernel: str,
           sizes: list[int] = None, batches: list[int] = None):
     sizes = sizes or ([1024, 4096] if quick else [1024, 4096, 16384, 65536])
-    for n in sizes:
-        for batch in batches or (1, 4):
-            for name in methods:
-                method = METHODS[name]
-                if method.get("q_cluster_size", 0) > n:
-                    continue
-                case = {"device": device.type, "dtype": dtype, "kernel": kernel, "n": n, "batch": batch, "method": name}
-                naive_bytes = 3 * 4 * batch * n * (n // 4)
-                if method["kind"] == "naive" and naive_bytes > NAIVE_LIMIT_BYTES:
-                    yield {**case, "skipped": f"scores need ~{naive_bytes / 2**30:.0f} GiB"}
-                else:
-                    yield case
+    batches = batches or [1, 4]
+    for n, dtype, batch, name in ((n, d, b, m) for n in sizes for d in dtypes for b in batches for m in methods):
+        method = METHODS[name]
+        if method.get("q_cluster_size", 0) <= n:
+            case = {"device": device.type, "dtype": dtype, "kernel": kernel, "n": n, "batch": batch, "method": name,
+                    "errors": batch == batches[0]}
+            naive_bytes = 3 * 4 * batch * n * (n // 4)
+            if method["kind"] == "naive" and naive_bytes > NAIVE_LIMIT_BYTES:
+                yield {**case, "skipped": f"scores need ~{naive_bytes / 2**30:.0f} GiB"}
+            else:
+                yield case
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """fwd+bwd time and peak memory relative to dense SDPA at the same N, batch and dtype."""
+    dense = {(r["n"], r["batch"], r["dtype"]): r for r in rows if r["method"] == "dense SDPA" and "fwd_bwd_ms" in r}
+    for r in rows:
+        base = dense.get((r["n"], r["batch"], r["dtype"]))
+        if base and "fwd_bwd_ms" in r:
+            r["time_vs_sdpa"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+            r["mem_vs_sdpa"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] else None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only N <= 4096")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                        help="one or more dtypes, one table")
     parser.add_argument("--kernel", default="auto", choices=["auto", "flash", "triton", "chunked"],
                         help="SMYRF's cluster kernel (auto: flash on the CPU, triton on CUDA)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help=f"rows to run (default all): {', '.join(METHODS)}")
     parser.add_argument("--sizes", nargs="+", type=int, help="token counts N (default 1024 4096 16384 65536)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 4)")
+    parser.add_argument("--name", help="results file stem (default: attention, plus any non-default dtype and kernel)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -148,15 +164,19 @@ def main():
             case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_case(case)
         rows.append(case)
         print(json.dumps(case), flush=True)
+    add_ratios(rows)
     columns = [
-        ("n", "N"), ("batch", "batch"), ("method", "method"), ("fwd_ms", "fwd ms"), ("fwd_bwd_ms", "fwd+bwd ms"),
+        ("n", "N"), ("batch", "batch"), ("dtype", "dtype"), ("method", "method"), ("fwd_ms", "fwd ms"),
+        ("fwd_bwd_ms", "fwd+bwd ms"), ("time_vs_sdpa", "time vs dense SDPA"), ("mem_vs_sdpa", "mem vs dense SDPA"),
         ("peak_mb", "peak MB (fwd+bwd)"), ("err_gaussian", "err gaussian"), ("err_smooth", "err structured"),
         ("skipped", "note"),
     ]
     table = markdown_table(rows, columns)
     print(table)
     # Other dtypes and kernels get their own files: the default table stays the float32, auto one.
-    name = "attention" + "".join(f"_{x}" for x, default in ((args.dtype, "float32"), (args.kernel, "auto")) if x != default)
+    name = args.name or "attention" + "".join(
+        f"_{x}" for x, default in (("_".join(args.dtype), "float32"), (args.kernel, "auto")) if x != default
+    )
     meta = {"d_qk": D_QK, "d_v": D_V, "quick": args.quick, "dtype": args.dtype, "kernel": args.kernel}
     stem = write_results(name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")

@@ -14,6 +14,7 @@ from biggan_smyrf.attention import AttentionConfig, attend
 from biggan_smyrf.attention.synthetic import relative_error, smooth_feature_qkv
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, using_attention
+from biggan_smyrf.training import SpeedConfig
 
 from conftest import ROOT, load, train
 from test_training import loader, tiny_module
@@ -64,10 +65,7 @@ def test_swap_on_a_cuda_model_keeps_weights_and_one_cluster_equals_dense():
     assert {c.kind for c in attention_configs(G).values()} == {"dense"}
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-def test_mixed_precision_steps_on_cuda(tmp_path, precision):
-    """16-mixed runs GradScaler under manual optimisation (Lightning's precision plugin)."""
-    module = tiny_module()
+def gpu_fit(module, tmp_path, precision: str) -> pl.Trainer:
     steps = module.optim_cfg.num_d_steps
     trainer = pl.Trainer(accelerator="gpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -76,8 +74,20 @@ def test_mixed_precision_steps_on_cuda(tmp_path, precision):
     trainer.fit(module, loader(), loader())
     assert module.g_iters == 2
     assert all(torch.isfinite(p).all() for p in module.G.parameters())
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_steps_on_cuda(tmp_path, precision):
+    """16-mixed runs GradScaler under manual optimisation (Lightning's precision plugin)."""
+    trainer = gpu_fit(tiny_module(), tmp_path, precision)
     if precision == "16-mixed":
         assert trainer.precision_plugin.scaler is not None
+
+
+def test_channels_last_and_fused_adam_on_cuda(tmp_path):
+    trainer = gpu_fit(tiny_module(speed=SpeedConfig(channels_last=True)), tmp_path, "bf16-mixed")
+    assert all(opt.defaults["fused"] for opt in trainer.optimizers)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from biggan_smyrf.attention import AttentionSchedule
 
 from .losses import LossName, gan_loss
 
-__all__ = ["AttentionSchedule", "EMAConfig", "LoopConfig", "OptimConfig"]
+__all__ = ["AttentionSchedule", "EMAConfig", "LoopConfig", "OptimConfig", "SpeedConfig"]
 
 
 @dataclass
@@ -67,3 +67,19 @@ class LoopConfig:
         for name in ("max_g_iters", "log_every", "sample_every", "ckpt_every", "val_every", "n_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"loop.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class SpeedConfig:
+    """How the training step runs on the device; none of these changes the model's maths beyond
+    rounding, and checkpoints are the same either way (they can be switched on a resumed run).
+
+    channels_last: G, D, G_ema and the real images in NHWC memory format, the layout cuDNN's
+        tensor-core convolutions work in (in NCHW, half-precision convolutions may be wrapped in
+        layout transposes). Weights are still saved as ordinary tensors.
+    fused_adam: Adam's fused CUDA kernel (one launch for all of a network's parameters instead of
+        a few per parameter group and op); only where the parameters are on CUDA.
+    """
+
+    channels_last: bool = False
+    fused_adam: bool = True

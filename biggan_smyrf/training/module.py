@@ -30,7 +30,7 @@ from biggan_smyrf.models import (
 )
 from biggan_smyrf.typed import coerce
 
-from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig
+from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
 from .losses import gan_loss
@@ -57,6 +57,7 @@ class BigGAN(pl.LightningModule):
         attention: which attention G uses for training steps and for evaluation.
         loop: run length and intervals, in G iterations.
         metrics: FID / IS / KID at every validation (needs the Inception weights; see README).
+        speed: memory format and fused Adam for the training step (see SpeedConfig).
     """
 
     def __init__(
@@ -68,12 +69,14 @@ class BigGAN(pl.LightningModule):
         attention: AttentionSchedule = AttentionSchedule(),
         loop: LoopConfig = LoopConfig(),
         metrics: MetricsConfig = MetricsConfig(),
+        speed: SpeedConfig = SpeedConfig(),
     ):
         super().__init__()
         # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
         generator, discriminator = coerce(GeneratorConfig, generator), coerce(DiscriminatorConfig, discriminator)
         optim, ema, loop = coerce(OptimConfig, optim), coerce(EMAConfig, ema), coerce(LoopConfig, loop)
         attention, metrics = coerce(AttentionSchedule, attention), coerce(MetricsConfig, metrics)
+        speed = coerce(SpeedConfig, speed)
         if generator.resolution != discriminator.resolution:
             raise ValueError(
                 f"generator.resolution={generator.resolution} but discriminator.resolution="
@@ -81,7 +84,7 @@ class BigGAN(pl.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.optim_cfg, self.ema_cfg, self.loop_cfg = optim, ema, loop
+        self.optim_cfg, self.ema_cfg, self.loop_cfg, self.speed_cfg = optim, ema, loop, speed
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
 
         self.gan_loss = gan_loss(optim.loss)
@@ -89,6 +92,10 @@ class BigGAN(pl.LightningModule):
         self.D = Discriminator(discriminator)
         self.built_attention = attention_configs(self.G)
         self.set_schedule(attention)
+        if speed.channels_last:
+            # Before G_ema copies G, so all three networks share the layout.
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         self.G_ema = make_ema(self.G, ema.decay)
         self.register_buffer("fixed_z", torch.randn(loop.n_samples, generator.dim_z, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("fixed_y", torch.arange(loop.n_samples) % generator.n_classes)
@@ -134,15 +141,21 @@ class BigGAN(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        betas = (o.beta1, o.beta2)
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=betas, eps=o.eps)
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=betas, eps=o.eps)
+        # Lightning has moved the model to its device by now; fused Adam needs CUDA parameters.
+        fused = self.speed_cfg.fused_adam and self.device.type == "cuda"
+        adam = dict(betas=(o.beta1, o.beta2), eps=o.eps, fused=fused or None)
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, **adam)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, **adam)
         return [opt_g, opt_d]
 
     @property
     def optimizer_steps_per_g_iter(self) -> int:
         """How far Lightning's global_step advances per G iteration."""
         return self.optim_cfg.num_d_steps + 1
+
+    def in_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """Real images in the networks' memory format (NHWC with speed.channels_last)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.speed_cfg.channels_last else images
 
     def sample_latents(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(batch_size, self.G.config.dim_z, device=self.device)
@@ -151,6 +164,7 @@ class BigGAN(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         real, y_real = batch
+        real = self.in_layout(real)
         opt_g, opt_d = self.optimizers()
         o = self.optim_cfg
         with self.attention_phase("train"):
@@ -256,6 +270,7 @@ class BigGAN(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         """D's view of real images and of G_ema samples under the eval attention (cheap sanity metrics)."""
         real, y_real = batch
+        real = self.in_layout(real)
         tag = self.kind_tag("eval")
         with self.attention_phase("eval"):
             z, y = self.sample_latents(real.shape[0])
