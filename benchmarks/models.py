@@ -6,6 +6,8 @@
     python benchmarks/models.py --table step --device cuda    # in-process, batches 16 and 32
     python benchmarks/models.py --table step --variants "dense@128 flash" "smyrf@128 ours 4x2048" \
         --batches 4 --reps 5 --name train_step_flash_vs_smyrf    # a subset, more reps
+    python benchmarks/models.py --table step --device cuda --variants dense@64 --dtypes bf16 \
+        --speeds plain nhwc compile                              # channels_last, torch.compile
     --threads N (default 2), --reps N (default 3). On a shared 2-core machine, --threads 1 is
     far steadier: with 2 threads, one core taken by another process stalls every parallel op.
     The committed CPU tables: --table model --threads 1 --reps 5 (20 min), --table step
@@ -15,7 +17,11 @@ model: loss = G(z).mean(), backward; G128 (ch=96, dim_z=120) or G256 (dim_z=140)
 step:  one G iteration as in training (biggan_smyrf.training.module): 2 D steps (G(z) under
        no_grad, D(cat[real, fake]) hinge loss, backward, Adam step) + 1 G step (D(G(z)) hinge,
        backward with D frozen, Adam step). D has no attention (the paper's CelebA-HQ config);
-       the EMA update of G is left out. bf16 = torch.autocast around the forwards.
+       the EMA update of G is left out. bf16 = torch.autocast around the forwards. Adam as the
+       LightningModule makes it (SpeedConfig.fused_adam: the fused kernel on CUDA).
+speeds: plain; nhwc = SpeedConfig.channels_last (G, D and the real images channels-last);
+       compile = torch.compile(dynamic=False) of G's and D's forward (benchmark only: not a
+       training option yet; its first call, which compiles, is left out of the time).
 Every attention block's gamma is set to 1, so attention contributes to outputs and gradients.
 Peak memory is measured on the first call (which also allocates grads and Adam state), then the
 median of `reps` further calls is timed. On the CPU every case runs in a fresh subprocess (peak
@@ -76,7 +82,10 @@ TIMEOUT_S = 1500  # a G256 train step on 2 cores takes minutes
 CPU_MEMORY_LIMIT = 16 * 2**30  # address space per case: a case that needs more fails, not the machine
 
 
-def cases(table: str, device: str, quick: bool, reps: int, threads: int):
+SPEEDS = ("plain", "nhwc", "compile", "nhwc+compile")
+
+
+def cases(table: str, device: str, quick: bool, reps: int, threads: int, speeds=("plain",)):
     ch = 16 if quick else 96
     if table == "model":
         batches = [2] if quick else [4] if device == "cpu" else [4, 16]
@@ -93,8 +102,9 @@ def cases(table: str, device: str, quick: bool, reps: int, threads: int):
         if device == "cuda":  # 16-mixed: fp16 autocast with GradScaler, as Lightning runs it on CUDA
             plan += [(v, batches[0], "fp16") for v in STEP_VARIANTS]
     for variant, batch, dtype in plan:
-        yield {"table": table, "device": device, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch,
-               "reps": 1 if quick else reps, "threads": threads}
+        for speed in speeds:
+            yield {"table": table, "device": device, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch,
+                   "reps": 1 if quick else reps, "threads": threads, "speed": speed}
 
 
 def use_naive_dense(naive: bool) -> None:
@@ -123,6 +133,13 @@ def workload(case: dict, device: torch.device):
     """The function one rep calls."""
     G, D = build(case, device)
     batch = case["batch"]
+    speed = case.get("speed", "plain")
+    layout = torch.channels_last if "nhwc" in speed else torch.contiguous_format
+    G.to(memory_format=layout)
+    D.to(memory_format=layout)
+    if "compile" in speed:
+        G.compile(dynamic=False)
+        D.compile(dynamic=False)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case["dtype"])
     autocast = functools.partial(torch.autocast, device.type, dtype=half) if half else nullcontext
     # fp16 needs loss scaling; with it off (fp32, bf16) GradScaler's calls pass straight through.
@@ -140,10 +157,11 @@ def workload(case: dict, device: torch.device):
 
         return g_forward_backward
 
-    adam = dict(betas=(0.0, 0.999), eps=1e-6)
+    adam = dict(betas=(0.0, 0.999), eps=1e-6, fused=(device.type == "cuda") or None)
     opt_g = torch.optim.Adam(G.parameters(), lr=5e-5, **adam)
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, **adam)
     real = torch.rand(batch, 3, G.config.resolution, G.config.resolution, device=device) * 2 - 1
+    real = real.contiguous(memory_format=layout)
 
     def train_step():
         for _ in range(2):
@@ -195,13 +213,20 @@ def run_cuda_case(case: dict) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Time vs dense@64 and memory vs naive dense@128, for rows of the same table, batch and dtype."""
-    by_key = {(r["variant"], r["batch"], r["dtype"]): r for r in rows}
+    """Time vs dense@64 and memory vs naive dense@128 (same batch, dtype and speed), and time vs
+    the same row in fp32 plain (what mixed precision and the speed options buy together)."""
+    by_key = {(r["variant"], r["batch"], r["dtype"], r.get("speed", "plain")): r for r in rows}
     for r in rows:
-        if VARIANTS[r["variant"]][0] != 128 or "ms" not in r:
+        if "ms" not in r:
             continue
-        base_t = by_key.get((BASE_TIME, r["batch"], r["dtype"]), {})
-        base_m = by_key.get((BASE_MEM, r["batch"], r["dtype"]), {})
+        speed = r.get("speed", "plain")
+        fp32 = by_key.get((r["variant"], r["batch"], "fp32", "plain"), {})
+        if "ms" in fp32 and r is not fp32:
+            r["time_vs_fp32"] = r["ms"] / fp32["ms"]
+        if VARIANTS[r["variant"]][0] != 128:
+            continue
+        base_t = by_key.get((BASE_TIME, r["batch"], r["dtype"], speed), {})
+        base_m = by_key.get((BASE_MEM, r["batch"], r["dtype"], speed), {})
         if "ms" in base_t:
             r["time_vs_dense64"] = r["ms"] / base_t["ms"]
         if base_m.get("peak_mb"):
@@ -218,6 +243,8 @@ def main():
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
     parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
+    parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS,
+                        help="step variants: plain, nhwc (channels_last), compile, nhwc+compile")
     parser.add_argument("--name", help="results file stem (default: models / train_step)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +257,7 @@ def main():
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # what the case subprocesses use; the results' header names it
     rows = []
-    for case in cases(args.table, args.device, args.quick, args.reps, args.threads):
+    for case in cases(args.table, args.device, args.quick, args.reps, args.threads, args.speeds):
         if (args.variants and case["variant"] not in args.variants) or (args.batches and case["batch"] not in args.batches):
             continue
         if args.dtypes and case["dtype"] not in args.dtypes:
@@ -246,8 +273,10 @@ def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, na
     add_ratios(rows)
     what = "G fwd+bwd ms" if table_name == "model" else "step ms"
     columns = [
-        ("variant", "G attention"), ("batch", "batch"), ("dtype", "dtype"), ("ms", what), ("peak_mb", "peak MB"),
-        ("time_vs_dense64", "time vs dense@64"), ("mem_vs_naive128", "mem vs naive@128"), ("error", "note"),
+        ("variant", "G attention"), ("batch", "batch"), ("dtype", "dtype"), ("speed", "speed"), ("ms", what),
+        ("peak_mb", "peak MB"),
+        ("time_vs_fp32", "time vs fp32 plain"), ("time_vs_dense64", "time vs dense@64"),
+        ("mem_vs_naive128", "mem vs naive@128"), ("error", "note"),
     ]
     table = markdown_table(rows, columns)
     print(table)

@@ -1,12 +1,14 @@
 """Where a G iteration's time goes: torch.profiler over the training step, time per op group.
 
     python benchmarks/profile_step.py --device cuda                      # dense@64, fp32 and bf16, batch 32
+    python benchmarks/profile_step.py --device cuda --dtypes bf16 --speeds plain nhwc   # + channels_last
     python benchmarks/profile_step.py --device cuda --variants "smyrf@128 ours 4x2048" --dtypes bf16
     python benchmarks/profile_step.py --quick                             # CPU dry run: ch=16, batch 2
 
 The step is benchmarks/models.py's (2 D steps + 1 G step, Adam, autocast for bf16/fp16). After
 two warm-up iterations, `--iters` iterations run under the profiler. On CUDA the device kernels
-are grouped by name (convolution, matmul, attention, batch norm, optimizer, copies, elementwise);
+are grouped by name (attention, NCHW<->NHWC transposes, convolution, matmul, batch norm, optimizer,
+copies, elementwise);
 on the CPU the aten ops' self CPU time is. Per G iteration it reports:
   wall ms       host time of the iteration (synchronised at both ends)
   busy ms       sum of the device kernels' durations (CUDA) -- busy/wall near 1 means the GPU
@@ -29,13 +31,15 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, synchronize, write_results  # noqa: E402
-from models import VARIANTS, workload  # noqa: E402
+from models import SPEEDS, VARIANTS, workload  # noqa: E402
 
 # First match wins: attention before matmul (flash kernels), convolution before matmul (cuDNN's
 # implicit GEMMs), optimizer and norm before elementwise.
 GROUPS = [
     ("attention", r"attention|flash|fmha|_forward_kernel|_backward_(kv|q)_kernel|_row_dot|scaled_dot"),
-    ("convolution", r"conv|xmma_fprop|xmma_dgrad|xmma_wgrad|implicit|fprop|dgrad|wgrad|winograd|nchw|nhwc"),
+    # cuDNN's layout kernels around NCHW half-precision convolutions (what channels_last avoids).
+    ("layout transposes", r"nchwtonhwc|nhwctonchw|nchw2nhwc|nhwc2nchw|transpose"),
+    ("convolution", r"conv|xmma_fprop|xmma_dgrad|xmma_wgrad|implicit|fprop|dgrad|wgrad|winograd"),
     ("matmul", r"gemm|matmul|aten::mm|aten::bmm|aten::addmm|aten::dot|aten::mv|cublas|cutlass|linear"),
     ("batch norm", r"batch_norm|bn_fw|bn_bw|welford"),
     ("optimizer", r"adam|multi_tensor|foreach"),
@@ -62,8 +66,9 @@ def _device_events(prof, device: torch.device):
     return events
 
 
-def profile_case(variant: str, dtype: str, batch: int, ch: int, iters: int, device: torch.device) -> dict:
-    case = {"table": "step", "device": device.type, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch}
+def profile_case(variant: str, dtype: str, speed: str, batch: int, ch: int, iters: int, device: torch.device) -> dict:
+    case = {"table": "step", "device": device.type, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch,
+            "speed": speed}
     step = workload(case, device)
     for _ in range(2):  # allocations, cuDNN autotuning, Triton compilation
         step()
@@ -77,7 +82,8 @@ def profile_case(variant: str, dtype: str, batch: int, ch: int, iters: int, devi
         wall = (time.perf_counter() - start) / iters
     events = _device_events(prof, device)
     busy_us = sum(us for _, us, _ in events) / iters
-    row = {"variant": variant, "dtype": dtype, "batch": batch, "wall_ms": 1e3 * wall, "busy_ms": busy_us / 1e3,
+    row = {"variant": variant, "dtype": dtype, "speed": speed, "batch": batch, "wall_ms": 1e3 * wall,
+           "busy_ms": busy_us / 1e3,
            "busy_fraction": busy_us / 1e6 / wall, "launches": sum(n for _, _, n in events) / iters}
     by_group = dict.fromkeys(GROUP_NAMES, 0.0)
     for name, us, _ in events:
@@ -95,6 +101,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", nargs="+", default=["dense@64"], choices=list(VARIANTS))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS, help="as in models.py")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=3, help="profiled G iterations per case")
     parser.add_argument("--quick", action="store_true", help="ch=16, batch 2, 1 iteration (a dry run)")
@@ -105,12 +112,12 @@ def main():
     device = torch.device(args.device)
     ch, batch, iters = (16, 2, 1) if args.quick else (96, args.batch, args.iters)
     rows = []
-    for variant in args.variants:
-        for dtype in args.dtypes:
-            rows.append(profile_case(variant, dtype, batch, ch, iters, device))
-            print({k: v for k, v in rows[-1].items() if k != "top"}, flush=True)
-    columns = [("variant", "G attention"), ("dtype", "dtype"), ("batch", "batch"), ("wall_ms", "wall ms"),
-               ("busy_ms", "busy ms"), ("busy_fraction", "busy/wall"), ("launches", "launches")]
+    for variant, dtype, speed in ((v, d, s) for v in args.variants for d in args.dtypes for s in args.speeds):
+        rows.append(profile_case(variant, dtype, speed, batch, ch, iters, device))
+        print({k: v for k, v in rows[-1].items() if k != "top"}, flush=True)
+    columns = [("variant", "G attention"), ("dtype", "dtype"), ("speed", "speed"), ("batch", "batch"),
+               ("wall_ms", "wall ms"), ("busy_ms", "busy ms"), ("busy_fraction", "busy/wall"),
+               ("launches", "kernels" if device.type == "cuda" else "aten ops")]
     columns += [(f"{name} ms", f"{name} ms") for name in GROUP_NAMES]
     table = markdown_table(rows, columns)
     print(table)
