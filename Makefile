@@ -9,7 +9,7 @@ XLA_VENV := .venv-xla
 XLA_PY := $(XLA_VENV)/bin/python
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test bench setup clean gpu-wheels gpu-check xla-check
+.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench xla-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,10 +50,16 @@ gpu-wheels:
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux2014_x86_64 -d .whl $(WHEELS)
 
-gpu-check:
+gpu-site:
 	@if [ -d .whl ] && ! $(GPU_PYTHON) -c "import torch_fidelity, jsonargparse" 2>/dev/null; then \
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+
+gpu-check: gpu-site
 	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
+
+# Profile, 10k-sample validation and torch.compile rows (after gpu-check, same machine).
+gpu-bench: gpu-site
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench
 
 # torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
 $(XLA_STAMP): requirements-xla.txt

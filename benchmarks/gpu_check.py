@@ -1,18 +1,27 @@
-"""`make gpu-check`: every CUDA check of issue #13 in one run on one GPU, with each step's exit code.
+"""`make gpu-check` / `make gpu-bench`: the CUDA checks and measurements of issues #13 and #14, each
+step a subprocess with its own time limit and exit code, so one failure never hides the others.
 
     make gpu-wheels                 # here (internet): torch-fidelity + jsonargparse wheels into .whl/
     make gpu-check                  # there: installs .whl/ to /tmp/site if needed, then runs this
+    make gpu-bench                  # there, after gpu-check: the profile and speed measurements
 
-Steps, each a subprocess with its own time limit, so one failure never hides the others:
+gpu-check (about 6 minutes on an H100):
   1. the CUDA tests (`pytest -m cuda`)
-  2. the attention tables on CUDA, bf16 and fp32 (benchmarks/attention.py: dense SDPA vs SMYRF with the
-     triton cluster kernel, 16,384 and 65,536 tokens, batch 8 and 32)
-  3. the training-step table at 128 px, batch 32: fp32, bf16-mixed and 16-mixed rows (benchmarks/models.py)
+  2. the attention table on CUDA (benchmarks/attention.py -> attention-cuda): dense SDPA vs SMYRF
+     (paper recipe, library default at 4x2048 and 4x4096) through the permuted Triton route,
+     16,384 and 65,536 tokens, batch 8 and 32, bf16 and fp32
+  3. the training-step table at 128 px, batch 32 (-> train_step-cuda): fp32, bf16-mixed and
+     16-mixed rows, and bf16 with channels_last
   4. train.py on configs/celebahq128_smyrf.yaml (built-in faces, ~60 G iterations, bf16-mixed), with
      validation metrics from a random-weights Inception file, diagnostics and the dense comparison on
   5. sample.py --device cuda on its checkpoint
-Writes benchmarks/results/gpu_check-cuda.{json,md} (card, per-step rc and seconds); steps 2 and 3
-write their own attention*-cuda and train_step-cuda results. Budget: about 6 minutes on an H100; the steps' limits add up to 9 minutes, under one device call's 10.
+gpu-bench (about 5 minutes):
+  1. profile of a G iteration per op group (benchmarks/profile_step.py -> profile_step-cuda)
+  2. one validation of the paper config: 10,000 samples x (SMYRF, dense) (-> validation_10k-cuda)
+  3. block sizes of the permuted-round Triton kernels (benchmarks/tune_rounds.py -> tune_rounds-cuda)
+  4. torch.compile rows of the step table (-> train_step_compile-cuda)
+Each writes benchmarks/results/<name>-cuda.{json,md} (card, per-step rc and seconds): gpu_check-cuda
+and gpu_bench-cuda list the steps.
 """
 from __future__ import annotations
 
@@ -35,8 +44,8 @@ from biggan_smyrf.metrics.random_weights import write_random_inception_weights  
 RUN = "gpu_check"
 
 
-def steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str], int]]:
-    """(name, command, time limit in seconds)."""
+def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str], int]]:
+    """(name, command, time limit in seconds) of gpu-check."""
     py = sys.executable
     ckpt = work / "checkpoints" / RUN / "last.ckpt"
     train = [
@@ -49,18 +58,40 @@ def steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str],
         "--model.metrics.weights_path", str(weights), "--model.metrics.n_samples", "1000",
         "--model.attention.diagnostics", "true",
     ]
+    step_table = [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
+                  "--reps", "5", "--variants", "dense@64", "dense@128 flash", "smyrf@128 paper 4x2048",
+                  "smyrf@128 ours 4x2048"]
     return [
         ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 150),
-        *[(f"attention table {dtype}", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
-                                        "--dtype", dtype, "--sizes", "16384", "65536", "--batches", "8", "32",
-                                        "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048"], 70)
-          for dtype in ("bfloat16", "float32")],
-        ("step table", [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda",
-                        "--batches", "32", "--reps", "5", "--variants", "dense@64", "dense@128 flash",
-                        "smyrf@128 paper 4x2048", "smyrf@128 ours 4x2048"], 90),
-        ("train.py celebahq128_smyrf", train, 120),
+        ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
+                             "--dtype", "bfloat16", "float32", "--sizes", "16384", "65536", "--batches", "8", "32",
+                             "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "ours 4x4096",
+                             "--name", "attention"], 120),
+        ("step table", step_table, 90),
+        ("step table channels_last", [*step_table, "--dtypes", "bf16", "--speeds", "nhwc", "--name", "train_step_nhwc"], 45),
+        ("train.py celebahq128_smyrf", train, 110),
         ("sample.py --device cuda", [py, str(ROOT / "sample.py"), "--ckpt", str(ckpt), "--out", str(work / "samples"),
-                                     "--n", "64", "--device", "cuda", "--attention", "smyrf"], 40),
+                                     "--n", "64", "--device", "cuda", "--attention", "smyrf"], 30),
+    ]
+
+
+def bench_steps() -> list[tuple[str, list[str], int]]:
+    """(name, command, time limit in seconds) of gpu-bench."""
+    py = sys.executable
+    bench = ROOT / "benchmarks"
+    return [
+        ("profile dense@64", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants", "dense@64",
+                              "--dtypes", "fp32", "bf16", "--speeds", "plain", "nhwc"], 60),
+        ("profile smyrf@128", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants",
+                               "smyrf@128 ours 4x2048", "--dtypes", "bf16", "--name", "profile_step_smyrf128"], 40),
+        ("validation 10k x 2 kinds", [py, str(bench / "validation.py"), "--device", "cuda", "--n", "10000",
+                                      "--attention-resolution", "128", "--kinds", "smyrf", "dense", "--batch-size", "64",
+                                      "--no-standalone", "--name", "validation_10k"], 90),
+        ("tune permuted-round blocks", [py, str(bench / "tune_rounds.py")], 120),
+        # Last: compiling takes minutes, and a timeout here loses nothing measured before.
+        ("step table compile", [py, str(bench / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
+                                "--reps", "5", "--variants", "dense@64", "--dtypes", "bf16",
+                                "--speeds", "compile", "nhwc+compile", "--name", "train_step_compile"], 200),
     ]
 
 
@@ -78,20 +109,23 @@ def run_step(name: str, command: list[str], limit: int, cwd: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", action="store_true", help="run gpu-bench's steps instead of gpu-check's")
     parser.add_argument("--g-iters", type=int, default=60, help="train.py length in G iterations")
     parser.add_argument("--only", nargs="+", help="run only the steps whose names start with these words")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("error: make gpu-check needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
+    name = "gpu_bench" if args.bench else RUN
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = write_random_inception_weights(work / "inception.pth")  # real code path, meaningless numbers
-        rows = [run_step(name, command, limit, work) for name, command, limit in steps(work, weights, args.g_iters)
-                if not args.only or any(name.startswith(word) for word in args.only)]
+        steps = bench_steps() if args.bench else check_steps(work, weights, args.g_iters)
+        rows = [run_step(step, command, limit, work) for step, command, limit in steps
+                if not args.only or any(step.startswith(word) for word in args.only)]
     table = markdown_table(rows, [("step", "step"), ("rc", "exit code"), ("seconds", "seconds"), ("limit_s", "limit s")])
     print(table)
     passed = all(row["rc"] == 0 for row in rows)
-    stem = write_results(RUN, torch.device("cuda"), rows, table, {"passed": passed, "g_iters": args.g_iters})
+    stem = write_results(name, torch.device("cuda"), rows, table, {"passed": passed, "g_iters": args.g_iters})
     print(f"wrote {stem}.json and {stem}.md")
     sys.exit(0 if passed else 1)
 

@@ -207,6 +207,11 @@ def _backward_q_kernel(
 
 # --- host side ---------------------------------------------------------------------------------
 
+# (BLOCK_M queries, BLOCK_N keys, num_warps) per pass, capped by the cluster sizes (min 16).
+# FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
+# benchmarks/tune_rounds.py times the alternatives.
+BLOCKS = {"lse": (128, 64, 4), "accumulate": (128, 64, 4), "backward": (64, 64, 4)}
+
 
 
 
@@ -245,6 +250,10 @@ class Rounds:
              0 if self.bias is None else self.bias.stride(0), qi.stride(0), ki.stride(0)),
         )
 
+    def _blocks(self, kernel: str) -> tuple[int, int, int]:
+        block_m, block_n, warps = BLOCKS[kernel]
+        return _block(self.Cq, block_m), _block(self.Lk, block_n), warps
+
     def _grid(self, length: int, block: int):
         return (self.B * self.n_clusters * triton.cdiv(length, block),)
 
@@ -252,28 +261,28 @@ class Rounds:
         """Pass 1: every round's logsumexp, (B, H, N) float32 in token order (-inf where a query's
         cluster held only masked keys)."""
         lse = torch.empty(self.B, self.H, self.N, dtype=torch.float32, device=self.q.device)
-        block_m, block_n = _block(self.Cq, 128), _block(self.Lk, 64)
+        block_m, block_n, warps = self._blocks("lse")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             out = lse[:, r]
             _forward_kernel[self._grid(self.Cq, block_m)](
                 *pointers, out, out, out, *strides, out.stride(0), 0, 0,
                 self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                LSE_ONLY=True, BLOCK_M=block_m, BLOCK_N=block_n, **self.constants,
+                LSE_ONLY=True, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
         return lse
 
     def accumulate(self, norm: torch.Tensor, out: torch.Tensor) -> None:
         """Pass 2: out (B, N, d_v) float32 += sum_r exp(S_r - norm_r) V_r, norm (B, H, N) float32."""
         _check_accumulator(out, (self.B, self.N, self.d_v))
-        block_m, block_n = _block(self.Cq, 128), _block(self.Lk, 64)
+        block_m, block_n, warps = self._blocks("accumulate")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
             _forward_kernel[self._grid(self.Cq, block_m)](
                 *pointers, norm_r, norm_r, out, *strides, norm_r.stride(0), out.stride(0), out.stride(1),
                 self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                LSE_ONLY=False, BLOCK_M=block_m, BLOCK_N=block_n, **self.constants,
+                LSE_ONLY=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
@@ -285,8 +294,8 @@ class Rounds:
         dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
         dk = torch.zeros(*self.k.shape, dtype=torch.float32, device=device)
         dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
-        block_m, block_n = _block(self.Cq, 64), _block(self.Lk, 64)
-        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, **self.constants)
+        block_m, block_n, warps = self._blocks("backward")
+        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants)
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]

@@ -1,0 +1,90 @@
+"""Block sizes of SMYRF's permuted-round Triton kernels (attention/triton_rounds.py), by measurement.
+
+    python benchmarks/tune_rounds.py                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
+    python benchmarks/tune_rounds.py --dtypes bfloat16 --n 65536 --batch 8
+
+For each pass ("lse", "accumulate", "backward") every candidate (BLOCK_M, BLOCK_N, num_warps) is
+timed with the other passes at their current setting: the whole smyrf_attention call with the
+library default (4 x 2048 at 16,384 tokens), forward under no_grad for the two forward passes,
+forward + backward for the backward pass; median of 10 after a warm-up (which compiles). The
+fastest candidate of each pass is printed as the BLOCKS line to put in triton_rounds.py.
+Writes benchmarks/results/tune_rounds-cuda.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, median_seconds, write_results  # noqa: E402
+
+from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
+from biggan_smyrf.attention import triton_rounds  # noqa: E402
+
+CANDIDATES = {
+    "lse": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
+    "accumulate": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
+    "backward": [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (128, 64, 8)],
+}
+
+
+def timing(pass_name: str, q, k, v, config: AttentionConfig) -> float:
+    def call():
+        return smyrf_attention(q, k, v, config, scale=1.0, seed=0)
+
+    if pass_name == "backward":
+        def forward_backward():
+            call().sum().backward()
+
+        return 1e3 * median_seconds(forward_backward, q.device, 10)
+    with torch.no_grad():
+        return 1e3 * median_seconds(call, q.device, 10)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--n", type=int, default=16384, help="tokens (queries); keys are n / 4")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--q-cluster-size", type=int, default=2048)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("the Triton kernels are timed on CUDA only")
+    device = torch.device("cuda")
+    config = AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=args.q_cluster_size)
+    default = dict(triton_rounds.BLOCKS)
+    rows, best = [], {}
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        g = torch.Generator().manual_seed(0)
+        shapes = ((args.n, 12), (args.n // 4, 12), (args.n // 4, 48))
+        q, k, v = (torch.randn(args.batch, n, d, generator=g).to(device, dtype).requires_grad_() for n, d in shapes)
+        for pass_name, candidates in CANDIDATES.items():
+            for blocks in candidates:
+                triton_rounds.BLOCKS.update(default, **{pass_name: blocks})
+                try:
+                    ms = timing(pass_name, q, k, v, config)
+                except Exception as error:  # a shape the compiler or the register file rejects
+                    rows.append({"dtype": dtype_name, "pass": pass_name, "blocks": str(blocks), "error": str(error)[:80]})
+                    continue
+                rows.append({"dtype": dtype_name, "pass": pass_name, "blocks": str(blocks), "ms": ms,
+                             "timed": "fwd+bwd" if pass_name == "backward" else "fwd"})
+                print(rows[-1], flush=True)
+            timed = [r for r in rows if r["dtype"] == dtype_name and r["pass"] == pass_name and "ms" in r]
+            best[(dtype_name, pass_name)] = min(timed, key=lambda r: r["ms"])["blocks"] if timed else None
+    triton_rounds.BLOCKS.update(default)
+    table = markdown_table(rows, [("dtype", "dtype"), ("pass", "pass"), ("blocks", "(BLOCK_M, BLOCK_N, warps)"),
+                                  ("ms", "ms"), ("timed", "timed"), ("error", "note")])
+    table += "\n\nFastest: " + "; ".join(f"{d} {p}: {b}" for (d, p), b in best.items())
+    print(table)
+    meta = {"n": args.n, "batch": args.batch, "q_cluster_size": args.q_cluster_size, "default": default,
+            "best": {f"{d} {p}": b for (d, p), b in best.items()}}
+    stem = write_results("tune_rounds", device, rows, table, meta)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
