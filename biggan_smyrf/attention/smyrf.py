@@ -157,25 +157,28 @@ class _Plan:
         mask = None if self.key_padding_mask is None else self.key_padding_mask.gather(1, self.hub)
         return _take(k, self.hub), _take(v, self.hub), mask
 
+    def sorted_summary_weights(self, k: torch.Tensor) -> torch.Tensor:
+        """(B, H, M, 1): which keys count in the summaries' means (not hub, not padding), per round's order."""
+        return _gather(_summarised(k, self.hub, self.key_padding_mask), self.k_order)
+
 
 def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
     """Every round's clusters as gathered copies, the cluster kernel over them, then the round
     combination (CPU flash and chunked kernels). Memory O(H (N + M) (d_qk + d_v)) for the copies."""
-    q_order, k_order, hub, key_padding_mask, scale = plan.q_order, plan.k_order, plan.hub, plan.key_padding_mask, plan.scale
-    q_cluster_size, k_cluster_size, n_summaries = plan.q_cluster_size, plan.k_cluster_size, plan.n_summaries
     q_hashed, k_hashed = q, k
-    if hub is not None or n_summaries:
-        q_hashed, k_hashed = _with_logit_offset(q, k, hub, scale)
-    qs, ks, vs = _gather(q_hashed, q_order), _gather(k_hashed, k_order), _gather(v, k_order)
-    mask = None if key_padding_mask is None else key_padding_mask.gather(1, k_order.flatten(1))
-    summarised_k_size = k_cluster_size
-    if n_summaries:
-        counted = _gather(_summarised(k, hub, key_padding_mask), k_order)
-        ks, vs, mask = _append_summaries(ks, vs, mask, counted, k_cluster_size, n_summaries, scale)
-        summarised_k_size += n_summaries
+    if plan.hub is not None or plan.n_summaries:
+        q_hashed, k_hashed = _with_logit_offset(q, k, plan.hub, plan.scale)
+    qs, ks, vs = _gather(q_hashed, plan.q_order), _gather(k_hashed, plan.k_order), _gather(v, plan.k_order)
+    mask = None if plan.key_padding_mask is None else plan.key_padding_mask.gather(1, plan.k_order.flatten(1))
+    k_size = plan.k_cluster_size
+    if plan.n_summaries:
+        ks, vs, mask = _append_summaries(
+            ks, vs, mask, plan.sorted_summary_weights(k), plan.k_cluster_size, plan.n_summaries, plan.scale
+        )
+        k_size += plan.n_summaries
     return _ClusteredAttention.apply(
-        qs, ks, vs, q_order, mask, q, *plan.hub_round(k, v),
-        (scale, q_cluster_size, summarised_k_size, kernel, plan.dedup),
+        qs, ks, vs, plan.q_order, mask, q, *plan.hub_round(k, v),
+        (plan.scale, plan.q_cluster_size, k_size, kernel, plan.dedup),
     )
 
 
@@ -192,9 +195,8 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
     k_index = k_order.view(B, H, n_clusters, k_cluster_size)
     if n_summaries:
-        counted = _gather(_summarised(k, plan.hub, plan.key_padding_mask), k_order)
         summary_k, summary_v, offset = _summary_keys(
-            _gather(k, k_order), _gather(v, k_order), counted, k_cluster_size, n_summaries
+            _gather(k, k_order), _gather(v, k_order), plan.sorted_summary_weights(k), k_cluster_size, n_summaries
         )
         k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
         bias = torch.cat([bias, offset.flatten(1)], dim=1)
