@@ -12,8 +12,9 @@ Each CPU case runs in a fresh process so that peak RSS belongs to that case alon
 SMYRF's cluster kernel is `--kernel` (default auto: PyTorch's flash op on the CPU, Triton on CUDA).
 Error = |out - exact| / |exact| (exact: dense attention in float32) at batch 1, on Gaussian inputs and on the BigGAN-like
 "smooth feature map" family (biggan_smyrf.attention.synthetic), mean over 2 seeds; computed once per (N, dtype,
-method), on the row of the first batch size. Times: median of 10 calls on CUDA (after a warm-up),
-of 5 / 3 / 1 on the CPU by size.
+method), on the row of the first batch size. Times: median of 10 calls on CUDA (5 past 16k tokens)
+after a warm-up, of 5 / 3 / 1 on the CPU by size. CUDA float32 runs on TF32 as train.py does
+(`--tf32 false`: full float32; the results' header says which).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results  # noqa: E402
+from common import (  # noqa: E402
+    add_tf32_option, apply_tf32, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 from biggan_smyrf.attention import AttentionConfig, dense_attention, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.synthetic import gaussian_qkv, relative_error, smooth_feature_qkv  # noqa: E402
@@ -81,7 +83,10 @@ def run_case(case: dict) -> dict:
         fn(q, k, v).sum().backward()
 
     peak = peak_extra_bytes(forward_backward, device)
-    reps = 10 if device.type == "cuda" else 5 if n <= 4096 else 3 if n <= 16384 else 1
+    if device.type == "cuda":  # 65k tokens in fp32: dense SDPA takes ~0.9 s a call at batch 32
+        reps = 10 if n <= 16384 else 5
+    else:
+        reps = 5 if n <= 4096 else 3 if n <= 16384 else 1
     result = {
         **case,
         "peak_mb": peak / 2**20,
@@ -150,9 +155,11 @@ def main():
                         help=f"rows to run (default all): {', '.join(METHODS)}")
     parser.add_argument("--sizes", nargs="+", type=int, help="token counts N (default 1024 4096 16384 65536)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 4)")
+    add_tf32_option(parser)
     parser.add_argument("--name", help="results file stem (default: attention, plus any non-default dtype and kernel)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_tf32(args)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return

@@ -21,6 +21,18 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_tf32_option(parser) -> None:
+    """--tf32 true|false: fp32 matmuls and convolutions on CUDA as train.py runs them (default on)."""
+    parser.add_argument("--tf32", default="true", choices=["true", "false"],
+                        help="CUDA float32 on TF32 tensor cores, train.py's default (true); false = full float32")
+
+
+def apply_tf32(args) -> None:
+    from biggan_smyrf.cli import set_float32_precision
+
+    set_float32_precision(args.tf32 == "true", "gpu")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -98,6 +110,8 @@ def write_results(name: str, device: torch.device, rows: list[dict], table: str,
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{name}-{device.type}"
     info = {"device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **meta}
+    if device.type == "cuda":
+        info["tf32"] = torch.backends.cuda.matmul.fp32_precision == "tf32"
     stem.with_suffix(".json").write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
     header = f"Device: {info['device']}; torch {info['torch']}; {info['date']}.\n\n"
     stem.with_suffix(".md").write_text(header + table + "\n")

@@ -52,7 +52,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results  # noqa: E402
+from common import (  # noqa: E402
+    add_tf32_option, apply_tf32, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 import biggan_smyrf.attention as attention_module  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig, dense_attention  # noqa: E402
@@ -243,11 +244,13 @@ def main():
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
     parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
+    add_tf32_option(parser)
     parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS,
                         help="step variants: plain, nhwc (channels_last), compile, nhwc+compile")
     parser.add_argument("--name", help="results file stem (default: models / train_step)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_tf32(args)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return

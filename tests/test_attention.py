@@ -482,3 +482,21 @@ def test_dense_uses_the_flash_kernel_for_strided_biggan_inputs():
         dense_attention(q, k, v, scale=1.0)
     names = {event.name for event in prof.events()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names, sorted(n for n in names if "attention" in n)
+
+
+def test_unit_sums_through_the_order_equal_sums_of_the_sorted_copy():
+    """The permuted route's summary means read keys through each round's ranks; the gathered route
+    sums a sorted copy. Same sums (to float32 rounding), forward and backward."""
+    from biggan_smyrf.attention.smyrf import _gather, _unit_sums_through
+
+    g = torch.Generator().manual_seed(0)
+    B, H, M, F, unit = 2, 3, 48, 5, 8
+    order = torch.stack([torch.stack([torch.randperm(M, generator=g) for _ in range(H)]) for _ in range(B)])
+    features = torch.randn(B, M, F, generator=g, dtype=torch.float64, requires_grad=True)
+    through = _unit_sums_through(order, features, unit)
+    sorted_copy = _gather(features, order).view(B, H, M // unit, unit, F).sum(3)
+    torch.testing.assert_close(through, sorted_copy)
+    weights = torch.randn(through.shape, generator=g, dtype=torch.float64)
+    grad_through, = torch.autograd.grad((through * weights).sum(), features)
+    grad_sorted, = torch.autograd.grad((sorted_copy * weights).sum(), features)
+    torch.testing.assert_close(grad_through, grad_sorted)

@@ -34,8 +34,9 @@ O(H * (N + M) log(N + M)) for the sorts. Two routes compute the same thing:
   memory O(H * (N + M) * (d_qk + d_v)); scores never materialised by the flash kernel (O(chunk)
   by the chunked one).
 - permuted ("triton", the CUDA default): Triton kernels read q, k, v through the round orders
-  and add each round's weighted output into one float32 accumulator (`triton_rounds.py`),
-  memory O((N + M) * (d_qk + d_v) + H * N) plus O(H * M * (d_qk + d_v)) for the summaries' means.
+  and add each round's weighted output into one float32 accumulator (`triton_rounds.py`);
+  the summaries' block means are summed through each round's ranks. Memory
+  O((N + M) * (d_qk + d_v) + H * (N + M)).
 
 Gradient through the combination: d out / d lse_r adds w_r g·(o_r - out) to lse_r's gradient,
 and lse_r's gradient adds P_r times that to the scores. Folded into FlashAttention's backward,
@@ -157,9 +158,6 @@ class _Plan:
         mask = None if self.key_padding_mask is None else self.key_padding_mask.gather(1, self.hub)
         return _take(k, self.hub), _take(v, self.hub), mask
 
-    def sorted_summary_weights(self, k: torch.Tensor) -> torch.Tensor:
-        """(B, H, M, 1): which keys count in the summaries' means (not hub, not padding), per round's order."""
-        return _gather(_summarised(k, self.hub, self.key_padding_mask), self.k_order)
 
 
 def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
@@ -172,9 +170,8 @@ def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
     mask = None if plan.key_padding_mask is None else plan.key_padding_mask.gather(1, plan.k_order.flatten(1))
     k_size = plan.k_cluster_size
     if plan.n_summaries:
-        ks, vs, mask = _append_summaries(
-            ks, vs, mask, plan.sorted_summary_weights(k), plan.k_cluster_size, plan.n_summaries, plan.scale
-        )
+        counted = _gather(_summarised(k, plan.hub, plan.key_padding_mask), plan.k_order)
+        ks, vs, mask = _append_summaries(ks, vs, mask, counted, plan.k_cluster_size, plan.n_summaries, plan.scale)
         k_size += plan.n_summaries
     return _ClusteredAttention.apply(
         qs, ks, vs, plan.q_order, mask, q, *plan.hub_round(k, v),
@@ -185,8 +182,8 @@ def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
 def _permuted_rounds(q, k, v, plan: _Plan):
     """The Triton route (`triton_rounds.py`): kernels read q, k, v through the round orders and add
     the weighted rounds into one output, so no per-round copy or output exists. Hub keys and padding
-    become a logit bias; summary keys are appended after the keys, each cluster's at its own index.
-    Only the summaries' block means need the keys in sorted order (O(H M (d_qk + d_v)), M = N/4)."""
+    become a logit bias; summary keys are appended after the keys, each cluster's at its own index,
+    their block means summed through each round's ranks (`_unit_sums_through`)."""
     k_order, k_cluster_size, n_summaries = plan.k_order, plan.k_cluster_size, plan.n_summaries
     B, H, M = k_order.shape
     n_clusters = M // k_cluster_size
@@ -195,8 +192,10 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
     k_index = k_order.view(B, H, n_clusters, k_cluster_size)
     if n_summaries:
+        features = _summary_features(k, v, _summarised(k, plan.hub, plan.key_padding_mask))
+        unit_sums = _unit_sums_through(k_order, features, summary_unit(M, k_cluster_size, n_summaries))
         summary_k, summary_v, offset = _summary_keys(
-            _gather(k, k_order), _gather(v, k_order), plan.sorted_summary_weights(k), k_cluster_size, n_summaries
+            unit_sums, M, k.shape[-1], k_cluster_size, n_summaries, (k.dtype, v.dtype)
         )
         k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
         bias = torch.cat([bias, offset.flatten(1)], dim=1)
@@ -253,25 +252,48 @@ def _summarised(k: torch.Tensor, hub: Optional[torch.Tensor], key_padding_mask: 
     return weight
 
 
-def _summary_keys(ks, vs, counted, k_cluster_size: int, n_summaries: int):
+def summary_unit(n_keys: int, k_cluster_size: int, n_summaries: int) -> int:
+    """The longest run of sorted keys that always lies in one summary block and one cluster."""
+    return math.gcd(n_keys // n_summaries, k_cluster_size)
+
+
+def _summary_features(k: torch.Tensor, v: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """[k w, v w, w] per key (w: `counted`, 0 for hub and padded keys), in float32 at least: a
+    block's sum minus its overlap with a cluster cancels, and half precision would make that noise."""
+    acc = counted.dtype
+    return torch.cat([k.to(acc) * counted, v.to(acc) * counted, counted], dim=-1)
+
+
+def _unit_sums_through(order: torch.Tensor, features: torch.Tensor, unit: int) -> torch.Tensor:
+    """(B, H, M / unit, F): per round, the sums of `features` (B, M, F, token order) over runs of
+    `unit` consecutive keys in the round's `order` (B, H, M) -- through each key's rank in the
+    round, so no sorted copy of the keys exists: O(B M F) memory instead of O(B H M F)."""
+    B, H, M = order.shape
+    n_units = M // unit
+    flat = features.reshape(B * M, -1)
+    positions = torch.arange(M, device=order.device).expand(B, M)
+    first_unit = torch.arange(B, device=order.device)[:, None] * n_units
+    sums = []
+    for r in range(H):
+        rank = torch.empty_like(order[:, r]).scatter_(1, order[:, r], positions)
+        unit_of_key = (rank // unit + first_unit).flatten()
+        sums.append(flat.new_zeros(B * n_units, flat.shape[1]).index_add(0, unit_of_key, flat).view(B, n_units, -1))
+    return torch.stack(sums, dim=1)
+
+
+def _summary_keys(unit_sums, n_keys: int, d_qk: int, k_cluster_size: int, n_summaries: int, dtypes):
     """Every cluster's n_summaries summary keys in every round: the means of equal blocks of the
     round's sorted keys, each without the keys of the cluster itself (those it attends exactly).
 
-    ks: (B, H, M, d_qk) and vs: (B, H, M, d_v) sorted per round, counted: (B, H, M, 1) weights.
-    Returns keys (B, H, n_clusters, S, d_qk), values (B, H, n_clusters, S, d_v) and their logit
-    offsets (B, H, n_clusters, S, 1) float32: log(count), or HUB_MASK_LOGIT for an empty block.
-    Sums run in float32 at least: a block minus its overlap with the cluster cancels, and half
-    precision would turn that into noise.
+    unit_sums: (B, H, n_units, d_qk + d_v + 1) `_summary_features` summed over each round's runs
+    of `summary_unit(...)` sorted keys. Returns keys (B, H, n_clusters, S, d_qk) and values
+    (B, H, n_clusters, S, d_v) in `dtypes` and their logit offsets (B, H, n_clusters, S, 1)
+    float32: log(count), or HUB_MASK_LOGIT for an empty block.
     """
-    B, H, M, d = ks.shape
-    n_clusters, block = M // k_cluster_size, M // n_summaries
-    unit = math.gcd(block, k_cluster_size)  # the largest run that lies in one block and one cluster
-    n_units = M // unit
-    acc = counted.dtype
-    features = torch.cat([ks.to(acc) * counted, vs.to(acc) * counted, counted], dim=-1)
-    unit_sums = features.view(B, H, n_units, unit, -1).sum(3)
+    B, H, n_units, _ = unit_sums.shape
+    unit, n_clusters, block = n_keys // n_units, n_keys // k_cluster_size, n_keys // n_summaries
     block_sums = unit_sums.view(B, H, n_summaries, n_units // n_summaries, -1).sum(3)
-    units = torch.arange(n_units, device=ks.device)
+    units = torch.arange(n_units, device=unit_sums.device)
     cell = (units * unit // k_cluster_size) * n_summaries + units * unit // block  # (cluster, block) of each unit
     own = unit_sums.new_zeros(B, H, n_clusters * n_summaries, unit_sums.shape[-1]).index_add(2, cell, unit_sums)
     sums = block_sums[:, :, None] - own.view(B, H, n_clusters, n_summaries, -1)
@@ -279,7 +301,7 @@ def _summary_keys(ks, vs, counted, k_cluster_size: int, n_summaries: int):
     count = sums[..., -1:].round()
     mean = sums[..., :-1] / count.clamp_min(1)
     offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT))
-    return mean[..., :d].to(ks.dtype), mean[..., d:].to(vs.dtype), offset
+    return mean[..., :d_qk].to(dtypes[0]), mean[..., d_qk:].to(dtypes[1]), offset
 
 
 def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
@@ -287,8 +309,9 @@ def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: i
     the logit-offset feature last, vs (B, H, M, d_v), mask (B, H*M) or None -> keys, values and
     mask laid out as clusters of k_cluster_size + n_summaries."""
     B, H, M, d = ks.shape
-    n_clusters = M // k_cluster_size
-    summary_k, summary_v, offset = _summary_keys(ks[..., :-1], vs, counted, k_cluster_size, n_summaries)
+    n_clusters, unit = M // k_cluster_size, summary_unit(M, k_cluster_size, n_summaries)
+    unit_sums = _summary_features(ks[..., :-1], vs, counted).view(B, H, M // unit, unit, -1).sum(3)
+    summary_k, summary_v, offset = _summary_keys(unit_sums, M, d - 1, k_cluster_size, n_summaries, (ks.dtype, vs.dtype))
     summary_k = torch.cat([summary_k, (offset / scale).to(ks.dtype)], dim=-1)
     ks = torch.cat([ks.view(B, H, n_clusters, k_cluster_size, d), summary_k], dim=3)
     vs = torch.cat([vs.view(B, H, n_clusters, k_cluster_size, -1), summary_v], dim=3)
