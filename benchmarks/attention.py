@@ -98,6 +98,16 @@ def run_case(case: dict) -> dict:
     return result
 
 
+def run_cuda_case(case: dict) -> dict:
+    """run_case in this process; a failure becomes the row's error, so the other rows still count."""
+    try:
+        return run_case(case)
+    except Exception as error:  # noqa: BLE001
+        return {**case, "error": f"{type(error).__name__}: {error}"[:200]}
+    finally:
+        torch.cuda.empty_cache()
+
+
 def errors(fn, n: int, device: torch.device, dtype: torch.dtype) -> dict:
     out = {}
     side = int(round(n**0.5))
@@ -168,7 +178,7 @@ def main():
     rows = []
     for case in cases(device, args.quick, args.methods, args.dtype, args.kernel, args.sizes, args.batches):
         if "skipped" not in case:
-            case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_case(case)
+            case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_cuda_case(case)
         rows.append(case)
         print(json.dumps(case), flush=True)
     add_ratios(rows)
@@ -176,7 +186,7 @@ def main():
         ("n", "N"), ("batch", "batch"), ("dtype", "dtype"), ("method", "method"), ("fwd_ms", "fwd ms"),
         ("fwd_bwd_ms", "fwd+bwd ms"), ("time_vs_sdpa", "time vs dense SDPA"), ("mem_vs_sdpa", "mem vs dense SDPA"),
         ("peak_mb", "peak MB (fwd+bwd)"), ("err_gaussian", "err gaussian"), ("err_smooth", "err structured"),
-        ("skipped", "note"),
+        ("skipped", "note"), ("error", "error"),
     ]
     table = markdown_table(rows, columns)
     print(table)
@@ -187,6 +197,7 @@ def main():
     meta = {"d_qk": D_QK, "d_v": D_V, "quick": args.quick, "dtype": args.dtype, "kernel": args.kernel}
     stem = write_results(name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")
+    sys.exit(1 if any("error" in r for r in rows) else 0)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ def run_cuda_case(case: dict) -> dict:
         return run_case(case)
     except torch.OutOfMemoryError:
         return {**case, "error": "CUDA out of memory"}
+    except Exception as error:  # noqa: BLE001 -- one broken row must not lose the others' numbers
+        return {**case, "error": f"{type(error).__name__}: {error}"[:200]}
     finally:
         use_naive_dense(False)
         torch.cuda.empty_cache()
@@ -270,6 +272,8 @@ def main():
     meta = {"table": args.table, "ch": rows[0]["ch"], "quick": args.quick, "reps": rows[0]["reps"],
             "threads": args.threads, "timeout_s": TIMEOUT_S}
     save(args.table, device, rows, meta, args.name)
+    failed = [r for r in rows if "error" in r and r["error"] != "CUDA out of memory"]
+    sys.exit(1 if failed else 0)
 
 
 def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None) -> None:

@@ -126,3 +126,37 @@ def test_sample_py_on_cuda(cuda_run, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / attention / "grid.png").exists()
+
+
+def test_a_training_iteration_never_waits_for_the_gpu():
+    """torch.cuda.set_sync_debug_mode("error") raises on any operation that makes the host wait for
+    the GPU (a .item(), a blocking copy, a data-dependent shape): one D step and one G step with
+    SMYRF through the Triton route, bf16 autocast and fused Adam must contain none."""
+    from biggan_smyrf.models import Discriminator, DiscriminatorConfig
+    from biggan_smyrf.training.losses import d_hinge_loss, g_hinge_loss
+
+    G = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[32], attention=SMYRF.with_(q_cluster_size=256)))
+    D = Discriminator(DiscriminatorConfig(resolution=32, ch=8, attention_resolutions=[]))
+    G, D = G.to(CUDA), D.to(CUDA)
+    opt_g, opt_d = (torch.optim.Adam(net.parameters(), betas=(0.0, 0.999), fused=True) for net in (G, D))
+    real = torch.rand(4, 3, 32, 32, device=CUDA) * 2 - 1
+
+    def iteration():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad():
+                fake = G(torch.randn(4, 120, device=CUDA))
+            d_hinge_loss(*D(torch.cat([real, fake.float()])).float().split(4)).backward()
+        opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            g_hinge_loss(D(G(torch.randn(4, 120, device=CUDA))).float()).backward()
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+
+    iteration()  # allocations, Triton compilation, cuDNN's choices
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        iteration()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
