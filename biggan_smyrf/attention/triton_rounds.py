@@ -261,28 +261,26 @@ class Rounds:
         """Pass 1: every round's logsumexp, (B, H, N) float32 in token order (-inf where a query's
         cluster held only masked keys)."""
         lse = torch.empty(self.B, self.H, self.N, dtype=torch.float32, device=self.q.device)
-        block_m, block_n, warps = self._blocks("lse")
-        for r in range(self.H):
-            pointers, strides = self._inputs(r)
-            out = lse[:, r]
-            _forward_kernel[self._grid(self.Cq, block_m)](
-                *pointers, out, out, out, *strides, out.stride(0), 0, 0,
-                self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                LSE_ONLY=True, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
-            )
+        self._forward_pass("lse", lse, None)
         return lse
 
     def accumulate(self, norm: torch.Tensor, out: torch.Tensor) -> None:
         """Pass 2: out (B, N, d_v) float32 += sum_r exp(S_r - norm_r) V_r, norm (B, H, N) float32."""
         _check_accumulator(out, (self.B, self.N, self.d_v))
-        block_m, block_n, warps = self._blocks("accumulate")
+        self._forward_pass("accumulate", norm, out)
+
+    def _forward_pass(self, name: str, per_round: torch.Tensor, out: Optional[torch.Tensor]) -> None:
+        """One `_forward_kernel` launch per round: per_round (B, H, N) is the lse it writes (out is
+        None) or the norm it reads while adding into out."""
+        block_m, block_n, warps = self._blocks(name)
         for r in range(self.H):
             pointers, strides = self._inputs(r)
-            norm_r = norm[:, r]
+            row = per_round[:, r]
+            accumulator, accumulator_strides = (row, (0, 0)) if out is None else (out, (out.stride(0), out.stride(1)))
             _forward_kernel[self._grid(self.Cq, block_m)](
-                *pointers, norm_r, norm_r, out, *strides, norm_r.stride(0), out.stride(0), out.stride(1),
+                *pointers, row, row, accumulator, *strides, row.stride(0), *accumulator_strides,
                 self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                LSE_ONLY=False, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
+                LSE_ONLY=out is None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
