@@ -3,6 +3,7 @@
 LightningCLI stores a run's hyperparameters as its parsed config (plain dicts), and
 `load_from_checkpoint` hands those dicts back to the constructors; `coerce` turns them into the
 dataclasses again, recursing through nested configs, Optional[...] and dict[..., Config].
+`plain` is the way back, for modules built in Python rather than by the CLI.
 """
 from __future__ import annotations
 
@@ -31,4 +32,16 @@ def coerce(tp: Any, value: Any) -> Any:
         if unknown:
             raise TypeError(f"{tp.__name__}: unknown options {sorted(unknown)}; valid: {sorted(known)}")
         return tp(**{k: coerce(hints[k], v) for k, v in value.items()})
+    return value
+
+
+def plain(value: Any) -> Any:
+    """`value` with every config dataclass turned into a plain dict (recursively): what YAML files
+    and train.py's checkpoints hold, and what `torch.load(weights_only=True)` accepts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
     return value

@@ -47,3 +47,24 @@ def test_channels_last_trains_the_same_model_in_nhwc(tmp_path):
 def test_fused_adam_only_where_the_parameters_are_on_cuda(tmp_path):
     module = trained(tmp_path, SpeedConfig(fused_adam=True))
     assert all(not opt.defaults["fused"] for opt in module.trainer.optimizers)  # CPU: the default Adam
+
+
+def test_a_run_switches_layout_when_resumed(tmp_path):
+    """Checkpoints do not depend on the layout: an NHWC run resumes in NCHW and the other way round,
+    weights and Adam's moments included, and trains on."""
+    from biggan_smyrf.training import LoopConfig
+
+    loop = dict(log_every=1, sample_every=100, ckpt_every=100, val_every=100, n_samples=4)
+    for first, then in ((True, False), (False, True)):
+        torch.manual_seed(0)
+        module = tiny_module(speed=SpeedConfig(channels_last=first), loop=LoopConfig(max_g_iters=2, **loop))
+        trainer = fit(module, tmp_path)
+        ckpt = tmp_path / f"layout_{first}.ckpt"
+        trainer.save_checkpoint(ckpt)
+        resumed = tiny_module(speed=SpeedConfig(channels_last=then), loop=LoopConfig(max_g_iters=4, **loop))
+        fit(resumed, tmp_path, ckpt_path=str(ckpt))
+        assert resumed.g_iters == 4
+        conv = next(m for m in resumed.G.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.parametrizations.weight.original.is_contiguous(
+            memory_format=torch.channels_last if then else torch.contiguous_format)
+        assert all(torch.isfinite(p).all() for p in resumed.G.parameters())

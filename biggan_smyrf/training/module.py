@@ -28,7 +28,7 @@ from biggan_smyrf.models import (
     planned_attention,
     using_attention,
 )
-from biggan_smyrf.typed import coerce
+from biggan_smyrf.typed import coerce, plain
 
 from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .ema import make_ema, update_ema
@@ -83,6 +83,9 @@ class BigGAN(pl.LightningModule):
                 f"{discriminator.resolution}: set both to the training image size"
             )
         self.save_hyperparameters()
+        # Built in Python (not by LightningCLI, which stores its parsed config) the configs arrive as
+        # dataclasses; stored as plain dicts, the checkpoints load with weights_only=True and resume.
+        self.hparams.update(plain(dict(self.hparams)))
         self.automatic_optimization = False
         self.optim_cfg, self.ema_cfg, self.loop_cfg, self.speed_cfg = optim, ema, loop, speed
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
