@@ -127,7 +127,7 @@ RECIPES = {
     # 96 queries and 24 + 5 keys per cluster: tails in every block loop.
     "tails": (480, 120, dict(n_hashes=2, q_cluster_size=96, n_summaries=5)),
 }
-ROUTE_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 1.5e-2}
+ROUTE_TOLERANCE = {torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 
 def smyrf_with_grads(kernel, q, k, v, mask, dtype, settings):
