@@ -485,8 +485,8 @@ def test_dense_uses_the_flash_kernel_for_strided_biggan_inputs():
 
 
 def test_unit_sums_through_the_order_equal_sums_of_the_sorted_copy():
-    """The permuted route's summary means read keys through each round's ranks; the gathered route
-    sums a sorted copy. Same sums (to float32 rounding), forward and backward."""
+    """The permuted route sums the summaries' features one round at a time; the gathered route
+    sums all rounds' sorted copies at once. The same sums, forward and backward."""
     from biggan_smyrf.attention.smyrf import _gather, _unit_sums_through
 
     g = torch.Generator().manual_seed(0)
