@@ -16,9 +16,9 @@ Inputs, for B batch elements, H rounds, n_clusters clusters per round:
 
 Two passes, because a round's weight needs every round's logsumexp and no program sees a query's
 other rounds (they lie in other clusters):
-  1. `rounds_lse`: per round, an online logsumexp over the cluster's keys (q.k only, no values):
+  1. `Rounds.lse`: per round, an online logsumexp over the cluster's keys (q.k only, no values):
      lse (B, H, N) float32, token order.
-  2. `accumulate_rounds`: with norm_r = lse_r - log w_r (w = the round weights, computed by the
+  2. `Rounds.accumulate`: with norm_r = lse_r - log w_r (w = the round weights, computed by the
      caller from all rounds' lse), every round adds exp(s - norm_r) @ v = w_r * o_r to `out`.
 The backward needs only the combined output's gradient g and D = rowsum(g * out) in token order:
 with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),  dQ_r = scale dS_r K,
