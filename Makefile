@@ -54,12 +54,13 @@ gpu-site:
 	@if [ -d .whl ] && ! $(GPU_PYTHON) -c "import torch_fidelity, jsonargparse" 2>/dev/null; then \
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
 
+# GPU_ARGS passes options on, e.g. GPU_ARGS="--only attention" to rerun one step.
 gpu-check: gpu-site
-	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_ARGS)
 
-# Profile, 10k-sample validation and torch.compile rows (after gpu-check, same machine).
+# Profile, 10k-sample validation, kernel block sizes and torch.compile rows (after gpu-check).
 gpu-bench: gpu-site
-	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench
+	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench $(GPU_ARGS)
 
 # torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
 $(XLA_STAMP): requirements-xla.txt
