@@ -3,11 +3,11 @@
     python benchmarks/tune_rounds.py                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
     python benchmarks/tune_rounds.py --dtypes bfloat16 --n 65536 --batch 8
 
-For each pass ("lse", "accumulate", "backward") every candidate (BLOCK_M, BLOCK_N, num_warps) is
-timed with the other passes at their current setting: the whole smyrf_attention call with the
-library default (4 x 2048 at 16,384 tokens), forward under no_grad for the two forward passes,
-forward + backward for the backward pass; median of 10 after a warm-up (which compiles). The
-fastest candidate of each pass is printed as the BLOCKS line to put in triton_rounds.py.
+For each pass ("forward", "backward") every candidate (BLOCK_M, BLOCK_N, num_warps) is timed with
+the other pass at its current setting: the whole smyrf_attention call with the library default
+(4 x 2048 at 16,384 tokens), under no_grad for the forward, forward + backward for the backward;
+median of 10 after a warm-up (which compiles). The fastest candidate of each pass is printed, to
+put in triton_rounds.BLOCKS.
 Writes benchmarks/results/tune_rounds-cuda.{json,md}.
 """
 from __future__ import annotations
@@ -25,8 +25,7 @@ from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E40
 from biggan_smyrf.attention import triton_rounds  # noqa: E402
 
 CANDIDATES = {
-    "lse": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
-    "accumulate": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
+    "forward": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
     "backward": [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (128, 64, 8)],
 }
 

@@ -82,8 +82,7 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precisio
 
     sizes = dict(HAS_BIAS=has_bias, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
     jobs = [
-        (kernels._forward_kernel, {**sizes, "LSE_ONLY": True, "BLOCK_M": 128}),
-        (kernels._forward_kernel, {**sizes, "LSE_ONLY": False, "BLOCK_M": 128}),
+        (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
         (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
     ]
@@ -101,7 +100,7 @@ def _compile_for_hopper(jobs, dtype: str) -> None:
 
 
 # Float32 buffers of both kernel families: logsumexps, row dots, norms, the bias and accumulators.
-FLOAT32_ARGUMENTS = {"LSE", "DELTA", "NORM", "BIAS", "OUT_ACC", "DQ_ACC", "DK_ACC", "DV_ACC"}
+FLOAT32_ARGUMENTS = {"LSE", "DELTA", "NORM", "BIAS", "OUT_ACC", "DQ_ACC", "DK_ACC", "DV_ACC", "RUN_MAX", "RUN_SUM"}
 INDEX_ARGUMENTS = {"QIDX", "KIDX"}
 SIZE_ARGUMENTS = {"Lq", "Lk", "Cq", "n_clusters", "D_QK", "D_V"}
 

@@ -34,7 +34,7 @@ O(H * (N + M) log(N + M)) for the sorts. Two routes compute the same thing:
   memory O(H * (N + M) * (d_qk + d_v)); scores never materialised by the flash kernel (O(chunk)
   by the chunked one).
 - permuted ("triton", the CUDA default): Triton kernels read q, k, v through the round orders
-  and add each round's weighted output into one float32 accumulator (`triton_rounds.py`);
+  and merge each round's output into one float32 accumulator as they go (`triton_rounds.py`);
   the summaries' block means are summed one round at a time. Memory
   O((N + M) * (d_qk + d_v) + H * (N + M)).
 
@@ -428,9 +428,9 @@ def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup:
     """norm_r = lse_r - log w_r, (B, H, N), and the hub round's weight w_hub (B, N) or None.
 
     exp(s - norm_r) = w_r exp(s - lse_r): a round's probabilities already carrying its weight,
-    which is what lets the permuted kernels add rounds into one output. The weights are the
-    gathered route's (softmax over the rounds' logsumexps, dedup-corrected against the hub round).
-    A round whose cluster held only masked keys (lse = -inf) gets norm = +inf: it adds nothing.
+    which is all the permuted backward needs of the combination. The weights are the gathered
+    route's (softmax over the rounds' logsumexps, dedup-corrected against the hub round). A round
+    whose cluster held only masked keys (lse = -inf) gets norm = +inf: it adds nothing.
     """
     H = lse.shape[1]
     logits = lse
@@ -444,9 +444,10 @@ def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup:
 
 
 class _PermutedRounds(torch.autograd.Function):
-    """The hashed rounds through `triton_rounds.Rounds`, the hub round through the cluster kernel,
-    combined in one float32 accumulator. Backward: the hashed rounds' kernels take the combined
-    output's gradient in token order; the hub round's is the gathered route's."""
+    """The hashed rounds through `triton_rounds.Rounds` (merged into one float32 output as they
+    go), the hub round through the cluster kernel, then their weighted sum. Backward: the hashed
+    rounds' kernels take the combined output's gradient in token order; the hub round's is the
+    gathered route's."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, q_order, k_index, hub_k, hub_v, hub_mask, config):
@@ -454,16 +455,14 @@ class _PermutedRounds(torch.autograd.Function):
 
         scale, q_cluster_size, dedup = config
         rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
-        lse = rounds.lse()
+        out, lse = rounds.forward()  # the hashed rounds, weighted softmax_r(lse_r) among themselves
         o_hub = lse_hub = None
         if hub_k is not None:
             o_hub, lse_hub = _hub_round_forward(q, hub_k, hub_v, scale, "triton", hub_mask)
         norm, w_hub = round_normalisers(lse, lse_hub, dedup)
-        if o_hub is None:
-            out = torch.zeros(*q.shape[:2], v.shape[-1], dtype=torch.float32, device=q.device)
-        else:
-            out = (w_hub[..., None] * o_hub.to(torch.float32)).contiguous()
-        rounds.accumulate(norm, out)
+        if o_hub is not None:
+            # Dedup shifts every hashed round alike, so it changes only the hub round's share.
+            out = torch.lerp(out, o_hub.to(torch.float32), w_hub[..., None])
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub)
         ctx.config = config

@@ -2,7 +2,7 @@
 
 The "triton" route of `smyrf.py` on CUDA. Unlike the cluster kernels of `triton_kernels.py`, which
 take gathered per-round copies (G, L, d) and return per-round outputs, these read q, k, v in token
-order through each round's index lists and add every round's weighted output straight into one
+order through each round's index lists and merge every round's output straight into one
 token-order accumulator. Nothing of size (rounds x tokens x d) exists: no sorted copies of q, k or v,
 no per-round outputs, no un-sorting.
 
@@ -14,25 +14,26 @@ Inputs, for B batch elements, H rounds, n_clusters clusters per round:
   q_order (B, H, N)   round r's cluster c is q_order[:, r, c*Cq:(c+1)*Cq] (token indices)
   k_index (B, H, n_clusters * Lk)   its keys, k_index[:, r, c*Lk:(c+1)*Lk] (indices into M')
 
-Two passes, because a round's weight needs every round's logsumexp and no program sees a query's
-other rounds (they lie in other clusters):
-  1. `Rounds.lse`: per round, an online logsumexp over the cluster's keys (q.k only, no values):
-     lse (B, H, N) float32, token order.
-  2. `Rounds.accumulate`: with norm_r = lse_r - log w_r (w = the round weights, computed by the
-     caller from all rounds' lse), every round adds exp(s - norm_r) @ v = w_r * o_r to `out`.
+Forward, one launch per round: each program computes its queries' round output o_r and
+logsumexp lse_r (online softmax over the cluster's keys) and merges o_r into the queries' running
+combination of the rounds so far in token order -- a running max and sum of the lse and an
+accumulator rescaled like FlashAttention's across key blocks, here across rounds. The result is
+the rounds weighted softmax_r(lse_r); lse (B, H, N) is kept for the backward and for the hub
+round's share, which the caller adds (smyrf.py).
+
 The backward needs only the combined output's gradient g and D = rowsum(g * out) in token order:
 with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),  dQ_r = scale dS_r K,
 dK_r = scale dS_rᵀ Q -- the FlashAttention-2 backward with dO_r = w_r g and the combined output in
 D (which carries the gradient through the round weights, see smyrf.py).
 
-Each round is its own launch and adds into float32 token-order accumulators (out, dq, dk, dv) by
+Each round is its own launch and updates float32 token-order accumulators (out, dq, dk, dv) by
 read-modify-write: within a round every query and every key is in exactly one cluster, so each row
-has one writer, and rounds add in a fixed order -- deterministic, no atomics.
+has one writer, and rounds follow in a fixed order -- deterministic, no atomics.
 
-Cost per round: pass 1 does one dot per (query block, key block), pass 2 two, the backward five
-(S recomputed in the dK/dV and the dQ kernel), all at d_qk padded to 16 and d_v to 64 in registers.
-Time O(H N (Lk) (d_qk + d_v)); memory O(B (N + M') (d_qk + d_v)) in float32 accumulators, O(B H N)
-for lse and norm.
+Cost per round: the forward does two dots per (query block, key block) and one exp per score, the
+backward five dots (S recomputed in the dK/dV and the dQ kernel), all at d_qk padded to 16 and d_v
+to 64 in registers. Time O(H N Lk (d_qk + d_v)); memory O(B (N + M') (d_qk + d_v)) in float32
+accumulators, O(B H N) for lse and norm.
 """
 from __future__ import annotations
 
@@ -102,46 +103,55 @@ def _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2,
 
 @triton.jit
 def _forward_kernel(
-    Q, K, V, BIAS, QIDX, KIDX, LSE, NORM, OUT_ACC,
+    Q, K, V, BIAS, QIDX, KIDX, LSE, OUT_ACC, RUN_MAX, RUN_SUM,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
-    stride_qib, stride_kib, stride_lb, stride_ob, stride_on,
+    stride_qib, stride_kib, stride_lb, stride_ob, stride_on, stride_rb,
     n_clusters, Cq, Lk, D_QK, D_V, scale_log2,
-    LSE_ONLY: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One round, one block of a cluster's queries. LSE_ONLY: write lse (pass 1). Otherwise add
-    exp(s - norm) @ v to OUT_ACC (pass 2); LSE is then unused and NORM holds norm_r (token order)."""
+    """One round, one block of a cluster's queries: this round's output o_r and logsumexp lse_r
+    (online softmax over the cluster's keys), then o_r merged into the queries' running combination
+    of the rounds so far -- RUN_MAX (max lse so far), RUN_SUM (sum of exp(lse - max)) and OUT_ACC
+    (sum of exp(lse - max) o) -- FlashAttention's rescaling, across rounds instead of key blocks.
+    LSE (token order) keeps lse_r for the backward."""
     b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    if LSE_ONLY:
-        norm_log2 = tl.zeros([BLOCK_M], tl.float32)
-    else:
-        # A round that saw only masked keys has norm = +inf: its exp2(s - norm) is 0.
-        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+        v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
-        if LSE_ONLY:
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while all keys are masked
-            l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), axis=1)
-            m_i = m_new
-        else:
-            # norm_r >= lse_r >= every logit of the round, so these weights are at most w_r <= 1.
-            v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
-            p = tl.math.exp2(s - norm_log2[:, None])
-            acc += _dot(p.to(v.dtype), v, UPCAST, PRECISION)
-    if LSE_ONLY:
-        empty = l_i == 0.0
-        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
-        tl.store(LSE + b * stride_lb + tok, lse, mask=rows)
-    else:
-        _add_rows(OUT_ACC + b * stride_ob, tok, rows, stride_on, D_V, acc, BLOCK_DV)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while all keys are masked
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
+        m_i = m_new
+    # This round: o_r = acc / l, lse_r (base 2 here, base e in LSE); a cluster of masked keys only
+    # gives o_r = 0 and lse_r = -inf, which the merge below gives weight 0.
+    empty = l_i == 0.0
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(LSE + b * stride_lb + tok, lse / LOG2E, mask=rows)
+    # Merge: rescale the rounds so far to the new max (base 2 in registers, base e in RUN_MAX).
+    run_max = tl.load(RUN_MAX + b * stride_rb + tok, mask=rows, other=float("-inf")) * LOG2E
+    run_sum = tl.load(RUN_SUM + b * stride_rb + tok, mask=rows, other=0.0)
+    new_max = tl.maximum(run_max, lse)
+    new_safe = tl.where(new_max == float("-inf"), 0.0, new_max)
+    keep, add = tl.math.exp2(run_max - new_safe), tl.math.exp2(lse - new_safe)
+    tl.store(RUN_MAX + b * stride_rb + tok, new_max / LOG2E, mask=rows)
+    tl.store(RUN_SUM + b * stride_rb + tok, run_sum * keep + add, mask=rows)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    inside = rows[:, None] & (offs_dv[None, :] < D_V)
+    ptrs = OUT_ACC + b * stride_ob + tok[:, None] * stride_on + offs_dv[None, :]
+    previous = tl.load(ptrs, mask=inside, other=0.0)
+    tl.store(ptrs, previous * keep[:, None] + o * add[:, None], mask=inside)
 
 
 @triton.jit
@@ -210,7 +220,7 @@ def _backward_q_kernel(
 # (BLOCK_M queries, BLOCK_N keys, num_warps) per pass, capped by the cluster sizes (min 16).
 # FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
 # benchmarks/tune_rounds.py times the alternatives.
-BLOCKS = {"lse": (128, 64, 4), "accumulate": (128, 64, 4), "backward": (64, 64, 4)}
+BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4)}
 
 
 
@@ -257,31 +267,25 @@ class Rounds:
     def _grid(self, length: int, block: int):
         return (self.B * self.n_clusters * triton.cdiv(length, block),)
 
-    def lse(self) -> torch.Tensor:
-        """Pass 1: every round's logsumexp, (B, H, N) float32 in token order (-inf where a query's
-        cluster held only masked keys)."""
-        lse = torch.empty(self.B, self.H, self.N, dtype=torch.float32, device=self.q.device)
-        self._forward_pass("lse", lse, None)
-        return lse
-
-    def accumulate(self, norm: torch.Tensor, out: torch.Tensor) -> None:
-        """Pass 2: out (B, N, d_v) float32 += sum_r exp(S_r - norm_r) V_r, norm (B, H, N) float32."""
-        _check_accumulator(out, (self.B, self.N, self.d_v))
-        self._forward_pass("accumulate", norm, out)
-
-    def _forward_pass(self, name: str, per_round: torch.Tensor, out: Optional[torch.Tensor]) -> None:
-        """One `_forward_kernel` launch per round: per_round (B, H, N) is the lse it writes (out is
-        None) or the norm it reads while adding into out."""
-        block_m, block_n, warps = self._blocks(name)
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (o, lse): o (B, N, d_v) float32, the rounds combined with weights softmax_r(lse_r), and
+        every round's logsumexp lse (B, H, N) float32 in token order (-inf where a query's cluster
+        held only masked keys; o is 0 where every round's was)."""
+        B, N, device = self.B, self.N, self.q.device
+        lse = torch.empty(B, self.H, N, dtype=torch.float32, device=device)
+        out = torch.zeros(B, N, self.d_v, dtype=torch.float32, device=device)
+        run_max = torch.full((B, N), float("-inf"), dtype=torch.float32, device=device)
+        run_sum = torch.zeros(B, N, dtype=torch.float32, device=device)
+        block_m, block_n, warps = self._blocks("forward")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
-            row = per_round[:, r]
-            accumulator, accumulator_strides = (row, (0, 0)) if out is None else (out, (out.stride(0), out.stride(1)))
+            lse_r = lse[:, r]
             _forward_kernel[self._grid(self.Cq, block_m)](
-                *pointers, row, row, accumulator, *strides, row.stride(0), *accumulator_strides,
-                self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                LSE_ONLY=out is None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
+                *pointers, lse_r, out, run_max, run_sum, *strides, lse_r.stride(0), out.stride(0), out.stride(1),
+                run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
+        return out / torch.where(run_sum > 0, run_sum, 1.0)[..., None], lse
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
         """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
@@ -306,9 +310,4 @@ class Rounds:
                 *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **sizes,
             )
         return dq, dk, dv
-
-
-def _check_accumulator(out: torch.Tensor, shape: tuple) -> None:
-    if out.dtype != torch.float32 or tuple(out.shape) != shape or not out.is_contiguous():
-        raise ValueError(f"the output accumulator must be a contiguous float32 tensor of shape {shape}")
 
