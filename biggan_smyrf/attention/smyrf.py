@@ -462,7 +462,7 @@ class _PermutedRounds(torch.autograd.Function):
         norm, w_hub = round_normalisers(lse, lse_hub, dedup)
         if o_hub is not None:
             # Dedup shifts every hashed round alike, so it changes only the hub round's share.
-            out = torch.lerp(out, o_hub.to(torch.float32), w_hub[..., None])
+            out.lerp_(o_hub.to(torch.float32), w_hub[..., None])
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub)
         ctx.config = config
@@ -470,12 +470,13 @@ class _PermutedRounds(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        from .triton_kernels import row_dot
         from .triton_rounds import Rounds
 
         q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub = ctx.saved_tensors
         scale, q_cluster_size, _ = ctx.config
         rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
-        delta = (grad_out.to(torch.float32) * out.to(torch.float32)).sum(-1)
+        delta = row_dot(grad_out, out)
         dq, dk, dv = rounds.backward(grad_out, norm, delta)
         d_hub_k = d_hub_v = None
         if hub_k is not None:

@@ -303,6 +303,18 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     return out, lse
 
 
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(G, L) float32 sum over the last dim of a * b, for (G, L, d) inputs of any float dtype and
+    strides, without float32 copies of them (FlashAttention's D = rowsum(dO * O))."""
+    G, L, d = a.shape
+    delta = torch.empty(G, L, dtype=torch.float32, device=a.device)
+    block_rows = _block(L, 128)
+    _row_dot_kernel[(G * triton.cdiv(L, block_rows),)](
+        a, b, delta, *_strides(a), *_strides(b), L, d, BLOCK_M=block_rows, BLOCK_DV=_head_block(d),
+    )
+    return delta
+
+
 def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Tensor] = None):
     """-> dq, dk, dv (contiguous, the inputs' dtype). `out` is the tensor whose row-dot with grad
     enters dS (see the module docstring of kernels.py)."""
@@ -311,11 +323,7 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     lse = lse.to(torch.float32).contiguous()
     grad = grad.to(q.dtype)
     block_dqk, block_dv = _head_block(d_qk), _head_block(d_v)
-    delta = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
-    block_rows = _block(Lq, 128)
-    _row_dot_kernel[(G * triton.cdiv(Lq, block_rows),)](
-        grad, out, delta, *_strides(grad), *_strides(out), Lq, d_v, BLOCK_M=block_rows, BLOCK_DV=block_dv,
-    )
+    delta = row_dot(grad, out)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
     dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
     dk = torch.empty(G, Lk, d_qk, dtype=k.dtype, device=k.device)

@@ -285,7 +285,7 @@ class Rounds:
                 run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
                 BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
-        return out / torch.where(run_sum > 0, run_sum, 1.0)[..., None], lse
+        return out.div_(torch.where(run_sum > 0, run_sum, 1.0)[..., None]), lse
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
         """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
