@@ -159,7 +159,6 @@ class _Plan:
         return _take(k, self.hub), _take(v, self.hub), mask
 
 
-
 def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
     """Every round's clusters as gathered copies, the cluster kernel over them, then the round
     combination (CPU flash and chunked kernels). Memory O(H (N + M) (d_qk + d_v)) for the copies."""
@@ -180,8 +179,8 @@ def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
 
 
 def _permuted_rounds(q, k, v, plan: _Plan):
-    """The Triton route (`triton_rounds.py`): kernels read q, k, v through the round orders and add
-    the weighted rounds into one output, so no per-round copy or output exists. Hub keys and padding
+    """The Triton route (`triton_rounds.py`): kernels read q, k, v through the round orders and
+    merge the rounds into one output as they go, so no per-round copy or output exists. Hub keys and padding
     become a logit bias; summary keys are appended after the keys, each cluster's at its own index,
     their block means summed one round at a time (`_unit_sums_through`)."""
     k_order, k_cluster_size, n_summaries = plan.k_order, plan.k_cluster_size, plan.n_summaries
@@ -421,7 +420,6 @@ class _ClusteredAttention(torch.autograd.Function):
             dqs.reshape(qs.shape), dks.reshape(ks.shape), dvs.reshape(vs.shape), None, None,
             dq, d_hub_k, d_hub_v, None, None,
         )
-
 
 
 def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup: bool):
