@@ -487,13 +487,14 @@ def test_dense_uses_the_flash_kernel_for_strided_biggan_inputs():
 def test_unit_sums_through_the_order_equal_sums_of_the_sorted_copy():
     """The permuted route sums the summaries' features one round at a time; the gathered route
     sums all rounds' sorted copies at once. The same sums, forward and backward."""
-    from biggan_smyrf.attention.smyrf import _gather, _unit_sums_through
+    from biggan_smyrf.attention.smyrf import _gather
+    from biggan_smyrf.attention.summaries import unit_sums_through
 
     g = torch.Generator().manual_seed(0)
     B, H, M, F, unit = 2, 3, 48, 5, 8
     order = torch.stack([torch.stack([torch.randperm(M, generator=g) for _ in range(H)]) for _ in range(B)])
     features = torch.randn(B, M, F, generator=g, dtype=torch.float64, requires_grad=True)
-    through = _unit_sums_through(order, features, unit)
+    through = unit_sums_through(order, features, unit)
     sorted_copy = _gather(features, order).view(B, H, M // unit, unit, F).sum(3)
     torch.testing.assert_close(through, sorted_copy)
     weights = torch.randn(through.shape, generator=g, dtype=torch.float64)

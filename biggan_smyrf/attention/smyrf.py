@@ -59,9 +59,11 @@ from .checks import check_qkv, default_scale
 from .config import AttentionConfig
 from .hashing import cluster_orders, hub_keys, make_generator
 from .kernels import Kernel, attention_backward, attention_forward, pick_kernel
+from .summaries import (
+    HUB_MASK_LOGIT, append_summaries, summarised, summary_features, summary_keys, summary_unit,
+    unit_sums_through,
+)
 
-# Logit offset that removes hub keys from the hashed rounds: exp(-1e4) is 0 in every float type.
-HUB_MASK_LOGIT = -1e4
 
 
 @dataclass
@@ -169,8 +171,8 @@ def _gathered_rounds(q, k, v, plan: _Plan, kernel: str):
     mask = None if plan.key_padding_mask is None else plan.key_padding_mask.gather(1, plan.k_order.flatten(1))
     k_size = plan.k_cluster_size
     if plan.n_summaries:
-        counted = _gather(_summarised(k, plan.hub, plan.key_padding_mask), plan.k_order)
-        ks, vs, mask = _append_summaries(ks, vs, mask, counted, plan.k_cluster_size, plan.n_summaries, plan.scale)
+        counted = _gather(summarised(k, plan.hub, plan.key_padding_mask), plan.k_order)
+        ks, vs, mask = append_summaries(ks, vs, mask, counted, plan.k_cluster_size, plan.n_summaries, plan.scale)
         k_size += plan.n_summaries
     return _ClusteredAttention.apply(
         qs, ks, vs, plan.q_order, mask, q, *plan.hub_round(k, v),
@@ -182,7 +184,7 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     """The Triton route (`triton_rounds.py`): kernels read q, k, v through the round orders and
     merge the rounds into one output as they go, so no per-round copy or output exists. Hub keys and padding
     become a logit bias; summary keys are appended after the keys, each cluster's at its own index,
-    their block means summed one round at a time (`_unit_sums_through`)."""
+    their block means summed one round at a time (`summaries.unit_sums_through`)."""
     k_order, k_cluster_size, n_summaries = plan.k_order, plan.k_cluster_size, plan.n_summaries
     B, H, M = k_order.shape
     n_clusters = M // k_cluster_size
@@ -191,9 +193,9 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
     k_index = k_order.view(B, H, n_clusters, k_cluster_size)
     if n_summaries:
-        features = _summary_features(k, v, _summarised(k, plan.hub, plan.key_padding_mask))
-        unit_sums = _unit_sums_through(k_order, features, summary_unit(M, k_cluster_size, n_summaries))
-        summary_k, summary_v, offset = _summary_keys(
+        features = summary_features(k, v, summarised(k, plan.hub, plan.key_padding_mask))
+        unit_sums = unit_sums_through(k_order, features, summary_unit(M, k_cluster_size, n_summaries))
+        summary_k, summary_v, offset = summary_keys(
             unit_sums, M, k.shape[-1], k_cluster_size, n_summaries, (k.dtype, v.dtype)
         )
         k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
@@ -239,81 +241,6 @@ def _with_logit_offset(q: torch.Tensor, k: torch.Tensor, hub: Optional[torch.Ten
         offset.scatter_(1, hub[..., None], HUB_MASK_LOGIT / scale)
     ones = torch.ones(*q.shape[:2], 1, dtype=q.dtype, device=q.device)
     return torch.cat([q, ones], dim=-1), torch.cat([k, offset], dim=-1)
-
-
-def _summarised(k: torch.Tensor, hub: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """(B, M, 1) weights of the keys that go into summary means: 0 for hub and padded keys."""
-    weight = torch.ones(*k.shape[:2], 1, dtype=torch.promote_types(k.dtype, torch.float32), device=k.device)
-    if key_padding_mask is not None:
-        weight = weight * key_padding_mask[..., None]
-    if hub is not None:
-        weight = weight.scatter(1, hub[..., None], 0.0)
-    return weight
-
-
-def summary_unit(n_keys: int, k_cluster_size: int, n_summaries: int) -> int:
-    """The longest run of sorted keys that always lies in one summary block and one cluster."""
-    return math.gcd(n_keys // n_summaries, k_cluster_size)
-
-
-def _summary_features(k: torch.Tensor, v: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """[k w, v w, w] per key (w: `counted`, 0 for hub and padded keys), in float32 at least: a
-    block's sum minus its overlap with a cluster cancels, and half precision would make that noise."""
-    acc = counted.dtype
-    return torch.cat([k.to(acc) * counted, v.to(acc) * counted, counted], dim=-1)
-
-
-def _unit_sums_through(order: torch.Tensor, features: torch.Tensor, unit: int) -> torch.Tensor:
-    """(B, H, M / unit, F): per round, the sums of `features` (B, M, F, token order) over runs of
-    `unit` consecutive keys in the round's `order` (B, H, M). One round at a time, so one sorted
-    copy exists at once: O(B M F) memory instead of O(B H M F). (A scatter by rank would need no
-    copy at all, but on a GPU its few bins -- 32 per batch element at 16k tokens -- make every
-    atomic add wait for a hundred others.)"""
-    B, H, M = order.shape
-    F = features.shape[-1]
-    sums = [features.gather(1, order[:, r, :, None].expand(B, M, F)).view(B, M // unit, unit, F).sum(2) for r in range(H)]
-    return torch.stack(sums, dim=1)
-
-
-def _summary_keys(unit_sums, n_keys: int, d_qk: int, k_cluster_size: int, n_summaries: int, dtypes):
-    """Every cluster's n_summaries summary keys in every round: the means of equal blocks of the
-    round's sorted keys, each without the keys of the cluster itself (those it attends exactly).
-
-    unit_sums: (B, H, n_units, d_qk + d_v + 1) `_summary_features` summed over each round's runs
-    of `summary_unit(...)` sorted keys. Returns keys (B, H, n_clusters, S, d_qk) and values
-    (B, H, n_clusters, S, d_v) in `dtypes` and their logit offsets (B, H, n_clusters, S, 1)
-    float32: log(count), or HUB_MASK_LOGIT for an empty block.
-    """
-    B, H, n_units, _ = unit_sums.shape
-    unit, n_clusters, block = n_keys // n_units, n_keys // k_cluster_size, n_keys // n_summaries
-    block_sums = unit_sums.view(B, H, n_summaries, n_units // n_summaries, -1).sum(3)
-    units = torch.arange(n_units, device=unit_sums.device)
-    cell = (units * unit // k_cluster_size) * n_summaries + units * unit // block  # (cluster, block) of each unit
-    own = unit_sums.new_zeros(B, H, n_clusters * n_summaries, unit_sums.shape[-1]).index_add(2, cell, unit_sums)
-    sums = block_sums[:, :, None] - own.view(B, H, n_clusters, n_summaries, -1)
-    # Counts are whole numbers, exact in float32: 0 means the block lies inside the cluster.
-    count = sums[..., -1:].round()
-    mean = sums[..., :-1] / count.clamp_min(1)
-    offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT))
-    return mean[..., :d_qk].to(dtypes[0]), mean[..., d_qk:].to(dtypes[1]), offset
-
-
-def _append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
-    """The gathered route's clusters with their summary keys appended: ks (B, H, M, d + 1) with
-    the logit-offset feature last, vs (B, H, M, d_v), mask (B, H*M) or None -> keys, values and
-    mask laid out as clusters of k_cluster_size + n_summaries."""
-    B, H, M, d = ks.shape
-    n_clusters, unit = M // k_cluster_size, summary_unit(M, k_cluster_size, n_summaries)
-    unit_sums = _summary_features(ks[..., :-1], vs, counted).view(B, H, M // unit, unit, -1).sum(3)
-    summary_k, summary_v, offset = _summary_keys(unit_sums, M, d - 1, k_cluster_size, n_summaries, (ks.dtype, vs.dtype))
-    summary_k = torch.cat([summary_k, (offset / scale).to(ks.dtype)], dim=-1)
-    ks = torch.cat([ks.view(B, H, n_clusters, k_cluster_size, d), summary_k], dim=3)
-    vs = torch.cat([vs.view(B, H, n_clusters, k_cluster_size, -1), summary_v], dim=3)
-    if mask is not None:
-        # Summaries are never padding; an empty one is removed by its offset instead.
-        always = mask.new_ones(B, H, n_clusters, n_summaries)
-        mask = torch.cat([mask.view(B, H, n_clusters, k_cluster_size), always], dim=3).flatten(1)
-    return ks.flatten(2, 3), vs.flatten(2, 3), mask
 
 
 def _to_clusters(x: torch.Tensor, cluster_size: int) -> torch.Tensor:
