@@ -153,7 +153,7 @@ def add_ratios(rows: list[dict]) -> None:
             r["mem_vs_sdpa"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] else None
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only N <= 4096")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -168,6 +168,11 @@ def main():
     add_tf32_option(parser)
     parser.add_argument("--name", help="results file stem (default: attention, plus any non-default dtype and kernel)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     apply_tf32(args)
     if args.case:

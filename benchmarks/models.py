@@ -236,7 +236,7 @@ def add_ratios(rows: list[dict]) -> None:
             r["mem_vs_naive128"] = r["peak_mb"] / base_m["peak_mb"]
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", choices=["model", "step"], default="model")
     parser.add_argument("--quick", action="store_true", help="ch=16, batch 2, 1 rep")
@@ -251,6 +251,11 @@ def main():
                         help="step variants: plain, nhwc (channels_last), compile, nhwc+compile")
     parser.add_argument("--name", help="results file stem (default: models / train_step)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     apply_tf32(args)
     if args.case:

@@ -96,7 +96,7 @@ def profile_case(variant: str, dtype: str, speed: str, batch: int, ch: int, iter
     return row
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", nargs="+", default=["dense@64"], choices=list(VARIANTS))
@@ -107,6 +107,11 @@ def main():
     parser.add_argument("--iters", type=int, default=3, help="profiled G iterations per case")
     parser.add_argument("--quick", action="store_true", help="ch=16, batch 2, 1 iteration (a dry run)")
     parser.add_argument("--name", default="profile_step", help="results file stem")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     apply_tf32(args)
     if args.device == "cuda" and not torch.cuda.is_available():

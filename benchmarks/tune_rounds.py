@@ -43,13 +43,18 @@ def timing(pass_name: str, q, k, v, config: AttentionConfig) -> float:
         return 1e3 * median_seconds(call, q.device, 10)
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--n", type=int, default=16384, help="tokens (queries); keys are n / 4")
     parser.add_argument("--batch", type=int, default=32)
     add_tf32_option(parser)
     parser.add_argument("--q-cluster-size", type=int, default=2048)
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     apply_tf32(args)
     if not torch.cuda.is_available():

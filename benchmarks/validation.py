@@ -46,7 +46,7 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="Inception weights file (default: random weights, same cost)")
     parser.add_argument("--n", type=int, default=64, help="generated and real images")
@@ -60,6 +60,11 @@ def main():
     add_tf32_option(parser)
     parser.add_argument("--no-standalone", action="store_true", help="skip the torch-fidelity comparison")
     parser.add_argument("--name", default="validation", help="results file stem")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     apply_tf32(args)
     if args.device == "cuda" and not torch.cuda.is_available():
