@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,9 +99,14 @@ def bench_steps() -> list[tuple[str, list[str], int]]:
 def run_step(name: str, command: list[str], limit: int, cwd: Path) -> dict:
     print(f"== {name}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
+    # Its own process group: a step that runs out of time is killed with everything it started
+    # (pytest's train.py runs, DataLoader workers), which would otherwise hold the GPU.
+    proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
-        rc = subprocess.run(command, cwd=cwd, timeout=limit, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         rc = "timeout"
     row = {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "limit_s": limit}
     print(f"== {name}: rc {rc} in {row['seconds']} s", flush=True)
@@ -120,14 +126,22 @@ def main():
         work = Path(tmp)
         weights = write_random_inception_weights(work / "inception.pth")  # real code path, meaningless numbers
         steps = bench_steps() if args.bench else check_steps(work, weights, args.g_iters)
-        rows = [run_step(step, command, limit, work) for step, command, limit in steps
-                if not args.only or any(step.startswith(word) for word in args.only)]
-    table = markdown_table(rows, [("step", "step"), ("rc", "exit code"), ("seconds", "seconds"), ("limit_s", "limit s")])
-    print(table)
-    passed = all(row["rc"] == 0 for row in rows)
-    stem = write_results(name, torch.device("cuda"), rows, table, {"passed": passed, "g_iters": args.g_iters})
+        chosen = [s for s in steps if not args.only or any(s[0].startswith(word) for word in args.only)]
+        rows = []
+        for step, command, limit in chosen:
+            rows.append(run_step(step, command, limit, work))
+            # After every step, so a run cut off part-way still records what it did.
+            stem = save(name, rows, len(chosen), args.g_iters)
+    print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.json and {stem}.md")
-    sys.exit(0 if passed else 1)
+    sys.exit(0 if all(row["rc"] == 0 for row in rows) and len(rows) == len(chosen) else 1)
+
+
+def save(name: str, rows: list[dict], n_steps: int, g_iters: int) -> Path:
+    table = markdown_table(rows, [("step", "step"), ("rc", "exit code"), ("seconds", "seconds"), ("limit_s", "limit s")])
+    passed = len(rows) == n_steps and all(row["rc"] == 0 for row in rows)
+    return write_results(name, torch.device("cuda"), rows, table,
+                         {"passed": passed, "steps_run": len(rows), "steps": n_steps, "g_iters": g_iters})
 
 
 if __name__ == "__main__":
