@@ -126,6 +126,8 @@ RECIPES = {
     "paper": (512, 128, dict(n_hashes=3, q_cluster_size=128, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
     # 96 queries and 24 + 5 keys per cluster: tails in every block loop.
     "tails": (480, 120, dict(n_hashes=2, q_cluster_size=96, n_summaries=5)),
+    # One hashed round and the hub round (dedup has nothing to correct).
+    "one round": (256, 64, dict(n_hashes=1, q_cluster_size=64)),
 }
 ROUTE_TOLERANCE = {torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
