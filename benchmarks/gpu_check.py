@@ -11,7 +11,7 @@ gpu-check (about 6 minutes on an H100):
      (paper recipe, library default at 4x2048 and 4x4096) through the permuted Triton route,
      16,384 and 65,536 tokens, batch 8 and 32, bf16 and fp32
   3. the training-step table at 128 px, batch 32 (-> train_step-cuda): fp32, bf16-mixed and
-     16-mixed rows, and bf16 with channels_last
+     16-mixed rows (SMYRF also through the previous chunked CUDA route), and bf16 with channels_last
   4. train.py on configs/celebahq128_smyrf.yaml (built-in faces, ~60 G iterations, bf16-mixed), with
      validation metrics from a random-weights Inception file, diagnostics and the dense comparison on
   5. sample.py --device cuda on its checkpoint
@@ -61,15 +61,16 @@ def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list
     ]
     step_table = [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
                   "--reps", "5", "--variants", "dense@64", "dense@128 flash", "smyrf@128 paper 4x2048",
-                  "smyrf@128 ours 4x2048"]
+                  "smyrf@128 ours 4x2048", "smyrf@128 ours 4x2048 chunked"]
     return [
         ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 150),
         ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
                              "--dtype", "bfloat16", "float32", "--sizes", "16384", "65536", "--batches", "8", "32",
                              "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "ours 4x4096",
                              "--name", "attention"], 120),
-        ("step table", step_table, 90),
-        ("step table channels_last", [*step_table, "--dtypes", "bf16", "--speeds", "nhwc", "--name", "train_step_nhwc"], 45),
+        ("step table", step_table, 100),
+        ("step table channels_last", [*step_table[:-1], "--dtypes", "bf16", "--speeds", "nhwc",
+                                      "--name", "train_step_nhwc"], 45),
         ("train.py celebahq128_smyrf", train, 110),
         ("sample.py --device cuda", [py, str(ROOT / "sample.py"), "--ckpt", str(ckpt), "--out", str(work / "samples"),
                                      "--n", "64", "--device", "cuda", "--attention", "smyrf"], 30),

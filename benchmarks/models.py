@@ -65,6 +65,8 @@ ATTENTION = {
     "paper": AttentionConfig.paper(n_hashes=4, q_cluster_size=2048),
     "ours": AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=2048),
     "ours 4x4096": AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=4096),  # k_cluster auto = 1024
+    # The same with the previous CUDA route (gathered copies, chunked matmuls): what the Triton route buys.
+    "ours chunked": AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=2048, kernel="chunked"),
 }
 # name -> (image resolution, attention resolution or None, ATTENTION key, naive dense kernel)
 VARIANTS = {
@@ -74,6 +76,7 @@ VARIANTS = {
     "dense@128 flash": (128, 128, "dense", False),
     "smyrf@128 paper 4x2048": (128, 128, "paper", False),
     "smyrf@128 ours 4x2048": (128, 128, "ours", False),
+    "smyrf@128 ours 4x2048 chunked": (128, 128, "ours chunked", False),
     "smyrf@256 ours 4x4096": (256, 256, "ours 4x4096", False),
     "dense@256 flash": (256, 256, "dense", False),
 }

@@ -12,12 +12,15 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Optional
 
+from .kernels import Kernel
+
 AttentionKind = Literal["dense", "smyrf"]
 Hashing = Literal["kd", "xbox", "random"]
 Dedup = Literal["estimate", "none"]
 KINDS: tuple[str, ...] = typing.get_args(AttentionKind)
 HASHINGS: tuple[str, ...] = typing.get_args(Hashing)
 DEDUPS: tuple[str, ...] = typing.get_args(Dedup)
+KERNEL_CHOICES: tuple[str, ...] = typing.get_args(Kernel)
 
 
 def setting(default: Any, help: str) -> Any:
@@ -47,6 +50,9 @@ class AttentionConfig:
         None, "summary keys per cluster and round (means of equal blocks of the hash-sorted keys outside "
         "the cluster); null = about k_cluster_size // 16, 0 = off (the paper)")
     dedup: Dedup = setting("estimate", "estimate (correct for keys met in several rounds) or none (the paper)")
+    kernel: Kernel = setting(
+        "auto", "how SMYRF's clusters are computed, same numbers up to rounding: auto (CPU: flash; CUDA: triton), "
+        "flash (PyTorch's CPU kernel), triton (CUDA: rounds read through the sort order) or chunked (any device)")
 
     @classmethod
     def paper(cls, **changes) -> "AttentionConfig":
@@ -101,8 +107,9 @@ class AttentionConfig:
         k = "auto" if self.k_cluster_size is None else self.k_cluster_size
         hubs = "auto" if self.n_hub_keys is None else self.n_hub_keys
         summaries = "auto" if self.n_summaries is None else self.n_summaries
+        kernel = "" if self.kernel == "auto" else f", kernel={self.kernel}"
         return (f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, "
-                f"summaries={summaries}, dedup={self.dedup})")
+                f"summaries={summaries}, dedup={self.dedup}{kernel})")
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AttentionConfig))
@@ -134,6 +141,7 @@ def check_values(config) -> None:
     one_of("kind", KINDS)
     one_of("hashing", HASHINGS)
     one_of("dedup", DEDUPS)
+    one_of("kernel", KERNEL_CHOICES)
     for name in ("n_hashes", "q_cluster_size", "k_cluster_size", "hub_sample"):
         positive(name)
     for name in ("n_hub_keys", "n_summaries"):

@@ -58,7 +58,7 @@ import torch
 from .checks import check_qkv, default_scale
 from .config import AttentionConfig
 from .hashing import cluster_orders, hub_keys, make_generator
-from .kernels import Kernel, attention_backward, attention_forward, pick_kernel
+from .kernels import attention_backward, attention_forward, pick_kernel
 from .summaries import (
     HUB_MASK_LOGIT, append_summaries, summarised, summary_features, summary_keys, summary_unit,
     unit_sums_through,
@@ -101,7 +101,6 @@ def smyrf_attention(
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     key_padding_mask: Optional[torch.Tensor] = None,
-    kernel: Kernel = "auto",
     return_intermediates: bool = False,
     **settings,
 ):
@@ -109,7 +108,7 @@ def smyrf_attention(
 
     The SMYRF parameters are `config`'s (default: `AttentionConfig()`, the library's defaults;
     `AttentionConfig.paper(...)` is the published recipe) with `settings` -- any AttentionConfig
-    fields, e.g. n_hashes=4, q_cluster_size=2048 -- changed on top. N / q_cluster_size must equal
+    fields, e.g. n_hashes=4, q_cluster_size=2048, kernel="chunked" -- changed on top. N / q_cluster_size must equal
     M / k_cluster_size (the number of clusters per round). Randomness comes only from `generator`
     (a CPU torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
     key_padding_mask: (B, M) bool, True = attend. With one cluster the result equals dense attention.
@@ -123,7 +122,7 @@ def smyrf_attention(
     n_hub_keys, n_summaries = config.hub_keys_for(N, M), config.summaries_for(N, M)
     # The cluster kernel sees d_qk + 1 features when hub or summary keys add the logit offset.
     head_dim = max(q.shape[-1] + 1, v.shape[-1])
-    kernel = pick_kernel(kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
+    kernel = pick_kernel(config.kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
     scale = default_scale(scale, q.shape[-1])
     generator = make_generator(generator, seed)
 
