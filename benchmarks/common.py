@@ -33,6 +33,15 @@ def apply_tf32(args) -> None:
     set_float32_precision(args.tf32 == "true", "gpu")
 
 
+def parse_device_args(parser):
+    """parse_args, TF32 as --tf32 says, and a clear error for --device cuda without a GPU."""
+    args = parser.parse_args()
+    apply_tf32(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    return args
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_tf32_option, apply_tf32, markdown_table, synchronize, write_results  # noqa: E402
+from common import add_tf32_option, markdown_table, parse_device_args, synchronize, write_results  # noqa: E402
 from models import SPEEDS, VARIANTS, workload  # noqa: E402
 
 # First match wins: attention before matmul (flash kernels), convolution before matmul (cuDNN's
@@ -111,11 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main():
-    parser = build_parser()
-    args = parser.parse_args()
-    apply_tf32(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    args = parse_device_args(build_parser())
     device = torch.device(args.device)
     ch, batch, iters = (16, 2, 1) if args.quick else (96, args.batch, args.iters)
     rows = []

@@ -29,7 +29,7 @@ import torch_fidelity
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT)]
-from common import add_tf32_option, apply_tf32, markdown_table, write_results  # noqa: E402
+from common import add_tf32_option, markdown_table, parse_device_args, write_results  # noqa: E402
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
@@ -64,11 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main():
-    parser = build_parser()
-    args = parser.parse_args()
-    apply_tf32(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    args = parse_device_args(build_parser())
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:

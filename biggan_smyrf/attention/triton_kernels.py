@@ -126,6 +126,30 @@ def _scores_log2(q, k, offs_n, Lk, mask_ptr, stride_mg, stride_mn, g, scale_log2
 
 
 @triton.jit
+def _online_softmax_step(m_i, l_i, acc, s, v, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Fold one block of base-2 logits s and its values v into the running max m_i, sum l_i and
+    output acc of a block of query rows (FlashAttention's online softmax)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps
+    # exp2(-inf - max) = 0 rather than NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _online_softmax_result(m_i, l_i, acc):
+    """(out, lse in base 2) of the rows; a row that saw only masked keys gets out = 0, lse = -inf."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    return out, lse
+
+
+@triton.jit
 def _forward_kernel(
     Q, K, V, MASK, OUT, LSE,
     stride_qg, stride_qm, stride_qd,
@@ -151,18 +175,9 @@ def _forward_kernel(
         k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
         v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps
-        # exp2(-inf - max) = 0 rather than NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
-        m_i = m_new
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / LOG2E)
+        m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
+    out, lse_log2 = _online_softmax_result(m_i, l_i, acc)
+    lse = lse_log2 / LOG2E
     tl.store(
         OUT + g * stride_og + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
         out.to(OUT.dtype.element_ty), mask=rows[:, None] & (offs_dv[None, :] < D_V),

@@ -43,7 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import INTERPRETED, LOG2E, _block, _dot, _fp32_dot_precision, _head_block, check_inputs
+from .triton_kernels import (
+    INTERPRETED, LOG2E, _block, _dot, _fp32_dot_precision, _head_block, _online_softmax_result, _online_softmax_step,
+    check_inputs,
+)
 
 
 @triton.jit
@@ -126,18 +129,10 @@ def _forward_kernel(
         kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
         v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while all keys are masked
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
-        m_i = m_new
-    # This round: o_r = acc / l, lse_r (base 2 here, base e in LSE); a cluster of masked keys only
-    # gives o_r = 0 and lse_r = -inf, which the merge below gives weight 0.
-    empty = l_i == 0.0
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+        m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
+    # This round's o_r and lse_r (base 2 here, base e in LSE); a cluster of masked keys only gives
+    # o_r = 0 and lse_r = -inf, which the merge below gives weight 0.
+    o, lse = _online_softmax_result(m_i, l_i, acc)
     tl.store(LSE + b * stride_lb + tok, lse / LOG2E, mask=rows)
     # Merge: rescale the rounds so far to the new max (base 2 in registers, base e in RUN_MAX).
     run_max = tl.load(RUN_MAX + b * stride_rb + tok, mask=rows, other=float("-inf")) * LOG2E
