@@ -247,15 +247,17 @@ def _to_clusters(x: torch.Tensor, cluster_size: int) -> torch.Tensor:
     return x.reshape(-1, cluster_size, x.shape[-1])
 
 
-# The hub round is one long query run per batch element; the CPU kernels parallelise over runs,
-# so cut the queries into HUB_QUERY_PARTS runs that share the hub keys (2x faster on 2 cores at B=1).
-HUB_QUERY_PARTS = 8
+# The hub round is one long query run per batch element, and the kernels parallelise over runs
+# (the CPU's) or over (run, key block) in the dK/dV backward (Triton's): cut the queries into runs
+# that share the hub keys. CPU: 8 (2x faster on 2 cores at B=1). CUDA: 64, so that even batch 8 at
+# 65,536 tokens gives the dK/dV kernel 8 x 64 x 2 programs, not one wave of 128 long ones for 132 SMs.
+HUB_QUERY_PARTS = {"cpu": 8, "cuda": 64}
 
 
 def _hub_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]):
     """(B, N, d) queries -> (B * P, N / P, d); hub keys, values and mask repeated P times."""
     B, N, _ = q.shape
-    parts = math.gcd(N, HUB_QUERY_PARTS)
+    parts = math.gcd(N, HUB_QUERY_PARTS.get(q.device.type, 8))
 
     def repeat(x):
         return None if x is None else x[:, None].expand(B, parts, *x.shape[1:]).flatten(0, 1)
