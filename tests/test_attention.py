@@ -501,3 +501,24 @@ def test_unit_sums_through_the_order_equal_sums_of_the_sorted_copy():
     grad_through, = torch.autograd.grad((through * weights).sum(), features)
     grad_sorted, = torch.autograd.grad((sorted_copy * weights).sum(), features)
     torch.testing.assert_close(grad_through, grad_sorted)
+
+
+@pytest.mark.parametrize("dedup", [False, True], ids=["plain", "dedup"])
+def test_round_normalisers_carry_the_gathered_routes_round_weights(dedup):
+    """The permuted route folds each round's weight into norm_r = lse_r - log w_r: exp(lse_r - norm_r)
+    must be the gathered route's w_r (softmax over rounds and hub, dedup-corrected), 0 for a round
+    whose cluster held only masked keys, and w_hub the hub round's share."""
+    from biggan_smyrf.attention.smyrf import log_participation, round_normalisers
+
+    g = torch.Generator().manual_seed(0)
+    lse, lse_hub = torch.randn(2, 3, 5, generator=g), torch.randn(2, 5, generator=g)
+    lse[0, 1, 2] = float("-inf")
+    norm, w_hub = round_normalisers(lse, lse_hub, dedup)
+    hashed = lse - log_participation(lse) if dedup else lse
+    weights = torch.softmax(torch.cat([hashed, lse_hub[:, None]], dim=1), dim=1)
+    torch.testing.assert_close(torch.exp(lse - norm), weights[:, :3])
+    torch.testing.assert_close(w_hub, weights[:, 3])
+    assert norm[0, 1, 2] == float("inf")
+    norm, w_hub = round_normalisers(lse, None, dedup)  # no hub round: plain softmax over the rounds
+    assert w_hub is None
+    torch.testing.assert_close(torch.exp(lse - norm), torch.softmax(lse, dim=1))
