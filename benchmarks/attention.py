@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_tf32_option, apply_tf32, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
+    add_cuda_options, apply_cuda_options, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 from biggan_smyrf.attention import AttentionConfig, dense_attention, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.synthetic import gaussian_qkv, relative_error, smooth_feature_qkv  # noqa: E402
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"rows to run (default all): {', '.join(METHODS)}")
     parser.add_argument("--sizes", nargs="+", type=int, help="token counts N (default 1024 4096 16384 65536)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default 1 4)")
-    add_tf32_option(parser)
+    add_cuda_options(parser)
     parser.add_argument("--name", help="results file stem (default: attention, plus any non-default dtype and kernel)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     return parser
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     parser = build_parser()
     args = parser.parse_args()
-    apply_tf32(args)
+    apply_cuda_options(args)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return

@@ -21,22 +21,26 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def add_tf32_option(parser) -> None:
-    """--tf32 true|false: fp32 matmuls and convolutions on CUDA as train.py runs them (default on)."""
+def add_cuda_options(parser) -> None:
+    """--tf32 and --cudnn-benchmark: CUDA float32 and convolutions as train.py runs them (both on)."""
     parser.add_argument("--tf32", default="true", choices=["true", "false"],
                         help="CUDA float32 on TF32 tensor cores, train.py's default (true); false = full float32")
+    parser.add_argument("--cudnn-benchmark", default="true", choices=["true", "false"],
+                        help="cuDNN times each convolution shape once and keeps the fastest algorithm, "
+                             "train.py's default (true)")
 
 
-def apply_tf32(args) -> None:
+def apply_cuda_options(args) -> None:
     from biggan_smyrf.cli import set_float32_precision
 
     set_float32_precision(args.tf32 == "true", "gpu")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == "true"
 
 
 def parse_device_args(parser):
-    """parse_args, TF32 as --tf32 says, and a clear error for --device cuda without a GPU."""
+    """parse_args, the CUDA options applied, and a clear error for --device cuda without a GPU."""
     args = parser.parse_args()
-    apply_tf32(args)
+    apply_cuda_options(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     return args
@@ -121,6 +125,7 @@ def write_results(name: str, device: torch.device, rows: list[dict], table: str,
     info = {"device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **meta}
     if device.type == "cuda":
         info["tf32"] = torch.backends.cuda.matmul.fp32_precision == "tf32"
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     stem.with_suffix(".json").write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
     header = f"Device: {info['device']}; torch {info['torch']}; {info['date']}.\n\n"
     stem.with_suffix(".md").write_text(header + table + "\n")

@@ -15,11 +15,12 @@ gpu-check (about 6 minutes on an H100):
   4. train.py on configs/celebahq128_smyrf.yaml (built-in faces, ~60 G iterations, bf16-mixed), with
      validation metrics from a random-weights Inception file, diagnostics and the dense comparison on
   5. sample.py --device cuda on its checkpoint
-gpu-bench (about 5 minutes):
+gpu-bench (about 6 minutes):
   1. profile of a G iteration per op group (benchmarks/profile_step.py -> profile_step-cuda)
   2. one validation of the paper config: 10,000 samples x (SMYRF, dense) (-> validation_10k-cuda)
   3. block sizes of the permuted-round Triton kernels (benchmarks/tune_rounds.py -> tune_rounds-cuda)
-  4. torch.compile rows of the step table (-> train_step_compile-cuda)
+  4. dense@64 steps with cuDNN autotuning off, fp32 and bf16 (-> train_step_no_autotune-cuda)
+  5. torch.compile rows of the step table (-> train_step_compile-cuda)
 Each writes benchmarks/results/<name>-cuda.{json,md} (card, per-step rc and seconds): gpu_check-cuda
 and gpu_bench-cuda list the steps.
 """
@@ -90,6 +91,11 @@ def bench_steps() -> list[tuple[str, list[str], int]]:
                                       "--attention-resolution", "128", "--kinds", "smyrf", "dense", "--batch-size", "64",
                                       "--no-standalone", "--name", "validation_10k"], 90),
         ("tune permuted-round blocks", [py, str(bench / "tune_rounds.py")], 120),
+        # The same step as gpu-check's table with cuDNN's default heuristics: what autotuning buys.
+        ("step table no cudnn autotune", [py, str(bench / "models.py"), "--table", "step", "--device", "cuda",
+                                          "--batches", "32", "--reps", "5", "--variants", "dense@64",
+                                          "--dtypes", "fp32", "bf16", "--cudnn-benchmark", "false",
+                                          "--name", "train_step_no_autotune"], 45),
         # Last: compiling takes minutes, and a timeout here loses nothing measured before.
         ("step table compile", [py, str(bench / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
                                 "--reps", "5", "--variants", "dense@64", "--dtypes", "bf16",
@@ -119,6 +125,8 @@ def main():
     parser.add_argument("--bench", action="store_true", help="run gpu-bench's steps instead of gpu-check's")
     parser.add_argument("--g-iters", type=int, default=60, help="train.py length in G iterations")
     parser.add_argument("--only", nargs="+", help="run only the steps whose names start with these words")
+    parser.add_argument("--limit", type=int, help="time limit in seconds for each chosen step, instead of its own "
+                                                  "(to rerun one step that ran out of time)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("error: make gpu-check needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
@@ -130,7 +138,7 @@ def main():
         chosen = [s for s in steps if not args.only or any(s[0].startswith(word) for word in args.only)]
         rows = []
         for step, command, limit in chosen:
-            rows.append(run_step(step, command, limit, work))
+            rows.append(run_step(step, command, args.limit or limit, work))
             # After every step, so a run cut off part-way still records what it did.
             stem = save(name, rows, len(chosen), args.g_iters)
     print(stem.with_suffix(".md").read_text())

@@ -16,9 +16,9 @@
 model: loss = G(z).mean(), backward; G128 (ch=96, dim_z=120) or G256 (dim_z=140), batch 4.
 step:  one G iteration as in training (biggan_smyrf.training.module): 2 D steps (G(z) under
        no_grad, D(cat[real, fake]) hinge loss, backward, Adam step) + 1 G step (D(G(z)) hinge,
-       backward with D frozen, Adam step). D has no attention (the paper's CelebA-HQ config);
-       the EMA update of G is left out. bf16 = torch.autocast around the forwards. Adam as the
-       LightningModule makes it (SpeedConfig.fused_adam: the fused kernel on CUDA).
+       backward with D frozen, Adam step) + the G_ema update (training.ema.update_ema). D has no
+       attention (the paper's CelebA-HQ config). bf16 = torch.autocast around the forwards. Adam
+       as the LightningModule makes it (SpeedConfig.fused_adam: the fused kernel on CUDA).
 speeds: plain; nhwc = SpeedConfig.channels_last (G, D and the real images channels-last);
        compile = torch.compile(dynamic=False) of G's and D's forward (benchmark only: not a
        training option yet; its first call, which compiles, is left out of the time).
@@ -53,11 +53,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_tf32_option, apply_tf32, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
+    add_cuda_options, apply_cuda_options, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 import biggan_smyrf.attention as attention_module  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig, dense_attention  # noqa: E402
 from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, attention_blocks  # noqa: E402
+from biggan_smyrf.training.ema import make_ema, update_ema  # noqa: E402
 from biggan_smyrf.training.losses import d_hinge_loss, g_hinge_loss  # noqa: E402
 
 ATTENTION = {
@@ -141,6 +142,7 @@ def workload(case: dict, device: torch.device):
     layout = torch.channels_last if "nhwc" in speed else torch.contiguous_format
     G.to(memory_format=layout)
     D.to(memory_format=layout)
+    G_ema = make_ema(G, decay=0.9999) if case["table"] == "step" else None  # before compile: a plain copy
     if "compile" in speed:
         G.compile(dynamic=False)
         D.compile(dynamic=False)
@@ -185,6 +187,7 @@ def workload(case: dict, device: torch.device):
         scaler.update()
         opt_g.zero_grad(set_to_none=True)
         D.requires_grad_(True)
+        update_ema(G_ema, G, copy=False)
 
     return train_step
 
@@ -249,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
     parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
-    add_tf32_option(parser)
+    add_cuda_options(parser)
     parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS,
                         help="step variants: plain, nhwc (channels_last), compile, nhwc+compile")
     parser.add_argument("--name", help="results file stem (default: models / train_step)")
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     parser = build_parser()
     args = parser.parse_args()
-    apply_tf32(args)
+    apply_cuda_options(args)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return

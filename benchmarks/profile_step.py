@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_tf32_option, markdown_table, parse_device_args, synchronize, write_results  # noqa: E402
+from common import add_cuda_options, markdown_table, parse_device_args, synchronize, write_results  # noqa: E402
 from models import SPEEDS, VARIANTS, workload  # noqa: E402
 
 # First match wins: attention before matmul (flash kernels), convolution before matmul (cuDNN's
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--variants", nargs="+", default=["dense@64"], choices=list(VARIANTS))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
-    add_tf32_option(parser)
+    add_cuda_options(parser)
     parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS, help="as in models.py")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=3, help="profiled G iterations per case")

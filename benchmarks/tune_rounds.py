@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_tf32_option, apply_tf32, markdown_table, median_seconds, write_results  # noqa: E402
+from common import add_cuda_options, apply_cuda_options, markdown_table, median_seconds, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention import triton_rounds  # noqa: E402
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--n", type=int, default=16384, help="tokens (queries); keys are n / 4")
     parser.add_argument("--batch", type=int, default=32)
-    add_tf32_option(parser)
+    add_cuda_options(parser)
     parser.add_argument("--q-cluster-size", type=int, default=2048)
     return parser
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     parser = build_parser()
     args = parser.parse_args()
-    apply_tf32(args)
+    apply_cuda_options(args)
     if not torch.cuda.is_available():
         parser.error("the Triton kernels are timed on CUDA only")
     device = torch.device("cuda")

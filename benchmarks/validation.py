@@ -29,7 +29,7 @@ import torch_fidelity
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT)]
-from common import add_tf32_option, markdown_table, parse_device_args, write_results  # noqa: E402
+from common import add_cuda_options, markdown_table, parse_device_args, write_results  # noqa: E402
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-resolution", type=int, default=64)
     parser.add_argument("--kinds", nargs="+", default=["dense"], choices=["dense", "smyrf"],
                         help="attention kinds G is scored with, one timed row each (default: dense)")
-    add_tf32_option(parser)
+    add_cuda_options(parser)
     parser.add_argument("--no-standalone", action="store_true", help="skip the torch-fidelity comparison")
     parser.add_argument("--name", default="validation", help="results file stem")
     return parser

@@ -72,6 +72,8 @@ class BigGANCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         check_accelerator(cfg["trainer"].get("accelerator"))
         set_float32_precision(cfg["tf32"], cfg["trainer"].get("accelerator"))
+        trainer = cfg["trainer"]
+        trainer["benchmark"] = cudnn_benchmark(trainer.get("benchmark"), trainer.get("deterministic"))
         if self.subcommand != "fit":
             return
         last = CHECKPOINT_ROOT / cfg["run"] / "last.ckpt"
@@ -124,6 +126,15 @@ def set_float32_precision(tf32: bool, accelerator) -> None:
     if accelerator in ("auto", "gpu", "cuda", None) and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = tf32
+
+
+def cudnn_benchmark(benchmark: bool | None, deterministic) -> bool:
+    """Trainer(benchmark=...): cuDNN times each convolution shape once and keeps its fastest
+    algorithm (BigGAN-PyTorch trains this way; a run's shapes never change). On unless chosen, and
+    off in deterministic mode, whose algorithm choice it would override."""
+    if benchmark is not None:
+        return benchmark
+    return not deterministic  # True, or "warn"
 
 
 def check_ckpt_path(config) -> None:

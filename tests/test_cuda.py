@@ -3,6 +3,7 @@ metrics + diagnostics + comparison, resume, sample.py, both mixed precisions. Co
 everywhere, run only where a GPU is (`cuda` marker; CI has none); `make gpu-check` runs them."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -126,6 +127,25 @@ def test_sample_py_on_cuda(cuda_run, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / attention / "grid.png").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_spectral_norm_is_float32_under_autocast(dtype):
+    """Under CUDA autocast the normalised weight, u and v are the float32 ones bit for bit (autocast
+    would otherwise run spectral norm's mv in half precision)."""
+    from biggan_smyrf.models.layers import sn_conv
+
+    torch.manual_seed(0)
+    plain = sn_conv(64, 96, 3, eps=1e-6).to(CUDA)
+    mixed = copy.deepcopy(plain)
+    x = torch.randn(2, 64, 8, 8, device=CUDA)
+    for _ in range(3):
+        plain(x)
+        with torch.autocast("cuda", dtype=dtype):
+            assert mixed(x).dtype == dtype
+    for name, value in plain.state_dict().items():
+        assert torch.equal(mixed.state_dict()[name], value), name
+    assert torch.equal(mixed.weight, plain.weight)
 
 
 def test_a_training_iteration_never_waits_for_the_gpu():

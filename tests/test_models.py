@@ -92,6 +92,24 @@ def test_spectral_norm_on_every_weight_layer():
                 assert hasattr(module, "parametrizations"), module
 
 
+def test_spectral_norm_runs_outside_autocast(monkeypatch):
+    """Autocast on CUDA would run the power iteration's and sigma's mv in bf16 (three weight casts
+    per forward, sigma to 3 digits); spectral norm turns it off for itself. CPU autocast leaves mv
+    alone, so what is checked here is the state autocast is in when mv runs; the CUDA test checks
+    the numbers."""
+    from biggan_smyrf.models.layers import sn_conv
+
+    layer, x = sn_conv(4, 6, 3, eps=1e-6), torch.randn(2, 4, 5, 5)
+    seen = []
+    mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *args: seen.append(torch.is_autocast_enabled("cpu")) or mv(*args))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        assert torch.is_autocast_enabled("cpu")  # only spectral norm left it
+    assert out.dtype == torch.bfloat16  # the convolution itself still runs in bf16
+    assert seen == [False, False, False]  # power iteration (2) + sigma (1)
+
+
 @pytest.mark.parametrize("network,resolution,bad", [("G", 64, 128), ("G", 64, 4), ("D", 128, 128), ("D", 64, 64)])
 def test_invalid_attention_resolution_lists_valid_ones(network, resolution, bad):
     with pytest.raises(ValueError, match="chosen from") as err:

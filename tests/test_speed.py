@@ -68,3 +68,11 @@ def test_a_run_switches_layout_when_resumed(tmp_path):
         assert conv.parametrizations.weight.original.is_contiguous(
             memory_format=torch.channels_last if then else torch.contiguous_format)
         assert all(torch.isfinite(p).all() for p in resumed.G.parameters())
+
+
+def test_cudnn_autotuning_is_on_unless_chosen_or_deterministic():
+    from biggan_smyrf.cli import cudnn_benchmark
+
+    assert cudnn_benchmark(None, None) is True and cudnn_benchmark(None, False) is True
+    assert cudnn_benchmark(None, True) is False and cudnn_benchmark(None, "warn") is False
+    assert cudnn_benchmark(False, None) is False and cudnn_benchmark(True, True) is True  # the user's choice

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.metrics import MetricsConfig
@@ -37,6 +38,8 @@ def test_demo_config_trains_end_to_end(demo_run):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png"))[:2] == ["G_0000002.png", "G_0000004.png"]
     assert not (demo_run / "data" / "cache").exists() or any((demo_run / "data" / "cache").iterdir())
+    saved = yaml.safe_load((run_dir / "tb" / "config.yaml").read_text())
+    assert saved["trainer"]["benchmark"] is True  # cuDNN autotuning unless chosen (cli.cudnn_benchmark)
 
 
 @pytest.mark.slow
