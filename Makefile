@@ -9,7 +9,7 @@ XLA_VENV := .venv-xla
 XLA_PY := $(XLA_VENV)/bin/python
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench xla-check
+.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench gpu-goals xla-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ gpu-check: gpu-site
 # Profile, 10k-sample validation, kernel block sizes and torch.compile rows (after gpu-check).
 gpu-bench: gpu-site
 	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench $(GPU_ARGS)
+
+# Issues #13/#14's goals from the *-cuda.json results (anywhere; reads JSON only): met, missed, not measured.
+gpu-goals:
+	$(GPU_PYTHON) benchmarks/gpu_goals.py
 
 # torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
 $(XLA_STAMP): requirements-xla.txt

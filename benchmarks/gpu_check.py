@@ -130,7 +130,8 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("error: make gpu-check needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
-    name = "gpu_bench" if args.bench else RUN
+    # A rerun of some steps is recorded apart: gpu_check-cuda stays the record of one whole run.
+    name = ("gpu_bench" if args.bench else RUN) + ("_partial" if args.only else "")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = write_random_inception_weights(work / "inception.pth")  # real code path, meaningless numbers
