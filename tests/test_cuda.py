@@ -129,6 +129,16 @@ def test_sample_py_on_cuda(cuda_run, tmp_path):
         assert (tmp_path / attention / "grid.png").exists()
 
 
+def test_export_from_cuda_loads_anywhere_and_samples_the_same(cuda_run, tmp_path):
+    from biggan_smyrf import export_generator, generate, load_generator
+
+    G = load_generator(cuda_run / "checkpoints" / "gpu" / "last.ckpt", device=CUDA)
+    path = export_generator(G, tmp_path / "G.pt")
+    state = torch.load(path, weights_only=True)["state_dict"]  # no map_location: CPU tensors in the file
+    assert {value.device.type for value in state.values()} == {"cpu"}
+    assert torch.equal(generate(load_generator(path, device=CUDA), 4, seed=0), generate(G, 4, seed=0))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_spectral_norm_is_float32_under_autocast(dtype):
     """Under CUDA autocast the normalised weight, u and v are the float32 ones bit for bit (autocast

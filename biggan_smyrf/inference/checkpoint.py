@@ -114,13 +114,13 @@ def evaluated_attention(generator: Generator, saved: Union[AttentionSchedule, di
 
 def export_generator(generator: Generator, path: Union[str, Path]) -> Path:
     """Write G's architecture, weights and current attention (no optimiser or D): a small file for
-    sharing and sampling."""
+    sharing and sampling. Weights are saved as CPU tensors, so the file loads on any machine."""
     path = Path(path)
     payload = {
         "format": EXPORT_FORMAT,
         "config": asdict(generator.config),
         "attention": {name: asdict(cfg) for name, cfg in attention_configs(generator).items()},
-        "state_dict": generator.state_dict(),
+        "state_dict": {name: value.cpu() for name, value in generator.state_dict().items()},
     }
     torch.save(payload, path)
     return path
