@@ -64,7 +64,7 @@ def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list
                   "--reps", "5", "--variants", "dense@64", "dense@128 flash", "smyrf@128 paper 4x2048",
                   "smyrf@128 ours 4x2048", "smyrf@128 ours 4x2048 chunked"]
     return [
-        ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 150),
+        ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 195),
         ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
                              "--dtype", "bfloat16", "float32", "--sizes", "16384", "65536", "--batches", "8", "32",
                              "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "ours 4x4096",
