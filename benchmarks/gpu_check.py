@@ -23,6 +23,13 @@ gpu-bench (about 6 minutes):
   5. torch.compile rows of the step table (-> train_step_compile-cuda)
 Each writes benchmarks/results/<name>-cuda.{json,md} (card, per-step rc and seconds): gpu_check-cuda
 and gpu_bench-cuda list the steps.
+
+On a lent machine (one call of at most 10 minutes, at most 8 files back), run both in one call:
+    python3 benchmarks/gpu_check.py --with-bench --budget 560 --archive $OUT/results.tar.gz
+--budget caps the whole run: each step gets what is left if that is less than its own limit, and
+a step with under a minute left is recorded as not run ("rc": "no time"), so the run ends inside
+the call. --archive rewrites one tar.gz of every *-cuda result after each step, so a call that is
+cut off still brings back what was measured.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +47,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from common import markdown_table, write_results  # noqa: E402
+from common import RESULTS, markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights  # noqa: E402
 
 RUN = "gpu_check"
+# A step given less than this by --budget is not started: it could not finish.
+MIN_STEP_S = 60
 
 
 def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str], int]]:
@@ -103,7 +113,10 @@ def bench_steps() -> list[tuple[str, list[str], int]]:
     ]
 
 
-def run_step(name: str, command: list[str], limit: int, cwd: Path) -> dict:
+def run_step(name: str, command: list[str], limit: float, cwd: Path) -> dict:
+    if limit <= 0:
+        print(f"== {name}: not run, the --budget is spent", flush=True)
+        return {"step": name, "rc": "no time", "seconds": 0.0, "limit_s": 0}
     print(f"== {name}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
     # Its own process group: a step that runs out of time is killed with everything it started
@@ -115,7 +128,7 @@ def run_step(name: str, command: list[str], limit: int, cwd: Path) -> dict:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         rc = "timeout"
-    row = {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "limit_s": limit}
+    row = {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit)}
     print(f"== {name}: rc {rc} in {row['seconds']} s", flush=True)
     return row
 
@@ -123,35 +136,68 @@ def run_step(name: str, command: list[str], limit: int, cwd: Path) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", action="store_true", help="run gpu-bench's steps instead of gpu-check's")
+    parser.add_argument("--with-bench", action="store_true", help="gpu-check's steps, then gpu-bench's")
     parser.add_argument("--g-iters", type=int, default=60, help="train.py length in G iterations")
     parser.add_argument("--only", nargs="+", help="run only the steps whose names start with these words")
     parser.add_argument("--limit", type=int, help="time limit in seconds for each chosen step, instead of its own "
                                                   "(to rerun one step that ran out of time)")
+    parser.add_argument("--budget", type=float, help="seconds for the whole run; steps that no longer fit are not run")
+    parser.add_argument("--archive", type=Path, help="tar.gz of every *-cuda result, rewritten after each step")
     args = parser.parse_args()
+    if args.bench and args.with_bench:
+        parser.error("--bench runs gpu-bench alone; --with-bench runs gpu-check then gpu-bench: choose one")
     if not torch.cuda.is_available():
         sys.exit("error: make gpu-check needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
-    # A rerun of some steps is recorded apart: gpu_check-cuda stays the record of one whole run.
-    name = ("gpu_bench" if args.bench else RUN) + ("_partial" if args.only else "")
+    deadline = time.monotonic() + args.budget if args.budget else None
+    passed = True
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = write_random_inception_weights(work / "inception.pth")  # real code path, meaningless numbers
-        steps = bench_steps() if args.bench else check_steps(work, weights, args.g_iters)
-        chosen = [s for s in steps if not args.only or any(s[0].startswith(word) for word in args.only)]
-        rows = []
-        for step, command, limit in chosen:
-            rows.append(run_step(step, command, args.limit or limit, work))
-            # After every step, so a run cut off part-way still records what it did.
-            stem = save(name, rows, len(chosen), args.g_iters)
-    print(stem.with_suffix(".md").read_text())
-    print(f"wrote {stem}.json and {stem}.md")
-    sys.exit(0 if all(row["rc"] == 0 for row in rows) and len(rows) == len(chosen) else 1)
+        suites = [("gpu_bench", bench_steps())] if args.bench else [("gpu_check", check_steps(work, weights, args.g_iters))]
+        if args.with_bench:
+            suites.append(("gpu_bench", bench_steps()))
+        for suite, steps in suites:
+            # A rerun of some steps is recorded apart: gpu_check-cuda stays the record of one whole run.
+            name = suite + ("_partial" if args.only else "")
+            chosen = [s for s in steps if not args.only or any(s[0].startswith(word) for word in args.only)]
+            rows = []
+            for step, command, limit in chosen:
+                rows.append(run_step(step, command, step_limit(args.limit or limit, deadline), work))
+                # After every step, so a run cut off part-way still records what it did.
+                stem = save(name, rows, len(chosen), args.g_iters, args.budget)
+                if args.archive:
+                    archive_results(args.archive)
+            print(stem.with_suffix(".md").read_text())
+            print(f"wrote {stem}.json and {stem}.md")
+            passed = passed and all(row["rc"] == 0 for row in rows) and len(rows) == len(chosen)
+    sys.exit(0 if passed else 1)
 
 
-def save(name: str, rows: list[dict], n_steps: int, g_iters: int) -> Path:
+def step_limit(limit: float, deadline: float | None) -> float:
+    """The step's own limit, or what is left of the budget if less; 0 (not run) when less is left
+    than the step's limit and MIN_STEP_S both."""
+    if deadline is None:
+        return limit
+    left = deadline - time.monotonic()
+    return min(limit, left) if left >= min(limit, MIN_STEP_S) else 0
+
+
+def archive_results(path: Path) -> None:
+    """Every CUDA result file in one tar.gz (the device tool brings back at most 8 files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for result in sorted(RESULTS.glob("*-cuda.*")):
+            tar.add(result, arcname=result.name)
+    partial.replace(path)  # never a half-written archive, even if the call ends mid-write
+
+
+def save(name: str, rows: list[dict], n_steps: int, g_iters: int, budget: float | None) -> Path:
     table = markdown_table(rows, [("step", "step"), ("rc", "exit code"), ("seconds", "seconds"), ("limit_s", "limit s")])
     passed = len(rows) == n_steps and all(row["rc"] == 0 for row in rows)
     return write_results(name, torch.device("cuda"), rows, table,
-                         {"passed": passed, "steps_run": len(rows), "steps": n_steps, "g_iters": g_iters})
+                         {"passed": passed, "steps_run": len(rows), "steps": n_steps, "g_iters": g_iters,
+                          "budget_s": budget})
 
 
 if __name__ == "__main__":
