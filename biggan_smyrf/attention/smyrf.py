@@ -282,6 +282,12 @@ def _hub_round_backward(grad, q, hub_k, hub_v, out, lse, scale, kernel, hub_mask
     return dq.reshape(q.shape), dk.view(B, parts, *dk.shape[1:]).sum(1), dv.view(B, parts, *dv.shape[1:]).sum(1)
 
 
+def _weighted(grad: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w[..., None] * grad, (B, N, d) in `dtype`, rounded once and written straight into it: the
+    float32 product (B, N, d) of `(w * grad).to(dtype)` was the backward's largest temporary."""
+    return torch.mul(grad, w[..., None], out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
+
+
 def log_participation(lse: torch.Tensor) -> torch.Tensor:
     """log((sum_r e^l_r)^2 / sum_r e^(2 l_r)) over dim 1: log of the effective number of rounds."""
     return 2 * torch.logsumexp(lse, dim=1, keepdim=True) - torch.logsumexp(2 * lse, dim=1, keepdim=True)
@@ -342,7 +348,7 @@ class _ClusteredAttention(torch.autograd.Function):
         )
         dq = d_hub_k = d_hub_v = None
         if hub_k is not None:
-            grad_hub = (w_hub[..., None] * grad_out).to(q.dtype)
+            grad_hub = _weighted(grad_out, w_hub, q.dtype)
             dq, d_hub_k, d_hub_v = _hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, kernel, hub_mask)
         return (
             dqs.reshape(qs.shape), dks.reshape(ks.shape), dvs.reshape(vs.shape), None, None,
@@ -388,7 +394,9 @@ class _PermutedRounds(torch.autograd.Function):
         norm, w_hub = round_normalisers(lse, lse_hub, dedup)
         if o_hub is not None:
             # Dedup shifts every hashed round alike, so it changes only the hub round's share.
-            out.lerp_(o_hub.to(torch.float32), w_hub[..., None])
+            # addcmul_ reads o_hub in its own dtype: no float32 copy of a (B, N, d_v) output.
+            w = w_hub[..., None]
+            out.mul_(1 - w).addcmul_(o_hub, w)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub)
         ctx.config = config
@@ -406,7 +414,7 @@ class _PermutedRounds(torch.autograd.Function):
         dq, dk, dv = rounds.backward(grad_out, norm, delta)
         d_hub_k = d_hub_v = None
         if hub_k is not None:
-            grad_hub = (w_hub[..., None] * grad_out).to(q.dtype)
+            grad_hub = _weighted(grad_out, w_hub, q.dtype)
             dq_hub, d_hub_k, d_hub_v = _hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask)
             dq += dq_hub
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, d_hub_k, d_hub_v, None, None
