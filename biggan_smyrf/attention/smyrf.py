@@ -397,6 +397,8 @@ class _PermutedRounds(torch.autograd.Function):
             # addcmul_ reads o_hub in its own dtype: no float32 copy of a (B, N, d_v) output.
             w = w_hub[..., None]
             out.mul_(1 - w).addcmul_(o_hub, w)
+            if out.dtype != q.dtype:  # o_hub's buffer, spent, takes the result: one (B, N, d_v) less at the peak
+                out = o_hub.copy_(out)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub)
         ctx.config = config
@@ -411,10 +413,14 @@ class _PermutedRounds(torch.autograd.Function):
         scale, q_cluster_size, _ = ctx.config
         rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
         delta = row_dot(grad_out, out)
-        dq, dk, dv = rounds.backward(grad_out, norm, delta)
-        d_hub_k = d_hub_v = None
+        dq_hub = d_hub_k = d_hub_v = None
         if hub_k is not None:
+            # Before the hashed rounds: its weighted gradient (B, N, d_v) is freed before their
+            # float32 accumulators exist, so the two never add up in the peak.
             grad_hub = _weighted(grad_out, w_hub, q.dtype)
             dq_hub, d_hub_k, d_hub_v = _hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask)
+            del grad_hub
+        dq, dk, dv = rounds.backward(grad_out, norm, delta)
+        if dq_hub is not None:
             dq += dq_hub
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, d_hub_k, d_hub_v, None, None

@@ -45,10 +45,14 @@ def unit_sums_through(order: torch.Tensor, features: torch.Tensor, unit: int) ->
     `unit` consecutive keys in the round's `order` (B, H, M). One round at a time, so one sorted
     copy exists at once: O(B M F) memory instead of O(B H M F). (A scatter by rank would need no
     copy at all, but on a GPU its few bins -- 32 per batch element at 16k tokens -- make every
-    atomic add wait for a hundred others.)"""
+    atomic add wait for a hundred others.)
+    index_select rather than gather: its backward keeps only the index, not the (B, M, F) float32
+    features (gather's keeps its input for the shape)."""
     B, H, M = order.shape
     F = features.shape[-1]
-    sums = [features.gather(1, order[:, r, :, None].expand(B, M, F)).view(B, M // unit, unit, F).sum(2) for r in range(H)]
+    flat = features.flatten(0, 1)
+    first = torch.arange(0, B * M, M, device=order.device)[:, None]  # each batch element's first row in `flat`
+    sums = [flat.index_select(0, (order[:, r] + first).flatten()).view(B, M // unit, unit, F).sum(2) for r in range(H)]
     return torch.stack(sums, dim=1)
 
 
