@@ -192,11 +192,7 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
     k_index = k_order.view(B, H, n_clusters, k_cluster_size)
     if n_summaries:
-        features = summary_features(k, v, summarised(k, plan.hub, plan.key_padding_mask))
-        unit_sums = unit_sums_through(k_order, features, summary_unit(M, k_cluster_size, n_summaries))
-        summary_k, summary_v, offset = summary_keys(
-            unit_sums, M, k.shape[-1], k_cluster_size, n_summaries, (k.dtype, v.dtype)
-        )
+        summary_k, summary_v, offset = _round_summaries(k, v, plan)
         k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
         bias = torch.cat([bias, offset.flatten(1)], dim=1)
         summary_index = M + torch.arange(H * n_clusters * n_summaries, device=k.device)
@@ -205,6 +201,15 @@ def _permuted_rounds(q, k, v, plan: _Plan):
     return _PermutedRounds.apply(
         q, k, v, bias, plan.q_order, k_index.reshape(B, H, -1), *hub_round, (plan.scale, plan.q_cluster_size, plan.dedup)
     )
+
+
+def _round_summaries(k, v, plan: _Plan):
+    """Every round's summary keys, values and logit offsets (see `summaries.summary_keys`). A function
+    of its own so that the float32 features (B, M, d_qk + d_v + 1) are freed before the rounds run."""
+    M, k_cluster_size, n_summaries = k.shape[1], plan.k_cluster_size, plan.n_summaries
+    features = summary_features(k, v, summarised(k, plan.hub, plan.key_padding_mask))
+    unit_sums = unit_sums_through(plan.k_order, features, summary_unit(M, k_cluster_size, n_summaries))
+    return summary_keys(unit_sums, M, k.shape[-1], k_cluster_size, n_summaries, (k.dtype, v.dtype))
 
 
 def _logit_bias(k, hub, key_padding_mask, with_summaries: bool) -> Optional[torch.Tensor]:
