@@ -89,3 +89,12 @@ def test_no_results_means_nothing_is_met(tmp_path):
     assert gpu_goals.main(["--results", str(tmp_path), "--out", str(tmp_path)]) == 1
     goals = json.loads((tmp_path / "gpu_goals.json").read_text())["goals"]
     assert goals and {g["verdict"] for g in goals} == {"not measured"}
+
+
+def test_memory_goals_show_the_cpu_models_estimate_beside_the_measurement(results):
+    (results / "memory_model-cpu.json").write_text(json.dumps({"meta": {}, "rows": [
+        {"n": 16384, "dtype": "bfloat16", "vs_dense": 0.771}, {"n": 65536, "dtype": "float32", "vs_dense": None}]}))
+    sources = {g.goal: g.source for g in gpu_goals.issue14_goals(results)}
+    assert sources["attention peak memory: ours 4x2048 / dense SDPA at 16,384 tokens, batch 32, bfloat16"] == \
+        "attention (CPU model: 0.77x)"
+    assert sources["attention fwd+bwd time: ours 4x2048 / dense SDPA at 16,384 tokens, batch 32, bfloat16"] == "attention"
