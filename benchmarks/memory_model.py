@@ -51,7 +51,8 @@ class LiveTensors(TorchDispatchMode):
 
     `peak`, `at_peak` (what was alive then: bytes, dtype, shape, the op and the package line that
     made it) and `made` (every storage allocated) cover the time since the last `reset()`.
-    Storages made before entering are not counted.
+    Storages made before entering are not counted. (torch.distributed._tools' MemTracker counts
+    peaks too, but would count the interpreter's copies and cycles and cannot say which line made what.)
     """
 
     def __init__(self):
