@@ -288,8 +288,9 @@ def _hub_round_backward(grad, q, hub_k, hub_v, out, lse, scale, kernel, hub_mask
 
 
 def _weighted(grad: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """w[..., None] * grad, (B, N, d) in `dtype`, rounded once and written straight into it: the
-    float32 product (B, N, d) of `(w * grad).to(dtype)` was the backward's largest temporary."""
+    """w[..., None] * grad, (B, N, d) in `dtype`: computed in float32 and written straight into
+    `dtype`, the values of `(w * grad).to(dtype)` without its float32 (B, N, d) temporary, which
+    was the backward's largest."""
     return torch.mul(grad, w[..., None], out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
