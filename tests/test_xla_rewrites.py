@@ -1,6 +1,6 @@
 """What was rewritten so the training step has no host fallbacks or host reads on XLA (see
 tests/test_xla.py) equals what it replaced, bit for bit on the CPU: nearest x2 upsampling and
-spectral norm (models/layers.py), and the G_ema update (training/ema.py)."""
+spectral norm (models/spectral.py; per-layer path), and the G_ema update (training/ema.py)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from biggan_smyrf.models import Generator, GeneratorConfig
-from biggan_smyrf.models.layers import spectral, upsample2x, upsample2x_expand
+from biggan_smyrf.models.layers import upsample2x, upsample2x_expand
+from biggan_smyrf.models.spectral import spectral
 from biggan_smyrf.training.ema import make_ema, update_ema
 
 

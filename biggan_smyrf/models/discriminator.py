@@ -9,6 +9,7 @@ from torch import nn
 from .attention_block import SelfAttention
 from .config import DiscriminatorConfig
 from .layers import DBlock, sn_embedding, sn_linear
+from .spectral import normalise_together
 from .specs import check_attention_resolutions, discriminator_stages
 
 
@@ -34,6 +35,7 @@ class Discriminator(nn.Module):
         width = stages[-1].out_ch
         self.linear = sn_linear(width, 1, c.sn_eps)
         self.embed = sn_embedding(c.n_classes, width, c.sn_eps)
+        normalise_together(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config

@@ -8,6 +8,7 @@ from torch import nn
 from .attention_block import SelfAttention
 from .config import GeneratorConfig
 from .layers import GBlock, sn_conv, sn_linear
+from .spectral import normalise_together
 from .specs import BOTTOM, check_attention_resolutions, generator_stages
 
 
@@ -43,6 +44,7 @@ class Generator(nn.Module):
         self.output = nn.Sequential(
             nn.BatchNorm2d(stages[-1].out_ch, eps=c.bn_eps), nn.ReLU(), sn_conv(stages[-1].out_ch, 3, 3, c.sn_eps)
         )
+        normalise_together(self)
 
     def class_vector(self, y: torch.Tensor) -> torch.Tensor:
         if self.shared is not None:

@@ -1,66 +1,20 @@
 """BigGAN building blocks: spectrally normalised layers, conditional batch norm, residual blocks.
 
-Every conv, linear and embedding weight is orthogonally initialised and then wrapped in PyTorch's
-own spectral norm (one power iteration per training forward, as in BigGAN).
+Every conv, linear and embedding weight is orthogonally initialised and then wrapped in spectral
+norm (`spectral.py`: PyTorch's parametrization, one power iteration per training forward, as in
+BigGAN).
 
-Spectral norm runs in float32 under autocast: on CUDA, autocast would run its matrix-vector
-products in bf16/fp16 (casting every weight three times per forward) and estimate sigma, the
-number every weight is divided by, to half-precision accuracy.
-
-Two ops are written out in ops that XLA lowers, so a TPU step runs without host fallbacks
-(`make xla-check`): sigma's `torch.vdot` becomes `torch.dot`, and on XLA devices nearest x2
-upsampling becomes an expand whose backward sums each 2x2 block. Both give bit-identical results
-on the CPU (tests).
+On XLA devices nearest x2 upsampling is written as an expand whose backward sums each 2x2 block,
+an op XLA lowers, so a TPU step runs without host fallbacks (`make xla-check`); it gives
+bit-identical results on the CPU (tests).
 """
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm
 
-
-def full_precision(device_type: str):
-    """A block that autocast leaves alone (a no-op where autocast is off or unknown)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
-
-
-class SpectralNorm(_SpectralNorm):
-    """PyTorch's spectral norm parametrization with sigma = u . (W v) through `torch.dot`.
-
-    torch_xla has no lowering for `aten::vdot` (which the parent uses) and would run it on the host
-    inside every step; for real tensors vdot is dot on every other backend. Buffers (`_u`, `_v`),
-    power iteration, initialisation and state-dict keys are the parent's, so checkpoints written
-    with `torch.nn.utils.parametrizations.spectral_norm` load unchanged.
-    """
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        # Full precision whatever the autocast region: the layer casts the normalised weight itself.
-        with full_precision(weight.device.type):
-            if weight.ndim == 1:
-                return super().forward(weight)
-            weight_mat = self._reshape_weight_to_matrix(weight)
-            if self.training:
-                self._power_method(weight_mat, self.n_power_iterations)
-            # Clones, as in the parent: the power iteration updates the buffers in place, and D's
-            # graph from an earlier forward must still see the vectors it used.
-            u = self._u.clone(memory_format=torch.contiguous_format)
-            v = self._v.clone(memory_format=torch.contiguous_format)
-            return weight / torch.dot(u, torch.mv(weight_mat, v))
-
-
-def spectral(module: nn.Module, eps: float) -> nn.Module:
-    """Orthogonal init, then spectral norm; BigGAN's recipe for every weight layer."""
-    nn.init.orthogonal_(module.weight)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
-    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, n_power_iterations=1, eps=eps))
-    return module
+from .spectral import spectral
 
 
 class _Upsample2x(torch.autograd.Function):

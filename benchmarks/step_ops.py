@@ -1,0 +1,132 @@
+"""How many kernels a G iteration launches, with spectral norm run together or layer by layer.
+
+    python benchmarks/step_ops.py            # dense@64 and SMYRF@128, fp32 and bf16 (~2 min on 2 cores)
+
+On a GPU every op that reaches a kernel costs a launch and ~5-20 us of host time, whatever the
+batch, so a step of a few thousand ops is bound by the host at batch 16-32 and bf16 cannot speed
+it up (issue #13). This counts, on the CPU, the ops of one training step of benchmarks/models.py
+(2 D steps + 1 G step + G_ema update, ch 16, batch 2: the count does not depend on width or
+batch) at the dispatcher -- views and other metadata-only ops left out -- once with
+`models/spectral.py`'s together path (what G and D use) and once with PyTorch's per-layer path.
+Adam's ops are counted apart: the CPU runs it tensor by tensor, CUDA as one fused kernel per
+parameter group. Spectral norm's forward ops are those run inside its hook or parametrization.
+The CPU step time (median of --reps) is printed too; on a CPU the convolutions dominate it.
+
+Writes benchmarks/results/step_ops-cpu.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, write_results  # noqa: E402
+from models import VARIANTS, workload  # noqa: E402
+
+from biggan_smyrf.models import spectral  # noqa: E402
+
+METADATA_OPS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "reshape", "unsqueeze", "squeeze",
+                "as_strided", "detach", "alias", "select", "slice", "split", "split_with_sizes", "unbind",
+                "lift_fresh", "lift_fresh_copy"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Ops that reach a kernel, by the region (`within`) they ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.region = "other"
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in METADATA_OPS:
+            self.counts[self.region] = self.counts.get(self.region, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    @contextmanager
+    def within(self, region: str):
+        outer, self.region = self.region, region
+        try:
+            yield
+        finally:
+            self.region = outer
+
+
+def _tagged(counter: OpCounter, region: str, fn):
+    def wrapper(*args, **kwargs):
+        with counter.within(region):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def count_step(variant: str, dtype: str, together: bool, reps: int) -> dict:
+    case = {"table": "step", "device": "cpu", "variant": variant, "batch": 2, "dtype": dtype, "ch": 16}
+    per_layer = mock.patch.object(spectral, "_training_layers", return_value=[])  # the hook finds nothing to do
+    counter = OpCounter()
+    tags = [
+        mock.patch.object(torch.optim.Adam, "step", _tagged(counter, "optimizer", torch.optim.Adam.step)),
+        mock.patch.object(spectral, "_power_iteration_hook", _tagged(counter, "spectral norm", spectral._power_iteration_hook)),
+        mock.patch.object(spectral.SpectralNorm, "forward", _tagged(counter, "spectral norm", spectral.SpectralNorm.forward)),
+    ]
+    with nullcontext() if together else per_layer:
+        for tag in tags:
+            tag.start()
+        try:
+            step = workload(case, torch.device("cpu"))  # the hooks bind at construction
+            step()  # lazy state (Adam's moments, cuDNN-like caches) out of the count
+            with counter:
+                step()
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+        finally:
+            for tag in tags:
+                tag.stop()
+    counts = counter.counts
+    total = sum(counts.values())
+    return {"variant": variant, "dtype": dtype, "spectral_norm": "together" if together else "per layer",
+            "ops": total, "optimizer_ops": counts.get("optimizer", 0),
+            "ops_without_optimizer": total - counts.get("optimizer", 0),
+            "sn_forward_ops": counts.get("spectral norm", 0), "cpu_step_ms": 1e3 * sorted(times)[len(times) // 2]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["dense@64", "smyrf@128 ours 4x2048"], choices=list(VARIANTS))
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="step_ops", help="results file stem")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for variant in args.variants:
+        for dtype in args.dtypes:
+            for together in (False, True):
+                rows.append(count_step(variant, dtype, together, args.reps))
+                print(rows[-1], flush=True)
+            before, after = rows[-2]["ops_without_optimizer"], rows[-1]["ops_without_optimizer"]
+            rows[-1]["vs_per_layer"] = after / before
+    columns = [("variant", "G attention"), ("dtype", "dtype"), ("spectral_norm", "spectral norm"),
+               ("ops", "ops per G iteration"), ("optimizer_ops", "of which Adam (CPU, per tensor)"),
+               ("ops_without_optimizer", "without Adam"), ("vs_per_layer", "vs per layer"),
+               ("sn_forward_ops", "spectral norm's forward ops"), ("cpu_step_ms", "CPU step ms")]
+    table = markdown_table(rows, columns)
+    print(table)
+    stem = write_results(args.name, torch.device("cpu"), rows, table,
+                         {"ch": 16, "batch": 2, "reps": args.reps, "threads": args.threads,
+                          "counted": "dispatched ops except views and metadata-only ops, one G iteration"})
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()

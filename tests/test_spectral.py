@@ -1,0 +1,170 @@
+"""Spectral norm run for a whole network at once (models/spectral.py) against PyTorch's per-layer
+spectral_norm: same power iteration, same weights and gradients, in far fewer kernels."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from biggan_smyrf.models.spectral import SpectralNorm, normalise_together, spectral
+
+
+class TinyD(nn.Module):
+    """A projection discriminator in miniature: convs, a linear layer and an embedding."""
+
+    def __init__(self, normalised):
+        super().__init__()
+        self.conv1 = normalised(nn.Conv2d(3, 8, 3, padding=1))
+        self.conv2 = normalised(nn.Conv2d(8, 6, 1))
+        self.linear = normalised(nn.Linear(6, 1))
+        self.embed = normalised(nn.Embedding(5, 6))
+
+    def forward(self, x, y):
+        h = F.relu(self.conv2(F.relu(self.conv1(x)))).sum(dim=(2, 3))
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+
+
+def twins(layout=torch.contiguous_format):
+    """TinyD under PyTorch's spectral_norm, and under ours run together: same weights, u and v."""
+    torch.manual_seed(0)
+    reference = TinyD(lambda m: spectral_norm(m, eps=1e-6)).to(memory_format=layout)
+    ours = normalise_together(TinyD(lambda m: spectral(m, eps=1e-6))).to(memory_format=layout)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def inputs(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 5, 5, generator=generator), torch.randint(5, (4,), generator=generator)
+
+
+def hinge_step(net):
+    """Two training forwards, then one backward: the graph of the first must survive the second's
+    in-place update of u and v (why PyTorch's spectral norm clones them)."""
+    real, fake = net(*inputs(1)), net(*inputs(2))
+    (F.relu(1 - real).mean() + F.relu(1 + fake).mean()).backward()
+
+
+def assert_close(actual, expected, name):
+    """Float32 rounding: sigma = |Wᵀu| and PyTorch's uᵀWv agree to a few ulps, not bit for bit."""
+    error = ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+    assert error < 1e-5, f"{name}: relative error {error:.1e}"
+
+
+def assert_same_state_and_gradients(reference, ours):
+    for name, value in reference.state_dict().items():
+        assert_close(ours.state_dict()[name], value, name)
+    for (name, p_ref), p_ours in zip(reference.named_parameters(), ours.parameters()):
+        if p_ref.grad is None:  # a bias under a gradient penalty
+            assert p_ours.grad is None, name
+        else:
+            assert_close(p_ours.grad, p_ref.grad, name)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_together_equals_pytorch_spectral_norm_over_training_steps(layout):
+    reference, ours = twins(layout)
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (reference, ours)]
+    for _ in range(3):
+        for net, optimizer in zip((reference, ours), optimizers):
+            optimizer.zero_grad()
+            hinge_step(net)
+        assert_same_state_and_gradients(reference, ours)
+        for optimizer in optimizers:
+            optimizer.step()
+    reference.eval(), ours.eval()
+    for (name, a), b in zip(reference.named_modules(), ours.modules()):
+        if hasattr(a, "parametrizations"):
+            assert_close(b.weight, a.weight, name)
+
+
+def test_double_backward_through_the_together_path():
+    """A gradient penalty (as R1 would add) differentiates spectral norm's backward once more."""
+    reference, ours = twins()
+    for net in (reference, ours):
+        x, y = inputs(3)
+        x.requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(net(x, y).sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+    assert_same_state_and_gradients(reference, ours)
+
+
+def test_eval_forwards_are_pytorchs_bit_for_bit_and_leave_the_vectors_alone():
+    reference, ours = twins()
+    hinge_step(reference), hinge_step(ours)
+    ours.load_state_dict(reference.state_dict())
+    reference.eval(), ours.eval()
+    before = copy.deepcopy(ours.state_dict())
+    assert torch.equal(ours(*inputs(4)), reference(*inputs(4)))
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+class CountOps(TorchDispatchMode):
+    """Ops that reach a kernel (views and other metadata-only ops left out): launches on a GPU."""
+
+    METADATA = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "reshape", "unsqueeze", "squeeze",
+                "as_strided", "detach", "alias", "select", "slice", "split", "lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ not in self.METADATA
+        return func(*args, **(kwargs or {}))
+
+
+def ops_of_a_training_step(net) -> int:
+    hinge_step(net)  # first call: lazy initialisation out of the count
+    with CountOps() as counter:
+        hinge_step(net)
+    return counter.count
+
+
+def test_together_path_issues_less_than_half_the_kernels_of_pytorchs():
+    """Per layer and forward+backward, spectral norm's own kernels: what the step costs beyond
+    the same network without spectral norm."""
+    torch.manual_seed(0)
+    plain = ops_of_a_training_step(TinyD(lambda m: m))
+    reference, ours = twins()
+    ours_extra = ops_of_a_training_step(ours) - plain
+    reference_extra = ops_of_a_training_step(reference) - plain
+    # Measured per layer and training forward: PyTorch's 22, ours 10 (2 of them the multi-tensor
+    # kernels that TinyD's 4 layers share; BigGAN's G shares them among 40).
+    n_layer_forwards = 4 * 2
+    assert reference_extra / n_layer_forwards >= 20
+    assert ours_extra / n_layer_forwards <= 10
+    assert ours_extra < 0.5 * reference_extra
+
+
+@pytest.mark.parametrize("network", ["G", "D"])
+def test_biggan_networks_run_their_power_iterations_together(network, monkeypatch):
+    """Two matrix-vector products per layer in a training forward (three in PyTorch's), none
+    under autocast, and nothing left behind after the forward."""
+    if network == "G":
+        net, args = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[16])), (torch.randn(2, 120),)
+    else:
+        net, args = Discriminator(DiscriminatorConfig(resolution=32, ch=8, attention_resolutions=[16])), (torch.randn(2, 3, 32, 32),)
+    n_layers = sum(isinstance(m, SpectralNorm) for m in net.modules())
+    seen = []
+    mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or mv(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(*args)
+    assert len(seen) == 2 * n_layers and not any(seen)
+    assert all(m.power_iterated is None for m in net.modules() if isinstance(m, SpectralNorm))
+
+
+def test_a_forward_that_raises_leaves_no_sigma_behind():
+    _, ours = twins()
+    with pytest.raises(RuntimeError):
+        ours(torch.randn(4, 2, 5, 5), torch.zeros(4, dtype=torch.long))  # 2 channels, not 3
+    assert all(m.power_iterated is None for m in ours.modules() if isinstance(m, SpectralNorm))
+    copy.deepcopy(ours)  # G_ema is such a copy: it would fail on a stored non-leaf sigma
