@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(foreach c,$(BENCH_CKPTS),$(PY) benchmarks/sample_effect.py --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
 	$(PY) benchmarks/profile_smyrf.py
 	$(PY) benchmarks/memory_model.py
+	$(PY) benchmarks/step_ops.py
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1 --batches 4 --reps 5 --name train_step_flash_vs_smyrf \

@@ -34,7 +34,7 @@ from biggan_smyrf.models import spectral  # noqa: E402
 
 METADATA_OPS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "reshape", "unsqueeze", "squeeze",
                 "as_strided", "detach", "alias", "select", "slice", "split", "split_with_sizes", "unbind",
-                "lift_fresh", "lift_fresh_copy"}
+                "lift_fresh", "lift_fresh_copy", "empty", "empty_like", "empty_strided"}  # no kernel
 
 
 class OpCounter(TorchDispatchMode):

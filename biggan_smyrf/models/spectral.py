@@ -12,17 +12,21 @@ with two changes:
 `normalise_together(network)` makes a network's training forwards run the power iteration of all
 its layers together. Per layer, PyTorch's parametrization issues ~13 small kernels per forward
 (three matrix-vector products, two normalisations of three kernels each, two clones, a dot and a
-division) and ~6 more in the backward. BigGAN at 128 px has 42 such layers in G and 24 in D and a
-G iteration runs them ~180 times, so on a GPU these launches -- not the convolutions -- set the
-step time at batch 16-32, and bf16 cannot speed that up (issue #13). Together, a forward costs
-two matrix-vector products per layer plus a fixed handful of multi-tensor (`_foreach`) kernels for
-the normalisations and the buffer updates, and each layer then divides its weight by its sigma.
+division) and ~9 more in the backward. BigGAN at 128 px has 41 such layers in G (one attention
+block) and 19 in D, and a G iteration runs each network's forward three times. On a GPU each
+launch costs the host several microseconds whatever the batch; issue #13's bf16 step, barely
+faster than fp32 at batch 16, points at such host-bound work. Together, a forward costs two matrix-vector products per layer
+plus nine multi-tensor (`_foreach`) kernels for the normalisations and the buffer updates; each
+layer then divides its weight by its sigma (one kernel, written straight in autocast's dtype for
+a conv or linear weight under autocast, which saves the cast and its backward), and the backward
+is five kernels per layer (`_DividedBySigma`). The ops of a G iteration besides Adam's halve
+(4,031 -> 1,969 at dense@64 in fp32, `benchmarks/step_ops.py`).
 
 The together path computes the same power iteration (u' = W v / |W v|, v' = Wᵀ u' / |Wᵀ u'|) and
 takes sigma = |Wᵀ u'|, which equals PyTorch's u'ᵀ W v' (because v' is Wᵀ u' normalised) with the
-same gradient, u' vᵀ', without a third product. Results agree with the per-layer path to float32
-rounding (tests). Eval forwards (no power iteration) and layers called outside their network's
-forward use the per-layer path.
+same gradient, u' vᵀ', without a third product. Results agree with PyTorch's per-layer path to
+float32 rounding (tests). Eval forwards (no power iteration) and layers called outside their
+network's forward take the per-layer path.
 """
 from __future__ import annotations
 
@@ -35,25 +39,33 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
 
+def _autocasting(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def full_precision(device_type: str):
     """A block that autocast leaves alone (a no-op where autocast is off or unknown)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
+    return torch.autocast(device_type, enabled=False) if _autocasting(device_type) else nullcontext()
 
 
 class SpectralNorm(_SpectralNorm):
     """PyTorch's spectral norm parametrization, in float32, with sigma through `torch.dot`, and
     a sigma handed in by `normalise_together` for the current forward when there is one."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, autocast_casts_weight: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        # (sigma, u', v') of this forward's power iteration, set only inside the network's forward.
+        # Conv and linear layers: autocast would cast the normalised weight to half precision in
+        # every forward, so the together path writes it in that dtype itself (one kernel, not two).
+        self.autocast_casts_weight = autocast_casts_weight
+        # (sigma, u', v' / sigma) of this forward's power iteration, set only inside the network's forward.
         self.power_iterated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.power_iterated is not None:
-            return _DividedBySigma.apply(weight, *self.power_iterated)
+            device_type, dtype = weight.device.type, weight.dtype
+            if self.autocast_casts_weight and _autocasting(device_type):
+                dtype = torch.get_autocast_dtype(device_type)
+            return _DividedBySigma.apply(weight, *self.power_iterated, dtype)
         with full_precision(weight.device.type):
             if weight.ndim == 1:
                 return super().forward(weight)
@@ -72,30 +84,40 @@ def spectral(module: nn.Module, eps: float) -> nn.Module:
     nn.init.orthogonal_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-    parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, n_power_iterations=1, eps=eps))
+    norm = SpectralNorm(module.weight, n_power_iterations=1, eps=eps,
+                        autocast_casts_weight=isinstance(module, (nn.Conv2d, nn.Linear)))
+    parametrize.register_parametrization(module, "weight", norm)
     return module
 
 
 def normalise_together(network: nn.Module) -> nn.Module:
     """Run the power iteration of every spectrally normalised layer of `network` together in its
     training forwards (see the module docstring). Hooks only: weights, buffers and checkpoints are
-    unchanged, and a copy of the network (G_ema) keeps the behaviour."""
+    unchanged, and a copy of the network (G_ema) keeps the behaviour. The layers are found at the
+    first forward: a spectrally normalised layer added to the network later is not seen (it still
+    works, on the per-layer path)."""
     network.register_forward_pre_hook(_power_iteration_hook)
     network.register_forward_hook(_forget_power_iteration_hook, always_call=True)
     return network
 
 
+def _spectral_norms(network: nn.Module) -> list[tuple[parametrize.ParametrizationList, SpectralNorm]]:
+    """Every spectrally normalised weight of `network`, found at its first forward and kept (walking
+    G's ~250 modules twice per forward would cost ~0.6 ms of host time). A plain attribute: not
+    state, and a deepcopy (G_ema) maps it to the copy's own layers."""
+    found = network.__dict__.get("_spectral_norms")
+    if found is None:
+        found = [(m, m[0]) for m in network.modules()
+                 if isinstance(m, parametrize.ParametrizationList) and len(m) == 1 and isinstance(m[0], SpectralNorm)]
+        network.__dict__["_spectral_norms"] = found
+    return found
+
+
 def _training_layers(network: nn.Module) -> list[tuple[torch.Tensor, SpectralNorm]]:
     """(raw weight, parametrization) of every layer that runs one power iteration in this forward
     (BigGAN's, what `spectral` builds); any other keeps the per-layer path."""
-    layers = []
-    for module in network.modules():
-        if isinstance(module, parametrize.ParametrizationList) and len(module) == 1:
-            norm = module[0]
-            if (isinstance(norm, SpectralNorm) and norm.training and module.original.ndim > 1
-                    and norm.n_power_iterations == 1):
-                layers.append((module.original, norm))
-    return layers
+    return [(weights.original, norm) for weights, norm in _spectral_norms(network)
+            if norm.training and norm.n_power_iterations == 1 and weights.original.ndim > 1]
 
 
 def _normalised(vectors: list[torch.Tensor], eps: list[float]) -> list[torch.Tensor]:
@@ -108,7 +130,7 @@ def _normalised(vectors: list[torch.Tensor], eps: list[float]) -> list[torch.Ten
 @torch.no_grad()
 def _power_iteration_hook(network: nn.Module, args) -> None:
     """Before a training forward: one power iteration of every layer, its buffers updated in place
-    and its (sigma, u', v') handed to its parametrization for this forward."""
+    and its (sigma, u', v' / sigma) handed to its parametrization for this forward."""
     layers = _training_layers(network)
     if not layers:
         return
@@ -123,34 +145,38 @@ def _power_iteration_hook(network: nn.Module, args) -> None:
         # In place, as PyTorch's spectral norm: DDP and DataParallel broadcast these buffers.
         torch._foreach_copy_([norm._u for norm in norms], u)
         torch._foreach_copy_([norm._v for norm in norms], v)
-    for norm, *vectors in zip(norms, sigmas, u, v):
+        v_over_sigma = torch._foreach_div(v, sigmas)
+    for norm, *vectors in zip(norms, sigmas, u, v_over_sigma):
         norm.power_iterated = tuple(vectors)
 
 
 def _forget_power_iteration_hook(network: nn.Module, args, output) -> None:
-    for module in network.modules():
-        if isinstance(module, SpectralNorm):
-            module.power_iterated = None
+    for _, norm in _spectral_norms(network):
+        norm.power_iterated = None
 
 
 class _DividedBySigma(torch.autograd.Function):
-    """W / sigma(W), with sigma's gradient that of uᵀ W v for constant u, v (PyTorch's spectral norm):
-        dL/dW = (G - <G, W / sigma> u vᵀ) / sigma,   G = dL/d(W / sigma),
-    five kernels in the backward where autograd's graph of the same formula takes about twelve. The
-    rank-one term is broadcast in W's own shape (u along dim 0, v over the rest, the order of
-    `_reshape_weight_to_matrix`), so a channels_last weight needs no copy. Its ops are
-    differentiable, so double backward (a gradient penalty) works."""
+    """W / sigma(W), written in `dtype` (autocast's, for a conv or linear weight under autocast),
+    with sigma's gradient that of uᵀ W v for constant u, v (PyTorch's spectral norm):
+        dL/dW = (G - <G, W> u (v / sigma)ᵀ) / sigma,   G = dL/d(W / sigma),
+    five kernels in the backward where autograd's graph of the same formula and the cast take about
+    fourteen; a half-precision G is promoted inside them. The rank-one term is broadcast in W's own
+    shape (u along dim 0, v over the rest, the order of `_reshape_weight_to_matrix`), so a
+    channels_last weight needs no copy. Its ops are differentiable, so double backward (a gradient
+    penalty) works."""
 
     @staticmethod
-    def forward(ctx, weight, sigma, u, v):
-        normalised = weight / sigma
-        ctx.save_for_backward(normalised, sigma, u, v)
-        return normalised
+    def forward(ctx, weight, sigma, u, v_over_sigma, dtype):
+        ctx.save_for_backward(weight, sigma, u, v_over_sigma)
+        if dtype == weight.dtype:
+            return weight / sigma
+        # The quotient rounded once to dtype: what autocast's cast of the float32 quotient gives.
+        return torch.div(weight, sigma, out=torch.empty_like(weight, dtype=dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        normalised, sigma, u, v = ctx.saved_tensors
-        along = (grad * normalised).sum()
+        weight, sigma, u, v_over_sigma = ctx.saved_tensors
+        along = (grad * weight).sum()
         u = u.view((-1,) + (1,) * (grad.dim() - 1))
-        rank_one_removed = torch.addcmul(grad, u, (v * along).view(grad.shape[1:]), value=-1)
-        return rank_one_removed / sigma, None, None, None
+        rank_one_removed = torch.addcmul(grad, u, (v_over_sigma * along).view(grad.shape[1:]), value=-1)
+        return rank_one_removed / sigma, None, None, None, None
