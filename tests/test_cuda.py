@@ -158,6 +158,21 @@ def test_spectral_norm_is_float32_under_autocast(dtype):
     assert torch.equal(mixed.weight, plain.weight)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_spectral_norm_together_matches_pytorchs(dtype):
+    """G's and D's path (models/spectral.py: all layers' power iterations in multi-tensor kernels,
+    weights written in autocast's dtype) against PyTorch's spectral_norm on the GPU, over two
+    training forwards and their backward. 1e-3: TF32 convolutions round both alike, not bit for bit."""
+    from test_spectral import assert_same_state_and_gradients, inputs, twins
+
+    reference, ours = (net.to(CUDA) for net in twins())
+    for net in (reference, ours):
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            real, fake = (net(*(t.to(CUDA) for t in inputs(seed))) for seed in (1, 2))
+        (torch.relu(1 - real.float()).mean() + torch.relu(1 + fake.float()).mean()).backward()
+    assert_same_state_and_gradients(reference, ours, tolerance=1e-3)
+
+
 def test_a_training_iteration_never_waits_for_the_gpu():
     """torch.cuda.set_sync_debug_mode("error") raises on any operation that makes the host wait for
     the GPU (a .item(), a blocking copy, a data-dependent shape): one D step and one G step with
