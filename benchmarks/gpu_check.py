@@ -93,8 +93,9 @@ def bench_steps() -> list[tuple[str, list[str], int]]:
     py = sys.executable
     bench = ROOT / "benchmarks"
     return [
+        # "sn per layer": PyTorch's spectral norm, to see what running it together saves on the GPU.
         ("profile dense@64", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants", "dense@64",
-                              "--dtypes", "fp32", "bf16", "--speeds", "plain", "nhwc"], 60),
+                              "--dtypes", "fp32", "bf16", "--speeds", "plain", "nhwc", "sn per layer"], 75),
         ("profile smyrf@128", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants",
                                "smyrf@128 ours 4x2048", "--dtypes", "bf16", "--name", "profile_step_smyrf128"], 40),
         ("validation 10k x 2 kinds", [py, str(bench / "validation.py"), "--device", "cuda", "--n", "10000",

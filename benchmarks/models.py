@@ -21,7 +21,9 @@ step:  one G iteration as in training (biggan_smyrf.training.module): 2 D steps 
        as the LightningModule makes it (SpeedConfig.fused_adam: the fused kernel on CUDA).
 speeds: plain; nhwc = SpeedConfig.channels_last (G, D and the real images channels-last);
        compile = torch.compile(dynamic=False) of G's and D's forward (benchmark only: not a
-       training option yet; its first call, which compiles, is left out of the time).
+       training option yet; its first call, which compiles, is left out of the time);
+       sn per layer = PyTorch's per-layer spectral norm instead of G's and D's power iterations
+       run together (models/spectral.py), to measure what that saves.
 Every attention block's gamma is set to 1, so attention contributes to outputs and gradients.
 Peak memory is measured on the first call (which also allocates grads and Adam state), then the
 median of `reps` further calls is timed. On the CPU every case runs in a fresh subprocess (peak
@@ -58,6 +60,7 @@ from common import (  # noqa: E402
 import biggan_smyrf.attention as attention_module  # noqa: E402
 from biggan_smyrf.attention import AttentionConfig, dense_attention  # noqa: E402
 from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, attention_blocks  # noqa: E402
+from biggan_smyrf.models.spectral import normalise_together  # noqa: E402
 from biggan_smyrf.training.ema import make_ema, update_ema  # noqa: E402
 from biggan_smyrf.training.losses import d_hinge_loss, g_hinge_loss  # noqa: E402
 
@@ -87,7 +90,7 @@ TIMEOUT_S = 1500  # a G256 train step on 2 cores takes minutes
 CPU_MEMORY_LIMIT = 16 * 2**30  # address space per case: a case that needs more fails, not the machine
 
 
-SPEEDS = ("plain", "nhwc", "compile", "nhwc+compile")
+SPEEDS = ("plain", "nhwc", "compile", "nhwc+compile", "sn per layer")
 
 
 def cases(table: str, device: str, quick: bool, reps: int, threads: int, speeds=("plain",)):
@@ -145,6 +148,8 @@ def workload(case: dict, device: torch.device):
     layout = torch.channels_last if "nhwc" in speed else torch.contiguous_format
     G.to(memory_format=layout)
     D.to(memory_format=layout)
+    if speed == "sn per layer":  # PyTorch's per-layer spectral norm, what models/spectral.py replaces
+        normalise_together(G, False), normalise_together(D, False)
     G_ema = make_ema(G, decay=0.9999) if case["table"] == "step" else None  # before compile: a plain copy
     if "compile" in speed:
         G.compile(dynamic=False)

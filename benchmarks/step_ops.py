@@ -1,13 +1,14 @@
 """How many kernels a G iteration launches, with spectral norm run together or layer by layer.
 
-    python benchmarks/step_ops.py            # dense@64 and SMYRF@128, fp32 and bf16 (~2 min on 2 cores)
+    python benchmarks/step_ops.py            # dense@64 and SMYRF@128, fp32 and bf16 (~1 min on 2 cores)
 
-On a GPU every op that reaches a kernel costs a launch and ~5-20 us of host time, whatever the
-batch, so a step of a few thousand ops is bound by the host at batch 16-32 and bf16 cannot speed
-it up (issue #13). This counts, on the CPU, the ops of one training step of benchmarks/models.py
+On a GPU every op that reaches a kernel costs a launch and several microseconds of host time,
+whatever the batch, so a step of a few thousand ops can be bound by the host at batch 16-32,
+where bf16 cannot speed it up (issue #13). This counts, on the CPU, the ops of one training step of benchmarks/models.py
 (2 D steps + 1 G step + G_ema update, ch 16, batch 2: the count does not depend on width or
 batch) at the dispatcher -- views and other metadata-only ops left out -- once with
-`models/spectral.py`'s together path (what G and D use) and once with PyTorch's per-layer path.
+`models/spectral.py`'s together path (what G and D use) and once with PyTorch's per-layer path
+(models.py's speed "sn per layer").
 Adam's ops are counted apart: the CPU runs it tensor by tensor, CUDA as one fused kernel per
 parameter group. Spectral norm's forward ops are those run inside its hook or parametrization.
 The CPU step time (median of --reps) is printed too; on a CPU the convolutions dominate it.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+import contextlib
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -67,30 +69,26 @@ def _tagged(counter: OpCounter, region: str, fn):
 
 
 def count_step(variant: str, dtype: str, together: bool, reps: int) -> dict:
-    case = {"table": "step", "device": "cpu", "variant": variant, "batch": 2, "dtype": dtype, "ch": 16}
-    per_layer = mock.patch.object(spectral, "_training_layers", return_value=[])  # the hook finds nothing to do
+    case = {"table": "step", "device": "cpu", "variant": variant, "batch": 2, "dtype": dtype, "ch": 16,
+            "speed": "plain" if together else "sn per layer"}
     counter = OpCounter()
-    tags = [
+    tags = [  # before the networks are built: their hooks bind the functions at construction
         mock.patch.object(torch.optim.Adam, "step", _tagged(counter, "optimizer", torch.optim.Adam.step)),
         mock.patch.object(spectral, "_power_iteration_hook", _tagged(counter, "spectral norm", spectral._power_iteration_hook)),
         mock.patch.object(spectral.SpectralNorm, "forward", _tagged(counter, "spectral norm", spectral.SpectralNorm.forward)),
     ]
-    with nullcontext() if together else per_layer:
+    with contextlib.ExitStack() as stack:
         for tag in tags:
-            tag.start()
-        try:
-            step = workload(case, torch.device("cpu"))  # the hooks bind at construction
-            step()  # lazy state (Adam's moments, cuDNN-like caches) out of the count
-            with counter:
-                step()
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-        finally:
-            for tag in tags:
-                tag.stop()
+            stack.enter_context(tag)
+        step = workload(case, torch.device("cpu"))
+        step()  # lazy state (Adam's moments) out of the count
+        with counter:
+            step()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     counts = counter.counts
     total = sum(counts.values())
     return {"variant": variant, "dtype": dtype, "spectral_norm": "together" if together else "per layer",

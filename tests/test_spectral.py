@@ -84,6 +84,17 @@ def test_together_equals_pytorch_spectral_norm_over_training_steps(layout):
             assert_close(b.weight, a.weight, name)
 
 
+def test_switched_off_it_is_pytorchs_spectral_norm_bit_for_bit():
+    reference, ours = twins()
+    normalise_together(ours, False)  # what benchmarks compare against
+    for net in (reference, ours):
+        hinge_step(net)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    for (name, p_ref), p_ours in zip(reference.named_parameters(), ours.parameters()):
+        assert torch.equal(p_ours.grad, p_ref.grad), name
+
+
 def test_double_backward_through_the_together_path():
     """A gradient penalty (as R1 would add) differentiates spectral norm's backward once more."""
     reference, ours = twins()

@@ -33,7 +33,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
@@ -90,14 +89,17 @@ def spectral(module: nn.Module, eps: float) -> nn.Module:
     return module
 
 
-def normalise_together(network: nn.Module) -> nn.Module:
+def normalise_together(network: nn.Module, together: bool = True) -> nn.Module:
     """Run the power iteration of every spectrally normalised layer of `network` together in its
-    training forwards (see the module docstring). Hooks only: weights, buffers and checkpoints are
-    unchanged, and a copy of the network (G_ema) keeps the behaviour. The layers are found at the
+    training forwards (see the module docstring); `together=False` turns it back to PyTorch's
+    per-layer path (what benchmarks compare against). Hooks only: weights, buffers and checkpoints
+    are unchanged, and a copy of the network (G_ema) keeps the setting. The layers are found at the
     first forward: a spectrally normalised layer added to the network later is not seen (it still
     works, on the per-layer path)."""
-    network.register_forward_pre_hook(_power_iteration_hook)
-    network.register_forward_hook(_forget_power_iteration_hook, always_call=True)
+    if "_spectral_norm_together" not in network.__dict__:
+        network.register_forward_pre_hook(_power_iteration_hook)
+        network.register_forward_hook(_forget_power_iteration_hook, always_call=True)
+    network.__dict__["_spectral_norm_together"] = together  # a plain attribute, not state
     return network
 
 
@@ -131,7 +133,7 @@ def _normalised(vectors: list[torch.Tensor], eps: list[float]) -> list[torch.Ten
 def _power_iteration_hook(network: nn.Module, args) -> None:
     """Before a training forward: one power iteration of every layer, its buffers updated in place
     and its (sigma, u', v' / sigma) handed to its parametrization for this forward."""
-    layers = _training_layers(network)
+    layers = _training_layers(network) if network.__dict__["_spectral_norm_together"] else []
     if not layers:
         return
     weights, norms = zip(*layers)
