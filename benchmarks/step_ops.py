@@ -12,6 +12,8 @@ batch) at the dispatcher -- views and other metadata-only ops left out -- once w
 Adam's ops are counted apart: the CPU runs it tensor by tensor, CUDA as one fused kernel per
 parameter group. Spectral norm's forward ops are those run inside its hook or parametrization.
 The CPU step time (median of --reps) is printed too; on a CPU the convolutions dominate it.
+A second table counts one G_ema forward as sampling and validation run it (eval, no gradients)
+against the same forward with gradients on, whose spectral-norm kernels are PyTorch's.
 
 Writes benchmarks/results/step_ops-cpu.{json,md}.
 """
@@ -30,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_results  # noqa: E402
-from models import VARIANTS, workload  # noqa: E402
+from models import VARIANTS, build, workload  # noqa: E402
 
 from biggan_smyrf.models import spectral  # noqa: E402
 
@@ -97,6 +99,26 @@ def count_step(variant: str, dtype: str, together: bool, reps: int) -> dict:
             "sn_forward_ops": counts.get("spectral norm", 0), "cpu_step_ms": 1e3 * sorted(times)[len(times) // 2]}
 
 
+def count_sampling(variant: str, dtype: str) -> dict:
+    """One G forward in eval mode (sampling, validation), with gradients on -- which gives
+    PyTorch's spectral-norm kernels: clones of u and v, mv, dot, division, autocast's cast -- and
+    off, where models/spectral.py skips the clones and writes the weight in autocast's dtype."""
+    G, _ = build({"variant": variant, "ch": 16}, torch.device("cpu"))
+    G.eval()
+    z = torch.randn(2, G.config.dim_z)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    row = {"variant": variant, "dtype": dtype}
+    for grad, key in ((True, "ops_with_grad"), (False, "ops_without_grad")):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=half, enabled=half is not None):
+            G(z)
+            counter = OpCounter()
+            with counter:
+                G(z)
+        row[key] = sum(counter.counts.values())
+    row["vs_with_grad"] = row["ops_without_grad"] / row["ops_with_grad"]
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["dense@64", "smyrf@128 ours 4x2048"], choices=list(VARIANTS))
@@ -118,9 +140,13 @@ def main():
                ("ops", "ops per G iteration"), ("optimizer_ops", "of which Adam (CPU, per tensor)"),
                ("ops_without_optimizer", "without Adam"), ("vs_per_layer", "vs per layer"),
                ("sn_forward_ops", "spectral norm's forward ops"), ("cpu_step_ms", "CPU step ms")]
-    table = markdown_table(rows, columns)
+    sampling = [count_sampling(variant, dtype) for variant in args.variants for dtype in args.dtypes]
+    table = markdown_table(rows, columns) + "\n\nG_ema forward (eval: sampling, validation), ops per forward:\n\n" + \
+        markdown_table(sampling, [("variant", "G attention"), ("dtype", "dtype"),
+                                  ("ops_with_grad", "with grad (PyTorch's spectral norm kernels)"),
+                                  ("ops_without_grad", "no grad (ours)"), ("vs_with_grad", "ratio")])
     print(table)
-    stem = write_results(args.name, torch.device("cpu"), rows, table,
+    stem = write_results(args.name, torch.device("cpu"), rows + [{"table": "sampling", **r} for r in sampling], table,
                          {"ch": 16, "batch": 2, "reps": args.reps, "threads": args.threads,
                           "counted": "dispatched ops except views and metadata-only ops, one G iteration"})
     print(f"wrote {stem}.json and {stem}.md")
