@@ -198,9 +198,11 @@ def test_biggan_networks_run_their_power_iterations_together(network, monkeypatc
     """Two matrix-vector products per layer in a training forward (three in PyTorch's), none
     under autocast, and nothing left behind after the forward."""
     if network == "G":
-        net, args = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[16])), (torch.randn(2, 120),)
+        net = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[16]))
+        args = (torch.randn(2, 120),)
     else:
-        net, args = Discriminator(DiscriminatorConfig(resolution=32, ch=8, attention_resolutions=[16])), (torch.randn(2, 3, 32, 32),)
+        net = Discriminator(DiscriminatorConfig(resolution=32, ch=8, attention_resolutions=[16]))
+        args = (torch.randn(2, 3, 32, 32),)
     n_layers = sum(isinstance(m, SpectralNorm) for m in net.modules())
     seen = []
     mv = torch.mv

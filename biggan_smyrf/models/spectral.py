@@ -15,12 +15,13 @@ its layers together. Per layer, PyTorch's parametrization issues ~13 small kerne
 division) and ~9 more in the backward. BigGAN at 128 px has 41 such layers in G (one attention
 block) and 19 in D, and a G iteration runs each network's forward three times. On a GPU each
 launch costs the host several microseconds whatever the batch; issue #13's bf16 step, barely
-faster than fp32 at batch 16, points at such host-bound work. Together, a forward costs two matrix-vector products per layer
-plus nine multi-tensor (`_foreach`) kernels for the normalisations and the buffer updates; each
-layer then divides its weight by its sigma (one kernel, written straight in autocast's dtype for
-a conv or linear weight under autocast, which saves the cast and its backward), and the backward
-is five kernels per layer (`_DividedBySigma`). The ops of a G iteration besides Adam's halve
-(4,031 -> 1,969 at dense@64 in fp32, `benchmarks/step_ops.py`).
+faster than fp32 at batch 16, points at such host-bound work. Together, a forward costs two
+matrix-vector products per layer plus nine multi-tensor (`_foreach`) kernels for the
+normalisations and the buffer updates; each layer then divides its weight by its sigma (one
+kernel, written straight in autocast's dtype for a conv or linear weight under autocast, which
+saves the cast and its backward), and the backward is five kernels per layer (`_DividedBySigma`).
+The ops of a G iteration besides Adam's halve (4,031 -> 1,969 at dense@64 in fp32,
+`benchmarks/step_ops.py`).
 
 The together path computes the same power iteration (u' = W v / |W v|, v' = Wᵀ u' / |Wᵀ u'|) and
 takes sigma = |Wᵀ u'|, which equals PyTorch's u'ᵀ W v' (because v' is Wᵀ u' normalised) with the
