@@ -26,7 +26,7 @@ class CheckpointError(ValueError):
     """The file is missing, unreadable, or not a biggan_smyrf checkpoint."""
 
 
-def check_checkpoint_file(path: Union[str, Path]) -> Path:
+def check_checkpoint_file(path: Union[str, Path], what_to_pass: str = WHAT_TO_PASS) -> Path:
     """`path`, checked to exist and to look like a file written by torch.save, without loading it.
 
     torch.save writes a zip archive (a pickle stream, starting with the PROTO opcode, before torch 1.6).
@@ -35,17 +35,18 @@ def check_checkpoint_file(path: Union[str, Path]) -> Path:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}; {WHAT_TO_PASS}")
+        raise CheckpointError(f"checkpoint not found: {path}; {what_to_pass}")
     with path.open("rb") as file:
         first_byte = file.read(1)
         is_zip = zipfile.is_zipfile(file)
         if not is_zip and first_byte != pickle.PROTO:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (not written by torch.save); {WHAT_TO_PASS}")
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (not written by torch.save); {what_to_pass}")
     return path
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict:
-    path = check_checkpoint_file(path)
+def read_checkpoint(path: Union[str, Path], what_to_pass: str = WHAT_TO_PASS) -> dict:
+    """The object torch.save wrote to `path`; errors end with `what_to_pass` (which file to give)."""
+    path = check_checkpoint_file(path, what_to_pass)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     # Whatever torch.load raises on a damaged or foreign file (UnpicklingError, RuntimeError, but also
@@ -53,7 +54,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     except Exception as err:
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint that loads safely with weights_only=True "
-            f"({type(err).__name__}); {WHAT_TO_PASS}"
+            f"({type(err).__name__}); {what_to_pass}"
         ) from err
 
 

@@ -22,6 +22,7 @@ from torchvision.utils import make_grid
 
 from biggan_smyrf.attention import AttentionChange, AttentionConfig
 from biggan_smyrf.metrics import MetricsConfig, MissingWeightsError, evaluate_images, prepare_scoring
+from biggan_smyrf.metrics.registry import METRICS
 from biggan_smyrf.models import attention_configs
 
 from biggan_smyrf.commands import script_command
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--data-root", help="real images (folder or zip); default: the built-in demo faces")
     metrics.add_argument("--n-real", type=int, help="real images for the statistics (default: all)")
     metrics.add_argument("--weights-path", help="local Inception weights file (offline machines)")
+    metrics.add_argument("--metric-names", nargs="+", choices=list(METRICS), default=list(METRICS),
+                         help="metrics to compute (default all); isc alone needs no real images")
     attention = p.add_argument_group(
         "attention (default: what the run evaluated with; SMYRF starts from the run's own SMYRF settings, "
         "and each flag below changes one of them)")
@@ -169,13 +172,14 @@ def run(args) -> list[Path]:
 def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
     target = out / "metrics.json"
     refuse_overwrite(target, args)
-    cfg = MetricsConfig(n_samples=args.n, n_real=args.n_real, batch_size=args.batch_size, weights_path=args.weights_path)
+    cfg = MetricsConfig(n_samples=args.n, n_real=args.n_real, batch_size=args.batch_size, weights_path=args.weights_path,
+                        names=args.metric_names)
     extractor, real = prepare_scoring(cfg, args.data_root, G.config.resolution, device)
     z = latents(args.n, G.config.dim_z, args.seed, args.truncation)
     y = labels(args.n, G.config.n_classes, args.seed, args.class_id)
     batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision], to_cpu=False)
     scores = evaluate_images(cfg, batches, real, extractor, device)
-    report = {"checkpoint": str(args.ckpt), "n_samples": args.n, "n_real": real.n, "seed": args.seed,
+    report = {"checkpoint": str(args.ckpt), "n_samples": args.n, "n_real": real.n if real else None, "seed": args.seed,
               "truncation": args.truncation, "attention": {k: v.describe() for k, v in attention_configs(G).items()},
               **scores}
     target.write_text(json.dumps(report, indent=1))

@@ -1,0 +1,235 @@
+"""Generators trained with BigGAN-PyTorch (Brock et al.'s reference code) as biggan_smyrf generators.
+
+    python import_biggan.py G_ema.pth biggan128.pt
+    python sample.py --ckpt biggan128.pt --out samples/ --class 207 --truncation 0.5
+    python sample.py --ckpt biggan128.pt --out samples/ --attention smyrf --n-hashes 2 --q-cluster-size 1024
+
+BigGAN-PyTorch's `BigGAN.Generator` with a shared class embedding (`--G_shared`, as in all its
+ImageNet runs and its TF-Hub ports) is the network `models/generator.py` builds: the same blocks,
+hierarchical z, conditional batch norms and attention, under other names. The architecture is
+read from the weights' shapes: resolution from the number of blocks, width, classes, embedding and
+z sizes, hierarchical z or not, and where attention is. The imported generator attends densely, as
+trained; `sample.py --attention smyrf` (or `load_generator(..., attention=...)`) swaps SMYRF in on
+the same weights -- the SMYRF paper's experiment on a pre-trained BigGAN.
+
+Spectral norm: BigGAN-PyTorch keeps only u, and in eval mode still runs one power iteration from
+it on every forward (without storing the result). The import runs that iteration once and stores
+its (u, v), so the imported generator divides every weight by exactly the sigma BigGAN-PyTorch's
+eval forward uses: the same images, up to float rounding (tested against BigGAN-PyTorch's own
+output). Neither epsilon is in the weights file: 1e-6 (spectral norm) and 1e-5 (batch norm) are
+BigGAN-PyTorch's ImageNet runs; its TF-Hub ports use 1e-4 for both.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.commands import script_command
+from biggan_smyrf.errors import DEBUG_ENV, DEBUG_FLAG, debug_requested, reported_errors
+from biggan_smyrf.models import Generator, GeneratorConfig
+from biggan_smyrf.models.attention_block import SelfAttention
+from biggan_smyrf.models.specs import BOTTOM, G_WIDTHS
+from biggan_smyrf.parse_errors import OneLineErrorParser
+
+from .checkpoint import CheckpointError, export_generator, read_checkpoint
+
+WHAT_TO_PASS = "pass BigGAN-PyTorch's G_ema.pth or G.pth (a BigGAN.Generator state dict)"
+BLOCK_KEY = re.compile(r"blocks\.\d+\.0\.conv1\.weight")
+
+
+class ForeignWeightsError(CheckpointError):
+    """The file is not a BigGAN-PyTorch generator this import can map."""
+
+
+def import_biggan_pytorch(path: Union[str, Path], sn_eps: float = 1e-6, bn_eps: float = 1e-5) -> Generator:
+    """A Generator (eval mode, dense attention) with the weights of a BigGAN-PyTorch generator file."""
+    state = biggan_pytorch_state(path)
+    generator = Generator(architecture_of(state, sn_eps, bn_eps, path))
+    load_biggan_pytorch_state(generator, state, path)
+    return generator.eval()
+
+
+def biggan_pytorch_state(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """The state dict in `path`, refused early if it is another of BigGAN-PyTorch's files."""
+    state = read_checkpoint(path, WHAT_TO_PASS)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = "training state (state_dict.pth: counters and metrics)" if isinstance(state, dict) else type(state).__name__
+        raise ForeignWeightsError(f"{path} holds {found}, not a generator's weights; {WHAT_TO_PASS}")
+    if state and all(k.startswith("module.") for k in state):  # saved from inside nn.DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    first_conv = state.get("blocks.0.0.conv1.weight")
+    if "embed.weight" in state or (first_conv is not None and first_conv.shape[1] == 3):
+        raise ForeignWeightsError(f"{path} holds a discriminator (D.pth); {WHAT_TO_PASS}")
+    if any(".conv3." in k or ".conv4." in k for k in state):
+        raise ForeignWeightsError(
+            f"{path} holds a BigGAN-deep generator (bottleneck blocks, BigGANdeep.py), an architecture this "
+            f"library does not build; only BigGAN.py generators import"
+        )
+    if "shared.weight" not in state:
+        raise ForeignWeightsError(
+            f"{path} has no shared class embedding (shared.weight): generators trained without --G_shared "
+            f"condition each batch norm on its own embedding, which this library does not build; {WHAT_TO_PASS}"
+        )
+    if any(k.endswith(".u1") for k in state):
+        raise ForeignWeightsError(f"{path} was trained with --num_G_SVs > 1; only one singular value per layer imports")
+    return state
+
+
+def architecture_of(state: dict[str, torch.Tensor], sn_eps: float, bn_eps: float, path="weights") -> GeneratorConfig:
+    """GeneratorConfig from the tensors' shapes (BigGAN-PyTorch's G_arch tables are ours)."""
+    n_blocks = len([k for k in state if BLOCK_KEY.fullmatch(k)])
+    resolutions = {len(widths) - 1: res for res, widths in G_WIDTHS.items()}
+    if n_blocks not in resolutions:
+        raise ForeignWeightsError(f"{path}: {n_blocks} generator blocks match no BigGAN resolution; {WHAT_TO_PASS}")
+    resolution = resolutions[n_blocks]
+
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise ForeignWeightsError(f"{path} lacks {key}; {WHAT_TO_PASS}")
+        return state[key].shape
+
+    last_width = shape(f"blocks.{n_blocks - 1}.0.conv2.weight")[0]
+    n_classes, shared_dim = shape("shared.weight")
+    z_chunk = shape("linear.weight")[1]
+    cond_dim = shape("blocks.0.0.bn1.gain.weight")[1]
+    if cond_dim not in (shared_dim, shared_dim + z_chunk):
+        raise ForeignWeightsError(
+            f"{path}: batch-norm conditioning of {cond_dim} features is neither the class embedding ({shared_dim}) "
+            f"nor the embedding plus a z chunk ({shared_dim + z_chunk}); {WHAT_TO_PASS}"
+        )
+    hier = cond_dim == shared_dim + z_chunk
+    return GeneratorConfig(
+        resolution=resolution,
+        ch=last_width // G_WIDTHS[resolution][-1],
+        n_classes=n_classes,
+        attention_resolutions=[BOTTOM * 2 ** (i + 1) for i in range(n_blocks)
+                               if any(k.startswith(f"blocks.{i}.1.") for k in state)],  # an attention layer
+        attention=AttentionConfig(kind="dense"),
+        sn_eps=sn_eps,
+        dim_z=z_chunk * (n_blocks + 1) if hier else z_chunk,
+        hier=hier,
+        shared_dim=shared_dim,
+        bn_eps=bn_eps,
+    )
+
+
+def load_biggan_pytorch_state(generator: Generator, state: dict[str, torch.Tensor], path="weights") -> None:
+    """Copy every tensor of `state` into `generator`, module by module; a key left over or
+    missing, or a shape that differs, is an error naming it."""
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in state:
+            raise ForeignWeightsError(f"{path} lacks {key}; {WHAT_TO_PASS}")
+        used.add(key)
+        return state[key]
+
+    with torch.no_grad():
+        for name, module in generator.named_modules():
+            theirs = their_name(name)
+            if hasattr(module, "parametrizations"):
+                load_spectral(module, take(f"{theirs}.weight"), take(f"{theirs}.u0"), generator.config.sn_eps, theirs)
+                used.add(f"{theirs}.sv0")  # their last training sigma: recomputed from u0
+                if getattr(module, "bias", None) is not None:
+                    copy(module.bias, take(f"{theirs}.bias"), f"{theirs}.bias")
+            elif isinstance(module, nn.BatchNorm2d):
+                owner = theirs.removesuffix(".norm")  # a conditional batch norm's statistics live on it
+                mean, var = statistics_keys(state, owner)
+                copy(module.running_mean, take(mean), mean)
+                copy(module.running_var, take(var), var)
+                used.add(f"{owner}.bn.accumulation_counter")
+                used.add(f"{owner}.bn.num_batches_tracked")
+                if module.affine:
+                    copy(module.weight, take(f"{owner}.gain"), f"{owner}.gain")
+                    copy(module.bias, take(f"{owner}.bias"), f"{owner}.bias")
+            elif isinstance(module, nn.Embedding):
+                copy(module.weight, take(f"{theirs}.weight"), f"{theirs}.weight")
+            elif isinstance(module, SelfAttention):
+                copy(module.gamma, take(f"{theirs}.gamma"), f"{theirs}.gamma")
+    left = sorted(set(state) - used)
+    if left:
+        raise ForeignWeightsError(f"{path}: {len(left)} tensors have no place in the generator, e.g. {left[:3]}; {WHAT_TO_PASS}")
+
+
+def statistics_keys(state: dict, owner: str) -> tuple[str, str]:
+    """Keys of a batch norm's mean and variance: on the layer itself (BigGAN-PyTorch's default), or
+    on its `bn` submodule with --mybn (stored_*) or --cross_replica (running_*)."""
+    for mean, var in (("stored_mean", "stored_var"), ("bn.stored_mean", "bn.stored_var"),
+                      ("bn.running_mean", "bn.running_var")):
+        if f"{owner}.{mean}" in state:
+            return f"{owner}.{mean}", f"{owner}.{var}"
+    return f"{owner}.stored_mean", f"{owner}.stored_var"  # missing: reported by name
+
+
+def their_name(ours: str) -> str:
+    """BigGAN-PyTorch's path of one of our modules: only the output layer and shortcuts differ."""
+    if ours.split(".")[0] == "output":
+        return "output_layer" + ours[len("output"):]
+    return ours.replace(".shortcut", ".conv_sc")
+
+
+def load_spectral(module: nn.Module, weight: torch.Tensor, u0: torch.Tensor, eps: float, name: str) -> None:
+    """Weight and (u, v) of a spectrally normalised layer: one power iteration from BigGAN-PyTorch's
+    u0, as its forward runs in eval mode, so that sigma = u'ᵀ W v' is the sigma it divides by."""
+    parametrization = module.parametrizations.weight
+    copy(parametrization.original, weight, f"{name}.weight")
+    if u0.numel() != weight.shape[0]:
+        raise ForeignWeightsError(f"{name}.u0 has {u0.numel()} entries for {weight.shape[0]} output features; {WHAT_TO_PASS}")
+    matrix = weight.flatten(1).double()
+    v = F.normalize(u0.reshape(1, -1).double() @ matrix, dim=1, eps=eps)
+    u = F.normalize(v @ matrix.T, dim=1, eps=eps)
+    spectral_norm = parametrization[0]
+    spectral_norm._u.copy_(u[0])
+    spectral_norm._v.copy_(v[0])
+
+
+def copy(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
+    if target.shape != source.shape:
+        raise ForeignWeightsError(
+            f"{name} is {tuple(source.shape)} in the file but {tuple(target.shape)} in the generator its other "
+            f"shapes describe; {WHAT_TO_PASS}"
+        )
+    target.copy_(source)
+
+
+def build_parser() -> OneLineErrorParser:
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           prog=script_command("import_biggan.py"))
+    p.add_argument("weights", help="BigGAN-PyTorch generator weights: G_ema.pth (or G.pth) of a run, or a TF-Hub port")
+    p.add_argument("out", help="the generator file to write, for sample.py --ckpt and load_generator")
+    p.add_argument("--sn-eps", type=float, default=1e-6, help="spectral-norm epsilon of the run (--SN_eps; 1e-4 for TF-Hub ports)")
+    p.add_argument("--bn-eps", type=float, default=1e-5, help="batch-norm epsilon of the run (--BN_eps; 1e-4 for TF-Hub ports)")
+    p.add_argument("--overwrite", action="store_true", help="replace `out` if it exists")
+    p.add_argument(DEBUG_FLAG, action="store_true", help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
+    return p
+
+
+def run(args) -> Path:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    generator = import_biggan_pytorch(args.weights, sn_eps=args.sn_eps, bn_eps=args.bn_eps)
+    export_generator(generator, out)
+    c = generator.config
+    print(f"wrote {out}: G{c.resolution} (ch={c.ch}, {c.n_classes} classes, dim_z={c.dim_z}, hier={c.hier}), "
+          f"dense attention at {c.attention_resolutions}")
+    print(f"sample it: {script_command('sample.py', '--ckpt', out, '--out', out.with_suffix(''), '--class', 0)}")
+    if c.attention_resolutions:  # e.g. four clusters per hash round
+        quarter = c.attention_resolutions[0] ** 2 // 4
+        print(f"with SMYRF on the same weights, add: --attention smyrf --n-hashes 2 --q-cluster-size {quarter}")
+    return out
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, _ = debug_requested(argv)
+    with reported_errors(debug):
+        run(build_parser().parse_args(argv))
