@@ -6,6 +6,7 @@
 """
 from .checkpoint import CheckpointError, export_generator, load_generator, read_checkpoint
 from .sampling import generate, interpolate, latents, render, slerp, to_uint8
+from .standing_stats import accumulate_standing_stats
 
-__all__ = ["CheckpointError", "export_generator", "generate", "interpolate", "latents", "load_generator",
-           "read_checkpoint", "render", "slerp", "to_uint8"]
+__all__ = ["CheckpointError", "accumulate_standing_stats", "export_generator", "generate", "interpolate", "latents",
+           "load_generator", "read_checkpoint", "render", "slerp", "to_uint8"]

@@ -1,7 +1,7 @@
 """Generators trained with BigGAN-PyTorch (Brock et al.'s reference code) as biggan_smyrf generators.
 
     python import_biggan.py G_ema.pth biggan128.pt
-    python sample.py --ckpt biggan128.pt --out samples/ --class 207 --truncation 0.5
+    python sample.py --ckpt biggan128.pt --out samples/ --class 207 --truncation 0.5 --standing-stats 16
     python sample.py --ckpt biggan128.pt --out samples/ --attention smyrf --n-hashes 2 --q-cluster-size 1024
 
 BigGAN-PyTorch's `BigGAN.Generator` with a shared class embedding (`--G_shared`, as in all its

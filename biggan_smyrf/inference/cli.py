@@ -31,6 +31,7 @@ from biggan_smyrf.parse_errors import OneLineErrorParser
 
 from .checkpoint import load_generator
 from .sampling import interpolate, labels, latents, render
+from .standing_stats import accumulate_standing_stats
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 # One flag per SMYRF field of AttentionConfig (--n-hashes, --q-cluster-size, ...), from its table.
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--truncation", type=float, default=None, help="truncate z to [-t, t] (e.g. 0.5); default none")
+    p.add_argument("--standing-stats", type=int, default=0, metavar="BATCHES",
+                   help="first re-estimate G's batch-norm statistics from this many batches of --batch-size latents "
+                        "drawn as the samples are (truncation, class): BigGAN's standing statistics; default off")
     p.add_argument("--class", dest="class_id", type=int, default=None, help="class index (class-conditional models)")
     p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about sqrt(n))")
     p.add_argument("--steps", type=int, default=8, help="interpolation steps, endpoints included")
@@ -136,11 +140,19 @@ def refuse_overwrite(path: Path, args) -> None:
 def run(args) -> list[Path]:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError(f"--n and --batch-size must be >= 1, got {args.n}, {args.batch_size}")
+    if args.standing_stats < 0 or (args.standing_stats and args.batch_size < 2):
+        raise ValueError("--standing-stats needs a number of batches >= 0 and --batch-size >= 2 (batch statistics)")
     override = attention_override(args)
     device = pick_device(args.device)
     G = load_generator(args.ckpt, ema=not args.raw, device=device, attention=override)
     out = prepare_output(Path(args.out))
     dtype = PRECISIONS[args.precision]
+    if args.standing_stats:
+        accumulate_standing_stats(G, args.standing_stats, args.batch_size, args.seed, args.truncation, args.class_id, dtype)
+        print(f"standing statistics from {args.standing_stats} x {args.batch_size} samples")
+    elif args.truncation is not None:
+        print("tip: truncated z no longer fits the batch-norm statistics of training; --standing-stats 16 "
+              "re-estimates them for it (BigGAN's standing statistics)")
     c = G.config
     if args.interpolate:
         return write_interpolation(G, args, out)
