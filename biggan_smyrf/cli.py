@@ -37,6 +37,7 @@ from biggan_smyrf.parse_errors import command_line_error, option_strings
 from biggan_smyrf.training import BigGAN
 from biggan_smyrf.training.callbacks import FinalCheckpoint, GIterationProgressBar, RunSummary, SampleGrid
 from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
+from biggan_smyrf.training.init_from import WHAT_TO_PASS as INIT_FROM_WHAT_TO_PASS
 
 SUBCOMMANDS = ("fit", "validate")
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values that Lightning resolves itself
@@ -55,6 +56,7 @@ class BigGANCLI(LightningCLI):
             options = option_strings(parser, subcommand)
             raise command_line_error(str(error), options, argv, hint, SUBCOMMANDS) from error
         check_ckpt_path(self.config)
+        check_init_from(self.config)
 
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--run", default="default", help="run name: outputs go to checkpoints/<run>/")
@@ -146,6 +148,18 @@ def check_ckpt_path(config) -> None:
     if ckpt_path.startswith("registry") or "://" in ckpt_path:
         return  # a model registry or remote file: Lightning fetches it
     check_checkpoint_file(ckpt_path)
+
+
+def check_init_from(config) -> None:
+    """A new run's model.init_from is read at the start of fit, after the data is prepared (which
+    can take long the first time): a missing or foreign file is refused right after parsing. A
+    resumed run does not read it."""
+    if config.get("subcommand") != "fit":
+        return
+    cfg = config["fit"]
+    init_from = cfg["model"].get("init_from") if cfg.get("model") else None
+    if init_from and cfg.get("ckpt_path") is None:
+        check_checkpoint_file(init_from, INIT_FROM_WHAT_TO_PASS)
 
 
 # What each accelerator name needs, checked before Lightning's less direct errors ("No supported gpu

@@ -192,7 +192,7 @@ def write_metrics(G, args, out: Path, device: torch.device) -> list[Path]:
     batches = render(G, z, y, args.batch_size, progress=True, dtype=PRECISIONS[args.precision], to_cpu=False)
     scores = evaluate_images(cfg, batches, real, extractor, device)
     report = {"checkpoint": str(args.ckpt), "n_samples": args.n, "n_real": real.n if real else None, "seed": args.seed,
-              "truncation": args.truncation, "attention": {k: v.describe() for k, v in attention_configs(G).items()},
+              "truncation": args.truncation, "standing_stats": args.standing_stats, "attention": {k: v.describe() for k, v in attention_configs(G).items()},
               **scores}
     target.write_text(json.dumps(report, indent=1))
     print(json.dumps(scores))

@@ -21,10 +21,10 @@ def prepare_scoring(
     metrics asked for need none (IS alone). Fails early, with instructions, when the Inception
     weights are missing."""
     weights = resolve_weights(cfg)
+    data = ImageDataModule(root=data_root, resolution=resolution, batch_size=1, num_workers=0) if cfg.needs_real else None
     extractor = create_extractor(cfg, device, weights)
-    if not cfg.needs_real:
+    if data is None:
         return extractor, None
-    data = ImageDataModule(root=data_root, resolution=resolution, batch_size=1, num_workers=0)
     real = load_or_compute_real_stats(cfg, data.fingerprint, data.resolution, lambda: data.uint8_batches(cfg.batch_size),
                                       len(data.images), device, extractor=extractor, weights_path=weights)
     return extractor, real

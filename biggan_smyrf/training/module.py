@@ -12,9 +12,11 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import contextmanager
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.metrics import MetricsConfig
@@ -33,6 +35,7 @@ from biggan_smyrf.typed import coerce, plain
 from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
+from .init_from import initialise_from
 from .losses import gan_loss
 from .state import attention_generators, restore_rng_state, rng_state
 
@@ -58,6 +61,9 @@ class BigGAN(pl.LightningModule):
         loop: run length and intervals, in G iterations.
         metrics: FID / IS / KID at every validation (needs the Inception weights; see README).
         speed: memory format and fused Adam for the training step (see SpeedConfig).
+        init_from: a train.py checkpoint whose G, D and G_ema weights a new run starts from
+            (fine-tuning: fresh optimizers and counters; attention settings free, attention blocks
+            may be added). Ignored when resuming. See training/init_from.py.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class BigGAN(pl.LightningModule):
         loop: LoopConfig = LoopConfig(),
         metrics: MetricsConfig = MetricsConfig(),
         speed: SpeedConfig = SpeedConfig(),
+        init_from: Optional[str] = None,
     ):
         super().__init__()
         # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
@@ -89,6 +96,7 @@ class BigGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.optim_cfg, self.ema_cfg, self.loop_cfg, self.speed_cfg = optim, ema, loop, speed
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
+        self.init_from = init_from
 
         self.gan_loss = gan_loss(optim.loss)
         self.G = Generator(generator)
@@ -319,6 +327,13 @@ class BigGAN(pl.LightningModule):
         self.g_iters = state["g_iters"]
         self._micro_step = state["micro_step"]
         self._pending_rng = state["rng"]
+
+    def on_fit_start(self):
+        # A new run from another run's weights; a resumed run has its own in its checkpoint.
+        if self.init_from is not None and self.trainer.ckpt_path is None:
+            fresh = initialise_from(self, self.init_from)
+            added = f"; new attention blocks, identity at start (gamma = 0): {', '.join(fresh)}" if fresh else ""
+            rank_zero_info(f"G, D and G_ema initialised from {self.init_from}{added}")
 
     def on_train_start(self):
         # RNG states are restored here, after Lightning's own seeding and restore, so a resumed run
