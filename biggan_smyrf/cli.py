@@ -37,7 +37,7 @@ from biggan_smyrf.parse_errors import command_line_error, option_strings
 from biggan_smyrf.training import BigGAN
 from biggan_smyrf.training.callbacks import FinalCheckpoint, GIterationProgressBar, RunSummary, SampleGrid
 from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
-from biggan_smyrf.training.init_from import WHAT_TO_PASS as INIT_FROM_WHAT_TO_PASS
+from biggan_smyrf.training.init_from import check_source
 
 SUBCOMMANDS = ("fit", "validate")
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values that Lightning resolves itself
@@ -159,7 +159,7 @@ def check_init_from(config) -> None:
     cfg = config["fit"]
     init_from = cfg["model"].get("init_from") if cfg.get("model") else None
     if init_from and cfg.get("ckpt_path") is None:
-        check_checkpoint_file(init_from, INIT_FROM_WHAT_TO_PASS)
+        check_source(init_from)
 
 
 # What each accelerator name needs, checked before Lightning's less direct errors ("No supported gpu

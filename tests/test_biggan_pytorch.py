@@ -122,7 +122,7 @@ def broken(tmp_path, change) -> Path:
     (lambda s: s.update({"linear.u1": torch.zeros(1, 256)}), "num_G_SVs"),
     (lambda s: s.pop("blocks.1.1.gamma"), "lacks blocks.1.1.gamma"),
     (lambda s: s.pop("blocks.2.0.bn2.stored_var"), "lacks blocks.2.0.bn2.stored_var"),
-    (lambda s: s.update({"blocks.1.0.extra": torch.zeros(1)}), "no place in the generator"),
+    (lambda s: s.update({"blocks.1.0.extra": torch.zeros(1)}), "no place in the network"),
     (lambda s: s.update({"blocks.0.0.conv2.weight": torch.zeros(16, 16, 1, 1)}), r"is \(16, 16, 1, 1\) in the file"),
     (lambda s: s.update({"blocks.0.0.conv1.u0": torch.ones(1, 8)}), "u0 has 8 entries for 16 output features"),
     (lambda s: s.pop("blocks.2.0.conv1.weight"), "2 generator blocks match no BigGAN resolution"),
@@ -143,3 +143,13 @@ def test_training_state_and_non_checkpoints_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="not a PyTorch checkpoint .*; pass BigGAN-PyTorch's G_ema.pth"):
         biggan_pytorch.main([str(text), str(tmp_path / "out.pt")])
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_imported_discriminator_scores_what_biggan_pytorch_scores():
+    D = biggan_pytorch.import_biggan_pytorch_discriminator(DATA / "d64.pth")
+    assert (D.config.resolution, D.config.ch, D.config.n_classes, D.config.attention_resolutions) == (64, 2, 2, [])
+    ref = torch.load(DATA / "d64_expected.pt", weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(D(ref["x"], ref["y"]), ref["scores"].flatten(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ForeignWeightsError, match="not a discriminator"):
+        biggan_pytorch.import_biggan_pytorch_discriminator(DATA / "g64_flat.pth")

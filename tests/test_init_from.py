@@ -1,13 +1,17 @@
-"""model.init_from: a new run from another run's weights, with attention blocks added or not."""
+"""model.init_from: a new run from another run's weights (train.py or BigGAN-PyTorch), attention blocks added or not."""
 import copy
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import load, train
 
+from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.inference import export_generator, load_generator
 from biggan_smyrf.inference.checkpoint import CheckpointError
-from biggan_smyrf.training.init_from import initialise_from
+from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
+from biggan_smyrf.training.init_from import check_source, initialise_from
 from biggan_smyrf.training.module import BigGAN
 
 
@@ -73,3 +77,30 @@ def test_train_py_refuses_a_missing_source_before_preparing_anything(tmp_path):
     assert proc.returncode != 0
     assert "checkpoint not found" in proc.stderr and "model.init_from takes a train.py checkpoint" in proc.stderr
     assert not (tmp_path / "checkpoints" / "ft").exists()
+
+
+def biggan_pytorch_folder(tmp_path):
+    """A BigGAN-PyTorch run folder of the reference G and D (tests/data/biggan_pytorch), no G_ema."""
+    data = Path(__file__).resolve().parent / "data" / "biggan_pytorch"
+    folder = tmp_path / "weights" / "BigGAN_tiny"
+    folder.mkdir(parents=True)
+    shutil.copy(data / "g64_flat.pth", folder / "G.pth")
+    shutil.copy(data / "d64.pth", folder / "D.pth")
+    return folder, torch.load(data / "g64_flat_expected.pt"), torch.load(data / "d64_expected.pt")
+
+
+def test_a_biggan_pytorch_run_folder_with_an_attention_block_added(tmp_path):
+    folder, g_ref, d_ref = biggan_pytorch_folder(tmp_path)
+    dense = AttentionConfig(kind="dense")
+    module = BigGAN(
+        generator=GeneratorConfig(resolution=64, ch=2, n_classes=2, shared_dim=4, dim_z=8, hier=False,
+                                  attention_resolutions=[16, 32], attention=dense),
+        discriminator=DiscriminatorConfig(resolution=64, ch=2, n_classes=2, attention_resolutions=[]),
+    )
+    assert initialise_from(module, folder) == ["G.blocks.1.1", "G_ema.blocks.1.1"]
+    with torch.no_grad():
+        assert (module.G_ema.module.eval()(g_ref["z"], g_ref["y"]) - g_ref["images"]).abs().max() < 1e-5
+        torch.testing.assert_close(module.D.eval()(d_ref["x"], d_ref["y"]), d_ref["scores"].flatten(), rtol=1e-5, atol=1e-5)
+    (folder / "D.pth").unlink()
+    with pytest.raises(CheckpointError, match="has no D.pth"):
+        check_source(folder)

@@ -34,14 +34,15 @@ from torch import nn
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.commands import script_command
 from biggan_smyrf.errors import DEBUG_ENV, DEBUG_FLAG, debug_requested, reported_errors
-from biggan_smyrf.models import Generator, GeneratorConfig
+from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from biggan_smyrf.models.attention_block import SelfAttention
-from biggan_smyrf.models.specs import BOTTOM, G_WIDTHS
+from biggan_smyrf.models.specs import BOTTOM, D_WIDTHS, G_WIDTHS, discriminator_stages
 from biggan_smyrf.parse_errors import OneLineErrorParser
 
 from .checkpoint import CheckpointError, export_generator, read_checkpoint
 
 WHAT_TO_PASS = "pass BigGAN-PyTorch's G_ema.pth or G.pth (a BigGAN.Generator state dict)"
+D_WHAT_TO_PASS = "pass BigGAN-PyTorch's D.pth (a BigGAN.Discriminator state dict)"
 BLOCK_KEY = re.compile(r"blocks\.\d+\.0\.conv1\.weight")
 
 
@@ -57,29 +58,45 @@ def import_biggan_pytorch(path: Union[str, Path], sn_eps: float = 1e-6, bn_eps: 
     return generator.eval()
 
 
+def import_biggan_pytorch_discriminator(path: Union[str, Path], sn_eps: float = 1e-6) -> Discriminator:
+    """A Discriminator (eval mode, dense attention) with the weights of a BigGAN-PyTorch D.pth."""
+    state = read_state(path, D_WHAT_TO_PASS)
+    if "embed.weight" not in state:
+        raise ForeignWeightsError(f"{path} is not a discriminator (no embed.weight); {D_WHAT_TO_PASS}")
+    discriminator = Discriminator(discriminator_architecture_of(state, sn_eps, path))
+    load_biggan_pytorch_state(discriminator, state, path, D_WHAT_TO_PASS)
+    return discriminator.eval()
+
+
 def biggan_pytorch_state(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """The state dict in `path`, refused early if it is another of BigGAN-PyTorch's files."""
-    state = read_checkpoint(path, WHAT_TO_PASS)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        found = "training state (state_dict.pth: counters and metrics)" if isinstance(state, dict) else type(state).__name__
-        raise ForeignWeightsError(f"{path} holds {found}, not a generator's weights; {WHAT_TO_PASS}")
-    if state and all(k.startswith("module.") for k in state):  # saved from inside nn.DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+    """The generator state dict in `path`, refused early if it is another of BigGAN-PyTorch's files."""
+    state = read_state(path, WHAT_TO_PASS)
     first_conv = state.get("blocks.0.0.conv1.weight")
     if "embed.weight" in state or (first_conv is not None and first_conv.shape[1] == 3):
         raise ForeignWeightsError(f"{path} holds a discriminator (D.pth); {WHAT_TO_PASS}")
-    if any(".conv3." in k or ".conv4." in k for k in state):
-        raise ForeignWeightsError(
-            f"{path} holds a BigGAN-deep generator (bottleneck blocks, BigGANdeep.py), an architecture this "
-            f"library does not build; only BigGAN.py generators import"
-        )
     if "shared.weight" not in state:
         raise ForeignWeightsError(
             f"{path} has no shared class embedding (shared.weight): generators trained without --G_shared "
             f"condition each batch norm on its own embedding, which this library does not build; {WHAT_TO_PASS}"
         )
+    return state
+
+
+def read_state(path: Union[str, Path], what_to_pass: str) -> dict[str, torch.Tensor]:
+    """A BigGAN.py network's state dict from `path` (G or D), without a DataParallel prefix."""
+    state = read_checkpoint(path, what_to_pass)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = "training state (state_dict.pth: counters and metrics)" if isinstance(state, dict) else type(state).__name__
+        raise ForeignWeightsError(f"{path} holds {found}, not a network's weights; {what_to_pass}")
+    if state and all(k.startswith("module.") for k in state):  # saved from inside nn.DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(".conv3." in k or ".conv4." in k for k in state):
+        raise ForeignWeightsError(
+            f"{path} holds a BigGAN-deep network (bottleneck blocks, BigGANdeep.py), an architecture this "
+            f"library does not build; only BigGAN.py networks import"
+        )
     if any(k.endswith(".u1") for k in state):
-        raise ForeignWeightsError(f"{path} was trained with --num_G_SVs > 1; only one singular value per layer imports")
+        raise ForeignWeightsError(f"{path} was trained with --num_G_SVs/--num_D_SVs > 1; only one singular value per layer imports")
     return state
 
 
@@ -92,9 +109,7 @@ def architecture_of(state: dict[str, torch.Tensor], sn_eps: float, bn_eps: float
     resolution = resolutions[n_blocks]
 
     def shape(key: str) -> torch.Size:
-        if key not in state:
-            raise ForeignWeightsError(f"{path} lacks {key}; {WHAT_TO_PASS}")
-        return state[key].shape
+        return shape_of(state, key, path, WHAT_TO_PASS)
 
     last_width = shape(f"blocks.{n_blocks - 1}.0.conv2.weight")[0]
     n_classes, shared_dim = shape("shared.weight")
@@ -121,22 +136,49 @@ def architecture_of(state: dict[str, torch.Tensor], sn_eps: float, bn_eps: float
     )
 
 
-def load_biggan_pytorch_state(generator: Generator, state: dict[str, torch.Tensor], path="weights") -> None:
-    """Copy every tensor of `state` into `generator`, module by module; a key left over or
+def discriminator_architecture_of(state: dict[str, torch.Tensor], sn_eps: float, path="weights") -> DiscriminatorConfig:
+    """DiscriminatorConfig from the tensors' shapes (BigGAN-PyTorch's D_arch tables are ours)."""
+    n_blocks = len([k for k in state if BLOCK_KEY.fullmatch(k)])
+    resolutions = {len(widths): res for res, widths in D_WIDTHS.items()}
+    if n_blocks not in resolutions:
+        raise ForeignWeightsError(f"{path}: {n_blocks} discriminator blocks match no BigGAN resolution; {D_WHAT_TO_PASS}")
+    resolution = resolutions[n_blocks]
+    ch = shape_of(state, "blocks.0.0.conv1.weight", path, D_WHAT_TO_PASS)[0] // D_WIDTHS[resolution][0]
+    stages = discriminator_stages(resolution, ch)
+    return DiscriminatorConfig(
+        resolution=resolution,
+        ch=ch,
+        n_classes=shape_of(state, "embed.weight", path, D_WHAT_TO_PASS)[0],
+        attention_resolutions=[stages[i].resolution for i in range(n_blocks)
+                               if any(k.startswith(f"blocks.{i}.1.") for k in state)],
+        attention=AttentionConfig(kind="dense"),
+        sn_eps=sn_eps,
+    )
+
+
+def shape_of(state: dict[str, torch.Tensor], key: str, path, what_to_pass: str) -> torch.Size:
+    if key not in state:
+        raise ForeignWeightsError(f"{path} lacks {key}; {what_to_pass}")
+    return state[key].shape
+
+
+def load_biggan_pytorch_state(network: nn.Module, state: dict[str, torch.Tensor], path="weights",
+                              what_to_pass: str = WHAT_TO_PASS) -> None:
+    """Copy every tensor of `state` into `network` (G or D), module by module; a key left over or
     missing, or a shape that differs, is an error naming it."""
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
         if key not in state:
-            raise ForeignWeightsError(f"{path} lacks {key}; {WHAT_TO_PASS}")
+            raise ForeignWeightsError(f"{path} lacks {key}; {what_to_pass}")
         used.add(key)
         return state[key]
 
     with torch.no_grad():
-        for name, module in generator.named_modules():
+        for name, module in network.named_modules():
             theirs = their_name(name)
             if hasattr(module, "parametrizations"):
-                load_spectral(module, take(f"{theirs}.weight"), take(f"{theirs}.u0"), generator.config.sn_eps, theirs)
+                load_spectral(module, take(f"{theirs}.weight"), take(f"{theirs}.u0"), network.config.sn_eps, theirs)
                 used.add(f"{theirs}.sv0")  # their last training sigma: recomputed from u0
                 if getattr(module, "bias", None) is not None:
                     copy(module.bias, take(f"{theirs}.bias"), f"{theirs}.bias")
@@ -150,13 +192,13 @@ def load_biggan_pytorch_state(generator: Generator, state: dict[str, torch.Tenso
                 if module.affine:
                     copy(module.weight, take(f"{owner}.gain"), f"{owner}.gain")
                     copy(module.bias, take(f"{owner}.bias"), f"{owner}.bias")
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, nn.Embedding):  # G's shared class embedding (D's has spectral norm)
                 copy(module.weight, take(f"{theirs}.weight"), f"{theirs}.weight")
             elif isinstance(module, SelfAttention):
                 copy(module.gamma, take(f"{theirs}.gamma"), f"{theirs}.gamma")
     left = sorted(set(state) - used)
     if left:
-        raise ForeignWeightsError(f"{path}: {len(left)} tensors have no place in the generator, e.g. {left[:3]}; {WHAT_TO_PASS}")
+        raise ForeignWeightsError(f"{path}: {len(left)} tensors have no place in the network, e.g. {left[:3]}; {what_to_pass}")
 
 
 def statistics_keys(state: dict, owner: str) -> tuple[str, str]:
@@ -167,6 +209,28 @@ def statistics_keys(state: dict, owner: str) -> tuple[str, str]:
         if f"{owner}.{mean}" in state:
             return f"{owner}.{mean}", f"{owner}.{var}"
     return f"{owner}.stored_mean", f"{owner}.stored_var"  # missing: reported by name
+
+
+def biggan_pytorch_run(folder: Union[str, Path], sn_eps: float, bn_eps: float) -> dict[str, dict[str, torch.Tensor]]:
+    """State dicts, in this library's names, of the G, D and G_ema of a BigGAN-PyTorch run folder
+    (weights/<experiment>/: G.pth, D.pth, and G_ema.pth when it trained with --ema; else G's)."""
+    folder = check_run_folder(folder)
+    generator = import_biggan_pytorch(folder / "G.pth", sn_eps, bn_eps)
+    ema = folder / "G_ema.pth"
+    averaged = import_biggan_pytorch(ema, sn_eps, bn_eps) if ema.is_file() else generator
+    discriminator = import_biggan_pytorch_discriminator(folder / "D.pth", sn_eps)
+    return {"G": generator.state_dict(), "D": discriminator.state_dict(), "G_ema": averaged.state_dict()}
+
+
+def check_run_folder(folder: Union[str, Path]) -> Path:
+    folder = Path(folder)
+    missing = [name for name in ("G.pth", "D.pth") if not (folder / name).is_file()]
+    if missing:
+        raise ForeignWeightsError(
+            f"{folder} has no {' or '.join(missing)}: a BigGAN-PyTorch run folder (weights/<experiment>/) holds "
+            f"G.pth, D.pth and, with --ema, G_ema.pth"
+        )
+    return folder
 
 
 def their_name(ours: str) -> str:

@@ -2,7 +2,8 @@
 
 Resuming (`--ckpt_path`) continues a run: optimizer states, counters, data position, random
 streams. `init_from` starts a new one -- fresh optimizers, G iteration 0, its own run directory and
-schedule -- with G, D and G_ema taken from a train.py checkpoint. The attention kind and SMYRF
+schedule -- with G, D and G_ema taken from a train.py checkpoint, or from a BigGAN-PyTorch run
+folder (G.pth, D.pth, G_ema.pth; see inference/biggan_pytorch.py). The attention kind and SMYRF
 settings are free (they are not weights), and attention blocks the source lacks may be added:
 a block's output is `x + gamma * o(...)` with gamma starting at 0, so a new block is the identity
 when the run starts and the network draws exactly what the source drew (tested). Every other
@@ -16,27 +17,46 @@ from typing import Union
 import torch
 from torch import nn
 
-from biggan_smyrf.inference.checkpoint import CheckpointError, read_checkpoint
+from biggan_smyrf.inference.biggan_pytorch import biggan_pytorch_run, check_run_folder
+from biggan_smyrf.inference.checkpoint import CheckpointError, check_checkpoint_file, read_checkpoint
 from biggan_smyrf.models.attention_block import SelfAttention
 
-WHAT_TO_PASS = "model.init_from takes a train.py checkpoint (last.ckpt, best-fid.ckpt) of a run with the same architecture"
+WHAT_TO_PASS = ("model.init_from takes a train.py checkpoint (last.ckpt, best-fid.ckpt) or a BigGAN-PyTorch run folder, "
+                "of a run with the same architecture")
 NETWORKS = {"G": "G.", "D": "D.", "G_ema": "G_ema.module."}  # network attribute: its prefix in the checkpoint
 
 
 def initialise_from(module: nn.Module, path: Union[str, Path]) -> list[str]:
-    """Load G, D and G_ema of `module` (a BigGAN LightningModule) from the checkpoint at `path`;
-    returns the names of the attention blocks that start fresh (not in the source)."""
+    """Load G, D and G_ema of `module` (a BigGAN LightningModule) from the checkpoint or BigGAN-PyTorch
+    run folder at `path`; returns the names of the attention blocks that start fresh (not in the source)."""
+    if Path(path).is_dir():
+        sources = biggan_pytorch_run(path, module.G.config.sn_eps, module.G.config.bn_eps)
+    else:
+        sources = checkpoint_weights(path)
+    fresh = []
+    for attribute in NETWORKS:
+        network = getattr(module, attribute)
+        network = network.module if attribute == "G_ema" else network
+        fresh += [f"{attribute}.{name}" for name in load_matching(network, sources[attribute], attribute, path)]
+    return fresh
+
+
+def check_source(path: Union[str, Path]) -> None:
+    """Refuse a missing or foreign source without loading it (train.py, right after parsing)."""
+    if Path(path).is_dir():
+        check_run_folder(path)
+    else:
+        check_checkpoint_file(path, WHAT_TO_PASS)
+
+
+def checkpoint_weights(path: Union[str, Path]) -> dict[str, dict[str, torch.Tensor]]:
+    """G, D and G_ema state dicts of a train.py checkpoint."""
     checkpoint = read_checkpoint(path, WHAT_TO_PASS)
     if "biggan_smyrf" not in checkpoint or "state_dict" not in checkpoint:
         what = "an exported generator (no D)" if "format" in checkpoint else "not a train.py checkpoint"
         raise CheckpointError(f"{path} is {what}; {WHAT_TO_PASS}")
-    fresh = []
-    for attribute, prefix in NETWORKS.items():
-        network = getattr(module, attribute)
-        network = network.module if attribute == "G_ema" else network
-        source = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        fresh += [f"{attribute}.{name}" for name in load_matching(network, source, attribute, path)]
-    return fresh
+    state = checkpoint["state_dict"]
+    return {name: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} for name, prefix in NETWORKS.items()}
 
 
 def load_matching(network: nn.Module, source: dict[str, torch.Tensor], label: str, path) -> list[str]:
