@@ -2,7 +2,7 @@
 
     python import_biggan.py G_ema.pth biggan128.pt
     python sample.py --ckpt biggan128.pt --out samples/ --class 207 --truncation 0.5 --standing-stats 16
-    python sample.py --ckpt biggan128.pt --out samples/ --attention smyrf --n-hashes 2 --q-cluster-size 1024
+    python sample.py --ckpt biggan128.pt --out samples/ --attention smyrf
 
 BigGAN-PyTorch's `BigGAN.Generator` with a shared class embedding (`--G_shared`, as in all its
 ImageNet runs and its TF-Hub ports) is the network `models/generator.py` builds: the same blocks,
@@ -10,7 +10,8 @@ hierarchical z, conditional batch norms and attention, under other names. The ar
 read from the weights' shapes: resolution from the number of blocks, width, classes, embedding and
 z sizes, hierarchical z or not, and where attention is. The imported generator attends densely, as
 trained; `sample.py --attention smyrf` (or `load_generator(..., attention=...)`) swaps SMYRF in on
-the same weights -- the SMYRF paper's experiment on a pre-trained BigGAN.
+the same weights -- the SMYRF paper's experiment on a pre-trained BigGAN -- starting from 2 hash
+rounds of clusters of a quarter of the queries (each query scores half of the keys).
 
 Spectral norm: BigGAN-PyTorch keeps only u, and in eval mode still runs one power iteration from
 it on every forward (without storing the result). The import runs that iteration once and stores
@@ -121,19 +122,26 @@ def architecture_of(state: dict[str, torch.Tensor], sn_eps: float, bn_eps: float
             f"nor the embedding plus a z chunk ({shared_dim + z_chunk}); {WHAT_TO_PASS}"
         )
     hier = cond_dim == shared_dim + z_chunk
+    attended = [BOTTOM * 2 ** (i + 1) for i in range(n_blocks) if any(k.startswith(f"blocks.{i}.1.") for k in state)]
     return GeneratorConfig(
         resolution=resolution,
         ch=last_width // G_WIDTHS[resolution][-1],
         n_classes=n_classes,
-        attention_resolutions=[BOTTOM * 2 ** (i + 1) for i in range(n_blocks)
-                               if any(k.startswith(f"blocks.{i}.1.") for k in state)],  # an attention layer
+        attention_resolutions=attended,
         attention=AttentionConfig(kind="dense"),
+        attention_overrides=half_the_keys(attended),
         sn_eps=sn_eps,
         dim_z=z_chunk * (n_blocks + 1) if hier else z_chunk,
         hier=hier,
         shared_dim=shared_dim,
         bn_eps=bn_eps,
     )
+
+
+def half_the_keys(resolutions: list[int]) -> dict[int, AttentionConfig]:
+    """Dense attention (as trained) carrying the SMYRF sizes a swap starts from: 2 hash rounds of
+    clusters of a quarter of the queries, so that each query scores half of the keys."""
+    return {r: AttentionConfig(kind="dense", n_hashes=2, q_cluster_size=r * r // 4) for r in resolutions}
 
 
 def discriminator_architecture_of(state: dict[str, torch.Tensor], sn_eps: float, path="weights") -> DiscriminatorConfig:
@@ -286,9 +294,9 @@ def run(args) -> Path:
     print(f"wrote {out}: G{c.resolution} (ch={c.ch}, {c.n_classes} classes, dim_z={c.dim_z}, hier={c.hier}), "
           f"dense attention at {c.attention_resolutions}")
     print(f"sample it: {script_command('sample.py', '--ckpt', out, '--out', out.with_suffix(''), '--class', 0)}")
-    if c.attention_resolutions:  # e.g. four clusters per hash round
-        quarter = c.attention_resolutions[0] ** 2 // 4
-        print(f"with SMYRF on the same weights, add: --attention smyrf --n-hashes 2 --q-cluster-size {quarter}")
+    if c.attention_resolutions:
+        print("with SMYRF on the same weights, add --attention smyrf (2 hash rounds of 4 clusters: each query scores "
+              "half of the keys), or --attention paper (the published recipe at those sizes)")
     return out
 
 
