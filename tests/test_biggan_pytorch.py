@@ -5,6 +5,7 @@ The reference files in tests/data/biggan_pytorch were written by BigGAN-PyTorch'
 with what each draws in eval mode.
 """
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,25 @@ def test_imported_discriminator_scores_what_biggan_pytorch_scores():
         torch.testing.assert_close(D(ref["x"], ref["y"]), ref["scores"].flatten(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ForeignWeightsError, match="not a discriminator"):
         biggan_pytorch.import_biggan_pytorch_discriminator(DATA / "g64_flat.pth")
+
+
+def test_pretrained_is_benchmark_runs_the_papers_test(tmp_path, monkeypatch):
+    """benchmarks/pretrained_is.py on the reference generator (random Inception weights: the code
+    path, not a meaningful score): dense, then SMYRF at half of dense's query-key scores."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import common
+    import pretrained_is
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    ckpt = tmp_path / "g32.pt"
+    biggan_pytorch.main([str(DATA / "g32_hier.pth"), str(ckpt)])
+    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    monkeypatch.setattr(sys, "argv", ["pretrained_is.py", "--ckpt", str(ckpt), "--weights-path", str(weights),
+                                      "--n", "8", "--batch-size", "4", "--device", "cpu", "--settings", "paper 2x4"])
+    pretrained_is.main()
+    rows = json.loads((tmp_path / "pretrained_is-cpu.json").read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["dense", "paper 2x4"]
+    assert [r["score_share"] for r in rows] == [1.0, 0.5] and rows[0]["is_share"] == 1.0
+    assert all(r["is_mean"] > 0 for r in rows) and rows[1]["describe"].startswith("smyrf(2x64q")
+    with pytest.raises(Exception, match="e.g. 'paper 2x4'"):
+        pretrained_is.parse_setting("paper 2")
