@@ -19,24 +19,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cache import DEFAULT_CACHE_DIR, PREPROCESSING_VERSION, build_cache, load_cache, read_sidecar, sidecar_path
 from .demo import DEMO_NAME, lfw_demo_images
-from .report import summary
+from .classes import CLASS_OPTIONS, cached_names, class_folders
+from .report import first_names, summary
 from .sampler import ResumableSampler
-from .sources import fingerprint, resolve_source
+from .sources import ImageSource, fingerprint, resolve_source
 
 MIN_RESOLUTION = 16
 
 
 class ImageArrayDataset(Dataset):
-    """(image, label) pairs from a uint8 (N, H, W, 3) array: a float32 (3, H, W) image in [-1, 1] and label 0.
+    """(image, label) pairs from a uint8 (N, H, W, 3) array: a float32 (3, H, W) image in [-1, 1] and
+    its class label (int64 (N,) `labels`), or 0 for unconditional data such as CelebA-HQ.
 
-    The label is always 0 because CelebA-HQ is unconditional; it keeps the (x, y) batch shape that the
-    class-conditional BigGAN code expects. A key is an index, or `(index, flip)` as `ResumableSampler`
-    draws them: the flip is decided with the data order, not by a random stream in the worker that
-    happens to load the image, so a resumed run flips exactly as the uninterrupted one.
+    A key is an index, or `(index, flip)` as `ResumableSampler` draws them: the flip is decided with
+    the data order, not by a random stream in the worker that happens to load the image, so a
+    resumed run flips exactly as the uninterrupted one.
     """
 
-    def __init__(self, images: np.ndarray, limit: Optional[int] = None):
-        self.images = images
+    def __init__(self, images: np.ndarray, limit: Optional[int] = None, labels: Optional[np.ndarray] = None):
+        self.images, self.labels = images, labels
         self.length = len(images) if limit is None else min(limit, len(images))
 
     def __len__(self) -> int:
@@ -50,7 +51,7 @@ class ImageArrayDataset(Dataset):
         image = pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
         if flip:
             image = image.flip(-1)
-        return image, torch.tensor(0)
+        return image, torch.tensor(0 if self.labels is None else int(self.labels[index]))
 
     def __getstate__(self) -> dict:
         # Workers started by spawn/forkserver receive the dataset pickled; a memmapped cache travels as
@@ -74,10 +75,11 @@ def check_image_size(resolution: int) -> None:
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Square RGB images for unconditional GAN training: CelebA-HQ or any folder/zip of images, else the LFW demo.
+    """Square RGB images for GAN training: CelebA-HQ or any folder/zip of images, else the LFW demo.
 
     Images are center-cropped to a square and resized once into a cached uint8 array; batches are
-    float32 (B, 3, resolution, resolution) in [-1, 1] with all-zero labels.
+    float32 (B, 3, resolution, resolution) in [-1, 1] with their class labels (all 0 unless
+    `classes` is folders).
 
     Args:
         root: Folder (searched recursively) or .zip of jpg/jpeg/png/webp/bmp images, e.g. CelebA-HQ.
@@ -88,7 +90,11 @@ class ImageDataModule(pl.LightningDataModule):
         cache_dir: Where the one-time preprocessed cache of `root` is written (relative paths are
             relative to the working directory). The dataset itself is never written to.
         flip: Randomly flip training images horizontally.
-        val_images: Validation uses the first this-many images, unflipped (capped at the dataset size).
+        val_images: Validation uses the first this-many images, unflipped (capped at the dataset size);
+            with class folders, this many spread evenly over the sorted listing (every class).
+        classes: none (unconditional: every label 0, e.g. CelebA-HQ) or folders (class-conditional:
+            an image's class is its folder under `root`, root/<class>/<image> as ImageNet; classes
+            sorted by name are labels 0, 1, ...; model.generator/discriminator.n_classes must match).
 
     The training order and flips follow from the seed (`seed_everything`) and the position in the
     run alone (`ResumableSampler`); the position, in batches consumed by training steps, is saved in
@@ -105,6 +111,7 @@ class ImageDataModule(pl.LightningDataModule):
         cache_dir: str = DEFAULT_CACHE_DIR,
         flip: bool = True,
         val_images: int = 256,
+        classes: str = "none",
     ):
         super().__init__()
         check_image_size(resolution)
@@ -114,6 +121,11 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         if val_images < 1:
             raise ValueError(f"val_images must be at least 1, got {val_images}")
+        if classes not in CLASS_OPTIONS:
+            raise ValueError(f"data.classes must be one of {CLASS_OPTIONS}, got {classes!r}")
+        if classes == "folders" and root is None:
+            raise ValueError(f"data.classes=folders reads classes from --data.root's folders; the built-in "
+                             f"{DEMO_NAME} have none (use data.classes=none)")
         # Checked now rather than in prepare_data, so a typo fails before any model is built.
         self.root = None if root is None else resolve_source(root)
         self.resolution = resolution
@@ -122,6 +134,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.flip = flip
         self.val_images = val_images
+        self.classes = classes
+        self.class_names: list[str] = []  # with classes=folders, label i is class_names[i]
+        self._labels: Optional[np.ndarray] = None
         self._images: Optional[np.ndarray] = None
         self._sampler: Optional[ResumableSampler] = None  # the training data's order and position
         self._resume_state: Optional[dict[str, int]] = None
@@ -151,7 +166,17 @@ class ImageDataModule(pl.LightningDataModule):
         changes = summary(read_sidecar(path))
         when_cached = f"; when cached: {changes} (names in {sidecar_path(path)})" if changes else ""
         rank_zero_info(f"data: {len(images)} images from {self.root} at {self.resolution}px (cache {path}){when_cached}")
+        if self.classes == "folders":
+            with ImageSource(self.root) as source:
+                names = cached_names(source.names, read_sidecar(path), str(path))
+            self.class_names, self._labels = class_folders(names)
+            rank_zero_info(f"data: {len(self.class_names)} classes from folders: {first_names(self.class_names)}")
         return images
+
+    @property
+    def n_classes(self) -> int:
+        """Classes in the data (1 for unconditional data); known once the data is set up."""
+        return max(1, len(self.class_names))
 
     def _check_batch_fits(self) -> None:
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -185,7 +210,7 @@ class ImageDataModule(pl.LightningDataModule):
             yield torch.from_numpy(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)))
 
     def train_dataloader(self) -> DataLoader:
-        dataset = ImageArrayDataset(self.images)
+        dataset = ImageArrayDataset(self.images, labels=self._labels)
         trainer = self.trainer
         sampler = ResumableSampler(
             dataset,
@@ -201,7 +226,11 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader(dataset, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = ImageArrayDataset(self.images, limit=self.val_images)
+        if self._labels is None:
+            dataset = ImageArrayDataset(self.images, limit=self.val_images)
+        else:  # images are sorted by class: spread the picks so that every class is validated
+            picks = np.unique(np.linspace(0, len(self.images) - 1, min(self.val_images, len(self.images))).round().astype(int))
+            dataset = ImageArrayDataset(np.asarray(self.images[picks]), labels=self._labels[picks])
         return self._loader(dataset, sampler=None, drop_last=False)
 
     def _loader(self, dataset: Dataset, sampler: Optional[ResumableSampler], drop_last: bool) -> DataLoader:

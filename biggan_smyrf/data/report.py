@@ -84,7 +84,7 @@ class CacheReport:
 
         return {
             "skipped_count": len(self.skipped),
-            "skipped": [name for name, _ in self.skipped[:NAMES_RECORDED]],
+            "skipped": [name for name, _ in self.skipped],  # all: class labels need the cache's exact listing
             "converted": {mode: kind(names) for mode, names in sorted(self.converted.items())},
             "upscaled": kind(self.upscaled),
             "cropped": kind(self.cropped),

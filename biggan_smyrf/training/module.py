@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.data.report import first_names
 from biggan_smyrf.metrics import MetricsConfig
 from biggan_smyrf.models import (
     Discriminator,
@@ -298,6 +299,21 @@ class BigGAN(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.metrics_cfg.enabled and stage in ("fit", "validate"):
             self.evaluator.check_weights()  # at start-up, not after hours of training
+        self.check_classes(getattr(self.trainer, "datamodule", None))
+
+    def check_classes(self, data) -> None:
+        """Class-conditional data needs G and D with as many classes (Lightning sets the data up
+        first); unconditional data trains any model, on class 0."""
+        names = getattr(data, "class_names", None)
+        if not names:
+            return
+        ours = {self.G.config.n_classes, self.D.config.n_classes}
+        if ours != {len(names)}:
+            raise ValueError(
+                f"the data has {len(names)} classes (folders {first_names(names)}) but model.generator.n_classes="
+                f"{self.G.config.n_classes} and model.discriminator.n_classes={self.D.config.n_classes}: set both "
+                f"to {len(names)}"
+            )
 
     def on_validation_epoch_end(self):
         if self.metrics_cfg.enabled:
