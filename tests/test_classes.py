@@ -105,3 +105,15 @@ def test_train_py_on_class_folders(tmp_path):
     assert load(tmp_path / "checkpoints" / "c" / "last.ckpt")["state_dict"]["G.shared.weight"].shape[0] == 3
     wrong = train(tmp_path, *args[1:], "--run=wrong", check=False)
     assert wrong.returncode != 0 and "the data has 3 classes" in wrong.stderr
+
+    # The run's class names travel with its checkpoint and its exported generator: --class <folder name>.
+    from biggan_smyrf.inference import export_generator, load_generator
+    from biggan_smyrf.inference.cli import main as sample_main
+
+    ckpt = tmp_path / "checkpoints" / "c" / "last.ckpt"
+    exported = export_generator(load_generator(ckpt), tmp_path / "g.pt")
+    assert load_generator(exported).class_names == ["cats", "dogs", "zebras"]
+    sample_main(["--ckpt", str(exported), "--out", str(tmp_path / "dogs"), "--n", "2", "--class", "dogs"])
+    assert (tmp_path / "dogs" / "grid.png").is_file()
+    with pytest.raises(SystemExit, match="unknown class 'horses'; its classes: cats, dogs, zebras"):
+        sample_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "h"), "--class", "horses"])

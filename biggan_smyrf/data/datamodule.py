@@ -259,7 +259,10 @@ class ImageDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, int]:
         if self._sampler is None:  # not training (e.g. `validate`): nothing to resume
             return {}
-        return {"batches_consumed": self._sampler.position, "batches_per_epoch": self._sampler.batches_per_epoch}
+        state = {"batches_consumed": self._sampler.position, "batches_per_epoch": self._sampler.batches_per_epoch}
+        if self.class_names:  # for sample.py --class <name>
+            state["class_names"] = list(self.class_names)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_state = dict(state_dict) or None

@@ -96,14 +96,35 @@ def load_generator(
         against every block's token counts.
     """
     path = Path(path)
-    config, state, saved = generator_state(read_checkpoint(path), path, ema)
+    checkpoint = read_checkpoint(path)
+    config, state, saved = generator_state(checkpoint, path, ema)
     generator = Generator(config)
     generator.load_state_dict(state, strict=True)
+    generator.class_names = class_names(checkpoint)
     set_attention(generator, evaluated_attention(generator, saved))
     if attention == "paper":
         attention = AttentionChange.paper()
     set_attention(generator, attention)
     return generator.to(device).eval()
+
+
+def class_names(checkpoint: dict) -> list[str]:
+    """The names of a class-conditional run's classes (its data's class folders), else []."""
+    if checkpoint.get("format") == EXPORT_FORMAT:
+        return list(checkpoint.get("class_names", []))
+    return list((checkpoint.get("ImageDataModule") or {}).get("class_names", []))
+
+
+def class_index(generator: Generator, name_or_index: Union[str, int, None]) -> Optional[int]:
+    """A class given by index or, for a run on class folders, by folder name."""
+    if name_or_index is None or isinstance(name_or_index, int) or str(name_or_index).isdigit():
+        return None if name_or_index is None else int(name_or_index)
+    names = getattr(generator, "class_names", [])
+    if name_or_index not in names:
+        known = f"its classes: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}" if names else \
+            "it has no class names (pass a class index)"
+        raise ValueError(f"unknown class {name_or_index!r}; {known}")
+    return names.index(name_or_index)
 
 
 def evaluated_attention(generator: Generator, saved: Union[AttentionSchedule, dict]) -> dict[str, AttentionConfig]:
@@ -122,6 +143,7 @@ def export_generator(generator: Generator, path: Union[str, Path]) -> Path:
         "config": asdict(generator.config),
         "attention": {name: asdict(cfg) for name, cfg in attention_configs(generator).items()},
         "state_dict": {name: value.cpu() for name, value in generator.state_dict().items()},
+        "class_names": list(getattr(generator, "class_names", [])),
     }
     torch.save(payload, path)
     return path

@@ -29,7 +29,7 @@ from biggan_smyrf.commands import script_command
 from biggan_smyrf.errors import DEBUG_ENV, DEBUG_FLAG, debug_requested, reported_errors
 from biggan_smyrf.parse_errors import OneLineErrorParser
 
-from .checkpoint import load_generator
+from .checkpoint import class_index, load_generator
 from .sampling import interpolate, labels, latents, render
 from .standing_stats import accumulate_standing_stats
 
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standing-stats", type=int, default=0, metavar="BATCHES",
                    help="first re-estimate G's batch-norm statistics from this many batches of --batch-size latents "
                         "drawn as the samples are (truncation, class): BigGAN's standing statistics; default off")
-    p.add_argument("--class", dest="class_id", type=int, default=None, help="class index (class-conditional models)")
+    p.add_argument("--class", dest="class_id", default=None,
+                   help="class index, or class folder name of a run on data.classes=folders (class-conditional models)")
     p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: about sqrt(n))")
     p.add_argument("--steps", type=int, default=8, help="interpolation steps, endpoints included")
     p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
@@ -145,6 +146,7 @@ def run(args) -> list[Path]:
     override = attention_override(args)
     device = pick_device(args.device)
     G = load_generator(args.ckpt, ema=not args.raw, device=device, attention=override)
+    args.class_id = class_index(G, args.class_id)
     out = prepare_output(Path(args.out))
     dtype = PRECISIONS[args.precision]
     if args.standing_stats:
