@@ -1,4 +1,5 @@
-"""Generators trained with BigGAN-PyTorch (Brock et al.'s reference code) as biggan_smyrf generators.
+"""Networks trained with BigGAN-PyTorch (Brock et al.'s reference code) as biggan_smyrf networks: G for
+sampling (`import_biggan.py`), G, D and G_ema of a run folder for fine-tuning (`model.init_from`).
 
     python import_biggan.py G_ema.pth biggan128.pt
     python sample.py --ckpt biggan128.pt --out samples/ --class 207 --truncation 0.5 --standing-stats 16
@@ -48,7 +49,7 @@ BLOCK_KEY = re.compile(r"blocks\.\d+\.0\.conv1\.weight")
 
 
 class ForeignWeightsError(CheckpointError):
-    """The file is not a BigGAN-PyTorch generator this import can map."""
+    """The file is not a BigGAN-PyTorch network this import can map."""
 
 
 def import_biggan_pytorch(path: Union[str, Path], sn_eps: float = 1e-6, bn_eps: float = 1e-5) -> Generator:
