@@ -1,7 +1,8 @@
 """Class labels from folders, for class-conditional BigGAN: `root/<class>/.../<image>`, ImageNet's layout.
 
 A class is a folder directly under the dataset root (a zip holding one top folder is looked into:
-its subfolders are the classes), named classes sorted by name get labels 0, 1, ...; everything
+its subfolders are the classes); classes sorted by name get labels 0, 1, ..., as torchvision's
+ImageFolder numbers them (whose listing cannot be used here: it reads folders only, not zips); everything
 below a class folder belongs to it. The labels follow the cache's image order: the sorted listing
 less the files caching skipped as unreadable (all of them named in the cache's sidecar).
 """

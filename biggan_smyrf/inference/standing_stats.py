@@ -8,7 +8,10 @@ truncation, and needed for TF-Hub ports, which ship no statistics for truncated 
 
 Only the batch norms run as in training, with a cumulative average (momentum None), so every
 batch counts equally; spectral norm keeps its vectors (no power iteration), attention stays in
-eval mode (SMYRF's hashes seeded as when sampling), no weight changes. Cost: n_batches forwards of
+eval mode (SMYRF's hashes seeded as when sampling), no weight changes. (torch.optim.swa_utils'
+`update_bn` averages the same way but puts the whole model in training mode, where our spectral
+norm would run power iterations and SMYRF draw fresh hashes; and it reads a data loader, not G's
+own samples.) Cost: n_batches forwards of
 G without gradients.
 """
 from __future__ import annotations
