@@ -102,6 +102,7 @@ def test_inception_score_alone_needs_no_real_images(tmp_path, monkeypatch):
                  "--batch-size", "4", "--weights-path", str(weights)])
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(report) >= {"is_mean", "is_std"} and "fid" not in report and report["n_real"] is None
+    assert report["standing_stats"] == 0  # the report says how the samples were drawn
     assert not (tmp_path / "data").exists()  # no real-statistics cache was built
 
 

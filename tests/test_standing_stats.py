@@ -75,5 +75,7 @@ def test_sample_py_standing_stats(tmp_path, capsys):
                  "--truncation", "0.5", "--standing-stats", "2"])
     assert "standing statistics from 2 x 4 samples" in capsys.readouterr().out
     assert (tmp_path / "s" / "grid.png").is_file()
+    sample_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "u"), "--n", "4", "--truncation", "0.5"])
+    assert "tip: truncated z no longer fits" in capsys.readouterr().out  # the option is suggested where it helps
     with pytest.raises(SystemExit, match="--batch-size >= 2"):
         sample_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "t"), "--batch-size", "1", "--standing-stats", "2"])
