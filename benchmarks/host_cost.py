@@ -1,0 +1,225 @@
+"""Host cost of one SMYRF call on the CUDA route: kernel launches per forward + backward, and the
+host time that issues them, measured on the CPU with the Triton kernels stubbed out.
+
+    python benchmarks/host_cost.py                  # 16,384 and 65,536 tokens, batch 32, default and paper recipe
+    python benchmarks/host_cost.py --sizes 16384 --recipes paper
+
+On a GPU every kernel launch costs the host several microseconds whatever the batch, so a call of a
+few hundred launches is bound by the host at BigGAN's shapes. Per case (BigGAN's shapes: d_qk 12,
+d_v 48, keys 2x2-pooled, bf16, the cluster sizes of the configs: 4 x 2048 queries at 16k tokens,
+4 x 4096 at 65k) this counts, at the dispatcher (a TorchDispatchMode):
+  launches    every aten op on device tensors that runs a kernel, plus every Triton launch. Views and
+              other metadata-only ops (view, expand, transpose, ..., `METADATA_OPS`) and allocations
+              without a fill (empty*) launch nothing and are left out; so are ops whose tensors are all
+              on the host (they cost host time, counted in `host ops`). Device tensors are 'meta'
+              tensors here: shapes, loops and dtypes as on the GPU, no data.
+  h2d copies  copies from a host tensor to a device tensor (each a synchronising or pinned copy,
+              and what stops a CUDA graph from replaying the call)
+  host syncs  ops that make the host wait for the device (.item(), .cpu(), nonzero, ...)
+Host time is the median wall time of one forward + backward with the Triton launches stubbed, on
+host (CPU) tensors small enough that the aten kernels' own work is negligible: batch 1, 64 queries
+per cluster, as many clusters as the goal shape (so the hashing, which loops over the prime factors of
+the number of clusters, issues the same ops). Where the op sequence still depends on the shape (a
+loop over chunks of the goal shape), `host ms (goal)` scales the measured time by the ratio of the
+dispatched ops at the two shapes.
+
+Writes benchmarks/results/host_cost-cpu.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors on the Triton route (the launches are stubbed)
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, write_results  # noqa: E402
+
+from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
+
+BATCH = 32
+# Queries per cluster at each goal size (configs/celebahq128_smyrf.yaml, configs/celebahq256_smyrf.yaml).
+Q_CLUSTER = {16384: 2048, 65536: 4096}
+RECIPES = ("default", "paper")
+GOALS = {"launches": 48, "host_ms": 2.0, "h2d_copies": 0}
+METADATA_OPS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "reshape", "unsqueeze", "squeeze",
+                "as_strided", "detach", "alias", "select", "slice", "split", "split_with_sizes", "unbind",
+                "lift_fresh", "lift_fresh_copy", "empty", "empty_like", "empty_strided", "new_empty",
+                "new_empty_strided", "_reshape_alias", "view_as", "expand_as", "flatten", "unflatten", "movedim"}
+SYNC_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique2", "repeat_interleave"}
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Ops at the dispatcher, sorted into device launches, host ops, host->device copies and syncs."""
+
+    def __init__(self):
+        super().__init__()
+        self.launches: Counter = Counter()
+        self.host_ops: Counter = Counter()
+        self.h2d: Counter = Counter()
+        self.syncs: Counter = Counter()
+        self.dispatched = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.dispatched += 1
+        name = func.overloadpacket.__name__
+        if name in METADATA_OPS:
+            return out
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        on_device = [t.device.type != "cpu" for t in inputs + outputs]
+        if name in SYNC_OPS or (name in ("_to_copy", "copy_") and any(not t.device.type == "cpu" for t in inputs)
+                                and all(t.device.type == "cpu" for t in outputs)):
+            self.syncs[name] += 1
+        if not any(on_device):
+            self.host_ops[name] += 1
+        elif name in ("_to_copy", "copy_", "_pin_memory") and any(t.device.type == "cpu" for t in inputs):
+            self.h2d[name] += 1
+            self.launches[name] += 1
+        else:
+            self.launches[name] += 1
+        return out
+
+
+@contextmanager
+def stubbed_triton(record: Counter):
+    """The CUDA route's Triton kernels replaced by stubs that count their launches."""
+    from biggan_smyrf.attention import kernels, triton_kernels, triton_rounds
+
+    class Stub:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                record[self.name] += 1
+            return launch
+
+    names = {triton_rounds: ("_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel"),
+             triton_kernels: ("_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_row_dot_kernel")}
+    patches = [mock.patch.object(module, n, Stub(f"{module.__name__.rsplit('.', 1)[-1]}.{n}"))
+               for module, ns in names.items() for n in ns]
+    patches.append(mock.patch.object(kernels, "_check_triton_usable", lambda *args: None))  # meta tensors
+    for p in patches:
+        p.start()
+    try:
+        yield record
+    finally:
+        for p in patches:
+            p.stop()
+
+
+def config_for(recipe: str, q_cluster_size: int) -> AttentionConfig:
+    sizes = dict(n_hashes=4, q_cluster_size=q_cluster_size, kernel="triton")
+    return AttentionConfig.paper(**sizes) if recipe == "paper" else AttentionConfig(kind="smyrf", **sizes)
+
+
+def inputs(batch: int, n: int, device: str, dtype=torch.bfloat16):
+    """BigGAN's q (B, N, 12), pooled k (B, N/4, 12) and v (B, N/4, 48), leaves with gradients."""
+    return [torch.randn(batch, t, d, device=device, dtype=dtype, requires_grad=True)
+            for t, d in ((n, 12), (n // 4, 12), (n // 4, 48))]
+
+
+def forward_backward(config: AttentionConfig, q, k, v, generator: torch.Generator) -> None:
+    out = smyrf_attention(q, k, v, config, scale=1.0, generator=generator)
+    out.backward(torch.ones_like(out))
+
+
+def count(n: int, q_cluster_size: int, recipe: str, batch: int = BATCH, device: str = "meta") -> dict:
+    """Launches, host ops, h2d copies and syncs of one forward + backward (the second of two calls)."""
+    config = config_for(recipe, q_cluster_size)
+    generator = torch.Generator().manual_seed(0)
+    triton = Counter()
+    with stubbed_triton(triton):
+        forward_backward(config, *inputs(batch, n, device), generator)
+        triton.clear()
+        q, k, v = inputs(batch, n, device)
+        counter = LaunchCounter()
+        with counter:
+            forward_backward(config, q, k, v, generator)
+    aten = sum(counter.launches.values())
+    return {"aten_launches": aten, "triton_launches": sum(triton.values()), "launches": aten + sum(triton.values()),
+            "h2d_copies": sum(counter.h2d.values()), "host_syncs": sum(counter.syncs.values()),
+            "host_ops": sum(counter.host_ops.values()), "dispatched": counter.dispatched,
+            "by_op": dict(counter.launches.most_common()), "by_kernel": dict(triton)}
+
+
+def timing_shape(n: int, q_cluster_size: int) -> tuple[int, int]:
+    """(tokens, queries per cluster) with the goal's number of clusters and 64 queries per cluster."""
+    clusters = n // q_cluster_size
+    return 64 * clusters, 64
+
+
+def host_seconds(n: int, q_cluster_size: int, recipe: str, reps: int) -> tuple[float, int]:
+    """Median wall time of one forward + backward on small CPU tensors, Triton stubbed; and the ops dispatched."""
+    config = config_for(recipe, q_cluster_size)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    with stubbed_triton(Counter()):
+        for rep in range(reps + 2):
+            q, k, v = inputs(1, n, "cpu")
+            start = time.perf_counter()
+            forward_backward(config, q, k, v, generator)
+            if rep >= 2:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times), count(n, q_cluster_size, recipe, batch=1, device="cpu")["dispatched"]
+
+
+def measure(n: int, recipe: str, reps: int) -> dict:
+    q_cluster = Q_CLUSTER[n]
+    counts = count(n, q_cluster, recipe)
+    small_n, small_cluster = timing_shape(n, q_cluster)
+    seconds, small_dispatched = host_seconds(small_n, small_cluster, recipe, reps)
+    goal_ms = seconds * 1e3 * counts["dispatched"] / small_dispatched
+    return {"n": n, "recipe": recipe, "config": f"{4}x{q_cluster}", "batch": BATCH, **counts,
+            "timing_tokens": small_n, "timing_dispatched": small_dispatched, "host_ms": seconds * 1e3,
+            "host_ms_goal": goal_ms}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(Q_CLUSTER), choices=list(Q_CLUSTER))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--reps", type=int, default=30, help="timed calls per case (median)")
+    parser.add_argument("--name", default="host_cost", help="results file stem")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for n in args.sizes:
+        for recipe in args.recipes:
+            row = measure(n, recipe, args.reps)
+            rows.append(row)
+            print({k: v for k, v in row.items() if k not in ("by_op",)}, flush=True)
+    table = markdown_table(rows, [
+        ("n", "tokens"), ("recipe", "recipe"), ("config", "SMYRF"), ("aten_launches", "aten launches"),
+        ("triton_launches", "Triton launches"), ("launches", "launches"), ("h2d_copies", "h2d copies"),
+        ("host_syncs", "host syncs"), ("host_ops", "host ops"), ("dispatched", "ops dispatched"),
+        ("timing_dispatched", "ops at timing shape"), ("host_ms", "host ms (timing shape)"),
+        ("host_ms_goal", "host ms (goal)"),
+    ])
+    table = (f"One forward + backward on the CUDA route (`kernel=\"triton\"`), batch {BATCH}, bf16, counted at the "
+             f"dispatcher on meta tensors; host time on the CPU with the Triton launches stubbed (1 thread). "
+             f"Goals: <= {GOALS['launches']} launches, <= {GOALS['host_ms']} ms, no h2d copy.\n\n" + table)
+    stem = write_results(args.name, torch.device("cpu"), rows, table, {"batch": BATCH, "goals": GOALS})
+    print(table)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
