@@ -90,7 +90,7 @@ class Evaluator:
 def log_diagnostics(module, logger_experiment) -> None:
     """Per attention block of G_ema: SMYRF error and covered mass vs dense, and the cluster map,
     with the SMYRF settings this run uses."""
-    smyrf = module.smyrf_settings()
+    smyrf = module.smyrf_blocks()
     z, y = module.fixed_z[:2], module.fixed_y[:2]
     for d in attention_diagnostics(module.G_ema.module, smyrf, z, y).values():
         tag = f"{d.resolution}px"

@@ -144,7 +144,7 @@ class BigGAN(pl.LightningModule):
         """'dense', 'smyrf' (or 'dense_smyrf' for a mixed G) in `phase`: the suffix of every logged metric."""
         return kinds_of(self.phase_configs[phase])
 
-    def smyrf_settings(self) -> dict[str, AttentionConfig]:
+    def smyrf_blocks(self) -> dict[str, AttentionConfig]:
         """The SMYRF settings of every G attention block that runs SMYRF in some phase (for diagnostics)."""
         used = {name for configs in self.phase_configs.values() for name, c in configs.items() if c.kind == "smyrf"}
         return {name: self.schedule.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
