@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from biggan_smyrf.attention import smyrf_attention
-from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel, triton_available
+from biggan_smyrf.attention.cluster_attention import attention_backward, attention_forward, pick_kernel
+from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "tests" / "triton_interpreted.py"
@@ -62,14 +63,14 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
 def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
     """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
     kernel for sm_90 through ptxas at BigGAN's block sizes, which needs no GPU."""
-    from biggan_smyrf.attention import triton_kernels as kernels
+    from biggan_smyrf.attention.triton import blocks, clusters
 
     sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
     jobs = [
-        (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
-        (kernels._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
-        (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
-        (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+        (clusters._forward_kernel, {**sizes, "BLOCK_M": 128}),
+        (blocks._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
+        (clusters._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
+        (clusters._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
     ]
     _compile_for_hopper(jobs, dtype)
 
@@ -77,8 +78,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
 @needs_triton
 @pytest.mark.parametrize("dtype, precision, has_bias", [("bf16", "ieee", True), ("fp32", "tf32", False)])
 def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_bias):
-    """The same for SMYRF's permuted-round kernels (triton_rounds.py) at BigGAN's sizes."""
-    from biggan_smyrf.attention import triton_rounds as kernels
+    """The same for SMYRF's permuted-round kernels (triton/rounds.py) at BigGAN's sizes."""
+    from biggan_smyrf.attention.triton import rounds as kernels
 
     sizes = dict(HAS_BIAS=has_bias, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
     jobs = [

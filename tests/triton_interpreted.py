@@ -12,12 +12,12 @@ import pytest
 import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-triton_kernels = pytest.importorskip("biggan_smyrf.attention.triton_kernels")
-if not triton_kernels.INTERPRETED:
+triton_blocks = pytest.importorskip("biggan_smyrf.attention.triton.blocks")
+if not triton_blocks.INTERPRETED:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 from biggan_smyrf.attention import smyrf_attention  # noqa: E402
-from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel  # noqa: E402
+from biggan_smyrf.attention.cluster_attention import attention_backward, attention_forward, pick_kernel  # noqa: E402
 
 SHAPES = {"tails": (3, 40, 24, 12, 48), "powers of two": (2, 64, 32, 16, 32)}
 # Relative error (norm) allowed against the chunked kernel, which computes in fp32 from the same
@@ -120,7 +120,7 @@ def test_smyrf_end_to_end_matches_chunked(masked):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# SMYRF recipes for the permuted route (triton_rounds.py): (N, M, settings).
+# SMYRF recipes for the permuted route (cuda_route.py, triton/rounds.py): (N, M, settings).
 RECIPES = {
     "defaults": (512, 128, dict(n_hashes=2, q_cluster_size=128)),
     "paper": (512, 128, dict(n_hashes=3, q_cluster_size=128, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
@@ -205,5 +205,5 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
         tracker.reset()
         out.sum().backward()
         backward = [made for made in tracker.made if made[1:3] == ("float32", (2, N, 48))]
-    assert [made[-1].split(":")[0] for made in forward] == ["triton_rounds.forward"], forward
+    assert [made[-1].split(":")[0] for made in forward] == ["rounds.forward"], forward
     assert backward == [], backward
