@@ -48,9 +48,9 @@ def config(variant: str, n_hashes: int, q_cluster_size: int) -> AttentionConfig:
 
 def products(cfg: AttentionConfig, n: int, m: int) -> int:
     """Query-key dot products per batch element."""
-    q_cluster, k_cluster = cfg.cluster_sizes(n, m)
-    hubs, summaries = cfg.hub_keys_for(n, m), cfg.summaries_for(n, m)
-    return cfg.n_hashes * n * (k_cluster + summaries) + n * hubs + (min(cfg.hub_sample, n) * m if hubs else 0)
+    sizes = cfg.resolve(n, m)
+    hubs = sizes.n_hub_keys
+    return cfg.n_hashes * n * sizes.keys_per_cluster + n * hubs + (min(cfg.hub_sample, n) * m if hubs else 0)
 
 
 def synthetic(family: str, n: int, seed: int):

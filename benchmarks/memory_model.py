@@ -8,11 +8,10 @@ interpreter, with the library default at BigGAN's shapes (d_qk 12, d_v 48, keys 
 A dispatch mode counts the bytes of every tensor storage created during the call and frees them as
 their storages die -- what CUDA's `max_memory_allocated` counts, less the allocator's 512-byte
 rounding and the sort's scratch space. Three phases, each with what is alive at its peak:
-  hub selection   sampled queries' logits against every key, chunked to at most 3 x HUB_SCORES floats
+  hub selection   the attention mass of every key from the sampled queries, through the cluster kernel
   forward         hashing, summaries, the rounds merged into one float32 accumulator, the hub round
   backward        the rounds' gradients into float32 accumulators, the hub round's
-Everything but the hub selection grows with batch x tokens, so batch 32's peak is 32 x batch 1's,
-or the hub selection's fixed cap if larger. That estimate is set against dense SDPA's peak as
+Everything grows with batch x tokens, so batch 32's peak is 32 x batch 1's. That estimate is set against dense SDPA's peak as
 measured on an H100 in issue #14 (same shapes, fwd + bwd, batch 32).
 Writes benchmarks/results/memory_model-cpu.{json,md}.
 """
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
-from biggan_smyrf.attention import hashing, smyrf  # noqa: E402
+from biggan_smyrf.attention import smyrf  # noqa: E402
 
 # Dense SDPA's peak (MiB) on an H100, fwd + bwd at batch 32, from issue #14's table (cuDNN flash in
 # bf16, CUTLASS memory-efficient in fp32): {(tokens, dtype): MiB}.
@@ -151,14 +150,12 @@ def main():
     from biggan_smyrf.attention.triton.blocks import INTERPRETED
     if not INTERPRETED:
         sys.exit("error: run with TRITON_INTERPRET=1 set before triton is imported (this script sets it unless overridden)")
-    hub_cap = 3 * hashing.HUB_SCORES * 4  # logits, softmax and its nan_to_num, float32, at any batch
     rows = []
     for n in args.sizes:
         for dtype_name in args.dtypes:
             result = measure(n, getattr(torch, dtype_name))
             phases = result["phases"]
-            per_element = max(phases["forward"][0], phases["backward"][0])
-            estimate = max(BATCH * per_element, min(BATCH * phases["hub selection"][0], hub_cap))
+            estimate = BATCH * max(peak for peak, _ in phases.values())
             dense = DENSE_SDPA_H100_MIB.get((n, dtype_name))
             row = {"n": n, "dtype": dtype_name, "config": result["config"],
                    **{f"{p}_mib": peak / 2**20 for p, (peak, _) in phases.items()},
@@ -176,7 +173,7 @@ def main():
     ])
     table = ("Batch 1 under Triton's interpreter (tensor bytes alive, per phase); batch 32 estimated "
              "from it; dense SDPA measured on an H100 (issue #14).\n\n" + table)
-    stem = write_results(args.name, torch.device("cpu"), rows, table, {"batch_estimated": BATCH, "hub_cap_bytes": hub_cap})
+    stem = write_results(args.name, torch.device("cpu"), rows, table, {"batch_estimated": BATCH})
     print(table)
     print(f"wrote {stem}.json and {stem}.md")
 

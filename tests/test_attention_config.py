@@ -61,7 +61,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="kind must be one of"):
         AttentionConfig(kind="sparse")
     cfg = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=2048)
-    assert cfg.cluster_sizes(16384, 4096) == (2048, 512)
+    sizes = cfg.resolve(16384, 4096)
+    assert (sizes.q_cluster_size, sizes.k_cluster_size, sizes.n_clusters) == (2048, 512, 8)
     with pytest.raises(ValueError, match="G attention at 32x32: 1024 queries"):
         cfg.validate_for(1024, 256, where="G attention at 32x32")
     AttentionConfig(kind="dense", q_cluster_size=2048).validate_for(1024, 256)  # dense ignores sizes
@@ -70,10 +71,10 @@ def test_config_validation():
 def test_paper_preset_and_bad_options():
     cfg = AttentionConfig.paper(n_hashes=4, q_cluster_size=2048)
     assert (cfg.kind, cfg.hashing, cfg.n_hub_keys, cfg.n_summaries, cfg.dedup) == ("smyrf", "xbox", 0, 0, "none")
-    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).hub_keys_for(16384, 4096) == 128
-    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).summaries_for(16384, 4096) == 32
-    assert AttentionConfig(kind="smyrf", q_cluster_size=64).summaries_for(4800, 1200) == 1  # 16 keys: 1
-    assert AttentionConfig(kind="smyrf", q_cluster_size=20).summaries_for(4800, 1200) == 0  # 5 keys: off
+    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).resolve(16384, 4096).n_hub_keys == 128
+    assert AttentionConfig(kind="smyrf", q_cluster_size=2048).resolve(16384, 4096).n_summaries == 32
+    assert AttentionConfig(kind="smyrf", q_cluster_size=64).resolve(4800, 1200).n_summaries == 1  # 16 keys: 1
+    assert AttentionConfig(kind="smyrf", q_cluster_size=20).resolve(4800, 1200).n_summaries == 0  # 5 keys: off
     with pytest.raises(ValueError, match="n_summaries=7 must be 0 or divide the 4096 keys"):
         AttentionConfig(kind="smyrf", q_cluster_size=2048, n_summaries=7).validate_for(16384, 4096)
     with pytest.raises(ValueError, match="n_summaries must be >= 0"):
@@ -85,3 +86,31 @@ def test_paper_preset_and_bad_options():
     q, k, v = qkv(dtype=torch.float32)
     with pytest.raises(ValueError, match="n_hub_keys must be in"):
         smyrf_attention(q, k, v, PAPER, n_hashes=1, q_cluster_size=8, n_hub_keys=16)
+
+
+@pytest.mark.parametrize("kernel", ["flash", "chunked"])
+def test_smyrf_sizes_are_resolved_once_per_call(kernel):
+    """Validation, the hashing, the plan, the summaries and the kernels' launchers all read the one
+    `SmyrfSizes` that `AttentionConfig.resolve` returns; nothing re-derives a size along the way."""
+    from unittest import mock
+
+    from biggan_smyrf.attention import config as config_module
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, t, d, generator=g, requires_grad=True) for t, d in ((256, 8), (64, 8), (64, 16)))
+    cfg = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=64, n_summaries=4, kernel=kernel)
+    with mock.patch.object(config_module, "resolve_cluster_sizes", wraps=config_module.resolve_cluster_sizes) as spy:
+        smyrf_attention(q, k, v, cfg, scale=1.0).sum().backward()
+    assert spy.call_count == 1
+
+
+def test_attention_names_resolve_in_one_place():
+    """"paper" means the same recipe wherever attention is named (sample.py, set_attention, load_generator)."""
+    from biggan_smyrf.attention import AttentionChange
+    from biggan_smyrf.models.swap import _applied
+
+    built = AttentionConfig(kind="dense", q_cluster_size=1024)
+    paper = _applied(built, "paper", "G")
+    assert paper == AttentionConfig.paper(q_cluster_size=1024)
+    assert AttentionChange.named("paper", n_hashes=8).apply(built) == AttentionConfig.paper(q_cluster_size=1024, n_hashes=8)
+    assert _applied(paper, "dense", "G") == paper.with_(kind="dense")

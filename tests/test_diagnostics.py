@@ -56,7 +56,7 @@ def test_diagnostics_read_the_clusters_smyrf_used():
     q_ids, k_ids = did.query_clusters(), did.key_clusters()
     assert q_ids.shape == (2, 3, 256) and k_ids.shape == (2, 3, 64)
     assert (torch.bincount(q_ids[1, 2]) == 32).all() and (torch.bincount(k_ids[0, 1]) == 8).all()
-    assert did.hub_keys.shape == (2, cfg.hub_keys_for(256, 64))
+    assert did.hub_keys.shape == (2, cfg.resolve(256, 64).n_hub_keys)
     found = diagnose(q, k, v, cfg, scale=1.0, generator=torch.Generator().manual_seed(5))
     dense = attend(q, k, v, AttentionConfig(), scale=1.0)
     assert found.error == pytest.approx(((out - dense).norm() / dense.norm()).item(), rel=1e-6)

@@ -44,7 +44,7 @@ def test_a_change_touches_only_what_it_sets():
 
 def test_key_cluster_size_follows_the_query_cluster_size():
     built = AttentionConfig(kind="smyrf", q_cluster_size=2048, k_cluster_size=512)
-    assert built.with_(q_cluster_size=1024).cluster_sizes(16384, 4096) == (1024, 256)
+    assert built.with_(q_cluster_size=1024).resolve(16384, 4096).k_cluster_size == 256
     assert built.with_(q_cluster_size=1024, k_cluster_size=256).k_cluster_size == 256
 
 

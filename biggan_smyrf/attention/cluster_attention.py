@@ -66,7 +66,8 @@ def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int
         raise ValueError(
             f"kernel='triton' takes head dims up to {TRITON_MAX_HEAD_DIM}, got {head_dim}; use kernel='chunked'"
         )
-    if device.type not in ("cpu", "cuda"):
+    # Meta tensors run the route's host side with no launch (triton/launches.py).
+    if device.type not in ("cpu", "cuda", "meta"):
         raise ValueError(f"kernel='triton' runs on CUDA (or the CPU interpreter), not {device.type}; use kernel='chunked'")
     if device.type == "cpu" and not _triton().INTERPRETED:
         raise ValueError(

@@ -8,6 +8,7 @@ one `setting(...)` line here plus its use in `smyrf.py`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Optional
@@ -74,32 +75,27 @@ class AttentionConfig:
             changes["k_cluster_size"] = None
         return replace(self, **changes)
 
-    def cluster_sizes(self, n_queries: int, n_keys: int, where: str = "attention") -> tuple[int, int]:
-        """(q_cluster_size, k_cluster_size) for this many tokens, or a ValueError saying what fits."""
-        return resolve_cluster_sizes(n_queries, n_keys, self.q_cluster_size, self.k_cluster_size, where)
-
-    def hub_keys_for(self, n_queries: int, n_keys: int) -> int:
-        """The number of hub keys at these token counts (resolves the None default)."""
-        if self.n_hub_keys is not None:
-            return self.n_hub_keys
-        return self.cluster_sizes(n_queries, n_keys)[1] // 4
-
-    def summaries_for(self, n_queries: int, n_keys: int) -> int:
-        """Summary keys per cluster at these token counts (resolves the None default: about
-        k_cluster_size // 16, lowered to a divisor of n_keys so the blocks are equal)."""
-        if self.n_summaries is not None:
-            return self.n_summaries
-        wanted = self.cluster_sizes(n_queries, n_keys)[1] // 16
-        return max((s for s in range(1, wanted + 1) if n_keys % s == 0), default=0)
+    def resolve(self, n_queries: int, n_keys: int, where: str = "attention") -> "SmyrfSizes":
+        """Every size SMYRF derives from these settings at these token counts, checked: a
+        ValueError naming `where` and the sizes that fit, else a `SmyrfSizes`. The one place the
+        None defaults are resolved; validation, `smyrf_attention`, its plan and the kernels'
+        launchers all read the result."""
+        q_cluster_size, k_cluster_size = resolve_cluster_sizes(
+            n_queries, n_keys, self.q_cluster_size, self.k_cluster_size, where)
+        n_hubs = k_cluster_size // 4 if self.n_hub_keys is None else self.n_hub_keys
+        if not 0 <= n_hubs < n_keys:
+            raise ValueError(f"{where}: n_hub_keys={n_hubs} must be below the {n_keys} keys (n_hub_keys must be in [0, {n_keys}))")
+        n_summaries = self.n_summaries
+        if n_summaries is None:  # about k_cluster_size // 16, lowered to a divisor of n_keys so the blocks are equal
+            n_summaries = max((s for s in range(1, k_cluster_size // 16 + 1) if n_keys % s == 0), default=0)
+        check_summaries(n_summaries, n_keys, where)
+        return SmyrfSizes(n_queries, n_keys, self.n_hashes, q_cluster_size, k_cluster_size, n_queries // q_cluster_size,
+                          n_hubs, n_summaries, math.gcd(n_keys // n_summaries, k_cluster_size) if n_summaries else 0)
 
     def validate_for(self, n_queries: int, n_keys: int, where: str = "attention") -> None:
         """Fail early (at model build or swap time) if SMYRF's sizes don't fit the tokens."""
         if self.kind == "smyrf":
-            self.cluster_sizes(n_queries, n_keys, where)
-            n_hubs = self.hub_keys_for(n_queries, n_keys)
-            if not 0 <= n_hubs < n_keys:
-                raise ValueError(f"{where}: n_hub_keys={n_hubs} must be below the {n_keys} keys (n_hub_keys must be in [0, {n_keys}))")
-            check_summaries(self.summaries_for(n_queries, n_keys), n_keys, where)
+            self.resolve(n_queries, n_keys, where)
 
     def describe(self) -> str:
         if self.kind == "dense":
@@ -110,6 +106,29 @@ class AttentionConfig:
         kernel = "" if self.kernel == "auto" else f", kernel={self.kernel}"
         return (f"smyrf({self.n_hashes}x{self.q_cluster_size}q/{k}k, {self.hashing}, hubs={hubs}, "
                 f"summaries={summaries}, dedup={self.dedup}{kernel})")
+
+
+@dataclass(frozen=True)
+class SmyrfSizes:
+    """The sizes of one SMYRF call, resolved once from an AttentionConfig and the token counts
+    (`AttentionConfig.resolve`): every later step reads them here instead of deriving its own."""
+
+    n_queries: int
+    n_keys: int
+    n_hashes: int
+    q_cluster_size: int
+    k_cluster_size: int
+    n_clusters: int  # per round, for queries and keys alike
+    n_hub_keys: int  # 0 = no hub round
+    n_summaries: int  # summary keys per cluster and round, 0 = none
+    # The longest run of hash-sorted keys that lies in one summary block and one cluster (the unit
+    # the summary means are summed in); 0 without summaries.
+    summary_unit: int
+
+    @property
+    def keys_per_cluster(self) -> int:
+        """Keys a cluster attends in a hashed round: its own plus its summary keys."""
+        return self.k_cluster_size + self.n_summaries
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AttentionConfig))
@@ -160,6 +179,13 @@ class _Change:
     def paper(cls, **changes) -> "AttentionChange":
         """Switch to the paper's exact recipe, keeping the cluster sizes (and anything in `changes`)."""
         return cls(**{**PAPER_RECIPE, **changes})
+
+    @classmethod
+    def named(cls, name: str, **changes) -> "AttentionChange":
+        """What a name means wherever attention is chosen by one (sample.py's --attention,
+        `set_attention`, `load_generator`): a kind ("dense", "smyrf") or "paper" (`paper()`),
+        with `changes` on top."""
+        return cls.paper(**changes) if name == "paper" else cls(kind=name, **changes)
 
     def changes(self) -> dict[str, Any]:
         """The fields that are set."""

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .plan import Plan, hub_round_backward, hub_round_forward, round_normalisers, weighted
-from .summaries import HUB_MASK_LOGIT, summarised, summary_features, summary_keys, summary_unit, unit_sums_through
+from .summaries import HUB_MASK_LOGIT, summarised, summary_features, summary_keys, unit_sums_through
 from .triton.blocks import row_dot
 from .triton.rounds import Rounds
 
@@ -28,9 +28,9 @@ def permuted_rounds(q, k, v, plan: Plan):
     merge the rounds into one output as they go, so no per-round copy or output exists. Hub keys and padding
     become a logit bias; summary keys are appended after the keys, each cluster's at its own index,
     their block means summed one round at a time (`summaries.unit_sums_through`)."""
-    k_order, k_cluster_size, n_summaries = plan.k_order, plan.k_cluster_size, plan.n_summaries
+    k_order, sizes = plan.k_order, plan.sizes
     B, H, M = k_order.shape
-    n_clusters = M // k_cluster_size
+    n_clusters, k_cluster_size, n_summaries = sizes.n_clusters, sizes.k_cluster_size, sizes.n_summaries
     hub_round = plan.hub_round(k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
@@ -43,17 +43,16 @@ def permuted_rounds(q, k, v, plan: Plan):
         summary_index = summary_index.view(1, H, n_clusters, n_summaries).expand(B, -1, -1, -1)
         k_index = torch.cat([k_index, summary_index], dim=3)
     return _PermutedRounds.apply(
-        q, k, v, bias, plan.q_order, k_index.reshape(B, H, -1), *hub_round, (plan.scale, plan.q_cluster_size, plan.dedup)
+        q, k, v, bias, plan.q_order, k_index.reshape(B, H, -1), *hub_round, (plan.scale, sizes, plan.dedup)
     )
 
 
 def _round_summaries(k, v, plan: Plan):
     """Every round's summary keys, values and logit offsets (see `summaries.summary_keys`). A function
     of its own so that the float32 features (B, M, d_qk + d_v + 1) are freed before the rounds run."""
-    M, k_cluster_size, n_summaries = k.shape[1], plan.k_cluster_size, plan.n_summaries
     features = summary_features(k, v, summarised(k, plan.hub, plan.key_padding_mask))
-    unit_sums = unit_sums_through(plan.k_order, features, summary_unit(M, k_cluster_size, n_summaries))
-    return summary_keys(unit_sums, M, k.shape[-1], k_cluster_size, n_summaries, (k.dtype, v.dtype))
+    unit_sums = unit_sums_through(plan.k_order, features, plan.sizes.summary_unit)
+    return summary_keys(unit_sums, plan.sizes, k.shape[-1], (k.dtype, v.dtype))
 
 
 def _logit_bias(k, hub, key_padding_mask, with_summaries: bool) -> Optional[torch.Tensor]:
@@ -77,8 +76,8 @@ class _PermutedRounds(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, q_order, k_index, hub_k, hub_v, hub_mask, config):
-        scale, q_cluster_size, dedup = config
-        rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
+        scale, sizes, dedup = config
+        rounds = Rounds(q, k, v, bias, q_order, k_index, sizes, scale)
         out, lse = rounds.forward()  # the hashed rounds, weighted softmax_r(lse_r) among themselves
         o_hub = lse_hub = None
         if hub_k is not None:
@@ -99,8 +98,8 @@ class _PermutedRounds(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, bias, q_order, k_index, norm, out, hub_k, hub_v, hub_mask, lse_hub, w_hub = ctx.saved_tensors
-        scale, q_cluster_size, _ = ctx.config
-        rounds = Rounds(q, k, v, bias, q_order, k_index, q_cluster_size, scale)
+        scale, sizes, _ = ctx.config
+        rounds = Rounds(q, k, v, bias, q_order, k_index, sizes, scale)
         delta = row_dot(grad_out, out)
         dq_hub = d_hub_k = d_hub_v = None
         if hub_k is not None:

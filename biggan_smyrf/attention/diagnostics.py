@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .checks import default_scale
 from .config import AttentionConfig
 from .dense import dense_attention
 from .smyrf import SmyrfIntermediates, smyrf_attention
@@ -39,7 +40,7 @@ def diagnose(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Attentio
     q, k, v = q.float(), k.float(), v.float()
     dense = dense_attention(q, k, v, scale=scale)
     approx, did = smyrf_attention(q, k, v, config, scale=scale, generator=generator, return_intermediates=True)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = default_scale(scale, q.shape[-1])
     return AttentionDiagnosis(
         error=((approx - dense).norm() / dense.norm()).item(),
         mass_share=covered_mass(q[:1], k[:1], did, scale),

@@ -23,18 +23,17 @@ def gathered_rounds(q, k, v, plan: Plan, kernel: str):
     """Every round's clusters as gathered copies, the cluster kernel over them, then the round
     combination (CPU flash and chunked kernels). Memory O(H (N + M) (d_qk + d_v)) for the copies."""
     q_hashed, k_hashed = q, k
-    if plan.hub is not None or plan.n_summaries:
+    sizes = plan.sizes
+    if plan.hub is not None or sizes.n_summaries:
         q_hashed, k_hashed = _with_logit_offset(q, k, plan.hub, plan.scale)
     qs, ks, vs = gather(q_hashed, plan.q_order), gather(k_hashed, plan.k_order), gather(v, plan.k_order)
     mask = None if plan.key_padding_mask is None else plan.key_padding_mask.gather(1, plan.k_order.flatten(1))
-    k_size = plan.k_cluster_size
-    if plan.n_summaries:
+    if sizes.n_summaries:
         counted = gather(summarised(k, plan.hub, plan.key_padding_mask), plan.k_order)
-        ks, vs, mask = append_summaries(ks, vs, mask, counted, plan.k_cluster_size, plan.n_summaries, plan.scale)
-        k_size += plan.n_summaries
+        ks, vs, mask = append_summaries(ks, vs, mask, counted, sizes, plan.scale)
     return _ClusteredAttention.apply(
         qs, ks, vs, plan.q_order, mask, q, *plan.hub_round(k, v),
-        (plan.scale, plan.q_cluster_size, k_size, kernel, plan.dedup),
+        (plan.scale, sizes.q_cluster_size, sizes.keys_per_cluster, kernel, plan.dedup),
     )
 
 

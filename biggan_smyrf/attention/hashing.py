@@ -3,13 +3,18 @@
 Everything here runs without gradients and in float32 (half-precision norms would make the
 XBOX+ radicand negative). Cost per round: O((N + M) * d) for the projection and
 O((N + M) log(N + M)) for the sort; memory O(n_hashes * (N + M)) for the orders.
+
+Random draws happen on the tensors' device, from a generator there (`device_generator`): nothing is
+copied from the host per call, so the call can be captured and replayed as a whole.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
+from .cluster_attention import attention_backward, attention_forward
 from .config import HASHINGS, Hashing
 
 
@@ -20,34 +25,47 @@ def xbox_plus(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     key norms of each batch element, q -> [q, 0, sqrt(MQ²+MK²-|q|²)], k -> [k, sqrt(MQ²+MK²-|k|²), 0].
     Every transformed vector then has norm sqrt(MQ²+MK²), so |q' - k'|² = const - 2 q·k.
     """
-    q, k = q.float(), k.float()
-    q_sq = q.pow(2).sum(-1, keepdim=True)
-    k_sq = k.pow(2).sum(-1, keepdim=True)
-    total = q_sq.amax(dim=1, keepdim=True) + k_sq.amax(dim=1, keepdim=True)
+    x = _xbox_plus_tokens(q, k)
+    return x[:, : q.shape[1]], x[:, q.shape[1]:]
+
+
+def _xbox_plus_tokens(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """XBOX+ of queries and keys as one (B, N + M, d + 2) float32 tensor, queries first: each step
+    is one op for both, and the hashings project both with one product."""
+    N = q.shape[1]
+    x = torch.cat([q, k], dim=1).float()
+    sq = (x * x).sum(-1, keepdim=True)
+    total = sq[:, :N].amax(dim=1, keepdim=True) + sq[:, N:].amax(dim=1, keepdim=True)
     # The clamp guards against tiny negative radicands from rounding (fp16/bf16 inputs).
-    q_ext = torch.sqrt((total - q_sq).clamp_min(0))
-    k_ext = torch.sqrt((total - k_sq).clamp_min(0))
-    zeros_q, zeros_k = torch.zeros_like(q_sq), torch.zeros_like(k_sq)
-    return torch.cat([q, zeros_q, q_ext], dim=-1), torch.cat([k, k_ext, zeros_k], dim=-1)
+    ext = (total - sq).clamp_min_(0).sqrt_()
+    out = torch.cat([x, ext, ext], dim=-1)
+    out[:, :N, -2].zero_()
+    out[:, N:, -1].zero_()
+    return out
 
 
 def random_projections(dim: int, n_hashes: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """E2LSH directions a ~ N(0, I), (dim, n_hashes).
-
-    Drawn on the CPU from the caller's generator, so results do not depend on the device and the
-    global RNG is never touched, then copied to `device` asynchronously (`to_device`). E2LSH's offset b and bucket width r only shift and scale the
-    projection, so they do not change the sort order and are left out.
-    """
-    return to_device(torch.randn(dim, n_hashes, generator=generator), device)
+    """E2LSH directions a ~ N(0, I), (dim, n_hashes), drawn on `device` from `generator`. E2LSH's
+    offset b and bucket width r only shift and scale the projection, so they do not change the
+    sort order and are left out."""
+    return torch.randn(dim, n_hashes, generator=generator, device=device)
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU draw moved to `device` without making the host wait: on CUDA a plain copy from pageable
-    memory synchronises with the GPU (once per SMYRF call, inside every training step); from pinned
-    memory it is an asynchronous copy that the allocator keeps alive until it is done."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
+def device_generator(generator: Optional[torch.Generator], seed: Optional[int], device: torch.device) -> torch.Generator:
+    """The generator SMYRF draws from on `device`: the caller's if it is on that device, else a
+    fresh one seeded with `seed` (default 0). A CPU generator with tensors on an accelerator (a
+    model's, which checkpoints save) seeds a generator on the device with one draw on the host:
+    no host->device copy, and the CPU generator's state still fixes every draw. Meta tensors take
+    draws from a CPU generator directly."""
+    home = torch.device("cpu") if device.type == "meta" else device
+    if generator is None:
+        return torch.Generator(device=home).manual_seed(0 if seed is None else seed)
+    if generator.device.type == home.type:
+        return generator
+    if generator.device.type != "cpu":
+        raise ValueError(f"SMYRF draws on {device}: pass a torch.Generator on that device or on the CPU, "
+                         f"not on {generator.device}")
+    return torch.Generator(device=home).manual_seed(int(torch.randint(2**62, (), generator=generator)))
 
 
 @torch.no_grad()
@@ -74,24 +92,30 @@ def cluster_orders(
     """
     if hashing == "random":
         (B, N), M = q.shape[:2], k.shape[1]
-        keys = to_device(torch.rand(B, n_hashes, N + M, generator=generator), q.device)
+        keys = torch.rand(B, n_hashes, N + M, generator=generator, device=q.device)
         return keys[..., :N].argsort(-1), keys[..., N:].argsort(-1)
-    q_ext, k_ext = xbox_plus(q, k)
+    N = q.shape[1]
+    x = _xbox_plus_tokens(q, k)
     if hashing == "xbox":
-        a = random_projections(q_ext.shape[-1], n_hashes, generator, q.device)
-        q_order = torch.argsort(q_ext @ a, dim=1).transpose(1, 2)
-        k_order = torch.argsort(k_ext @ a, dim=1).transpose(1, 2)
-        return q_order.contiguous(), k_order.contiguous()
+        a = random_projections(x.shape[-1], n_hashes, generator, q.device)
+        projections = torch.matmul(a.t(), x.mT)  # (B, n_hashes, N + M)
+        return projections[..., :N].argsort(dim=-1), projections[..., N:].argsort(dim=-1)
     if hashing == "kd":
-        q_order = _identity_orders(q_ext, n_hashes)
-        k_order = _identity_orders(k_ext, n_hashes)
-        nodes = 1
-        for factor in prime_factors(n_clusters):
-            # One direction per (round, node), shared by the node's queries and keys.
-            a = to_device(torch.randn(n_hashes, nodes, q_ext.shape[-1], generator=generator), q.device)
-            q_order = _sort_within_nodes(q_ext, q_order, a)
-            k_order = _sort_within_nodes(k_ext, k_order, a)
-            nodes *= factor
+        factors = prime_factors(n_clusters)
+        if not factors:
+            return _identity_orders(q, n_hashes), _identity_orders(k, n_hashes)
+        # One direction per (round, node) of every level, shared by the node's queries and keys,
+        # drawn at once: level l's nodes are the product of the factors before it. The first level
+        # has one node, so its order is a plain sort.
+        nodes = [math.prod(factors[:level]) for level in range(len(factors))]
+        directions = torch.randn(sum(nodes), n_hashes, x.shape[-1], generator=generator, device=q.device)
+        levels = directions.split(nodes)
+        first = _projections(x, levels[0])[:, :, 0]
+        q_order, k_order = first[..., :N].argsort(dim=-1), first[..., N:].argsort(dim=-1)
+        for a in levels[1:]:
+            projections = _projections(x, a)
+            q_order = _sort_within_nodes(projections[..., :N], q_order)
+            k_order = _sort_within_nodes(projections[..., N:], k_order)
         return q_order, k_order
     raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
 
@@ -114,17 +138,21 @@ def _identity_orders(x: torch.Tensor, n_hashes: int) -> torch.Tensor:
     return torch.arange(T, device=x.device).expand(B, n_hashes, T).contiguous()
 
 
-def _sort_within_nodes(x: torch.Tensor, order: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+def _projections(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, D) on every direction (nodes, H, D) of a level -> (B, H, nodes, T), one product."""
+    nodes, H, D = directions.shape
+    return torch.matmul(directions.view(nodes * H, D), x.mT).view(x.shape[0], nodes, H, x.shape[1]).transpose(1, 2)
+
+
+def _sort_within_nodes(projections: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Re-sort each node's run of `order` by the projection on that node's direction.
 
-    x: (B, T, D), order: (B, H, T) current cut into `nodes` equal runs, directions: (H, nodes, D).
-    Afterwards every run, cut into `factor` equal pieces, gives the children of that node.
+    projections: (B, H, nodes, T) every point on every direction of this level (cheap: H * nodes
+    columns); order: (B, H, T) cut into `nodes` equal runs. Each point's own node's value is
+    gathered (one float per point, not its D features). Afterwards every run, cut into `factor`
+    equal pieces, gives the children of that node.
     """
-    B, H, T = order.shape
-    nodes = directions.shape[1]
-    # Project every point on every direction of this level (H * nodes columns, cheap), then pick
-    # each point's own node's value: one float gathered per point instead of its D features.
-    projections = torch.einsum("btd,hnd->bhnt", x, directions)
+    B, H, nodes, T = projections.shape
     runs = order.view(B, H, nodes, T // nodes)
     within = projections.gather(3, runs).argsort(dim=-1)
     return runs.gather(-1, within).view(B, H, T)
@@ -139,36 +167,29 @@ def hub_keys(
     scale: float,
     generator: torch.Generator,
     key_padding_mask: Optional[torch.Tensor] = None,
+    kernel: str = "chunked",
 ) -> torch.Tensor:
     """The n_hub keys that receive the most attention mass from a random sample of queries.
 
     Peaky attention maps (BigGAN's) send much of all mass to a few keys; giving every query those
-    keys exactly once removes the largest error of any clustering. Cost O(n_sample * M * d) time;
-    the sampled queries' probabilities are summed a chunk at a time, so memory stays within
-    HUB_SCORES floats (at batch 32 and 65,536 tokens all 256 at once would be 0.5 GiB of logits
-    plus as much again for their softmax). Returns (B, n_hub) key indices.
+    keys exactly once removes the largest error of any clustering. Returns (B, n_hub) key indices.
+    Cost O(n_sample * M * d) time through the cluster kernel `kernel` (`key_mass`), memory O(B M):
+    no (n_sample, M) score matrix exists, and the ops issued do not depend on the sizes.
     """
-    (B, N, _), M = q.shape, k.shape[1]
-    pick = to_device(torch.randperm(N, generator=generator)[: min(n_sample, N)], q.device)
-    sampled, keys = q[:, pick].float(), k.float()
-    mass = keys.new_zeros(B, M)
-    step = max(1, HUB_SCORES // (B * M))
-    for start in range(0, sampled.shape[1], step):
-        logits = scale * torch.einsum("bsd,bmd->bsm", sampled[:, start:start + step], keys)
-        if key_padding_mask is not None:
-            logits = logits.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
-        mass += torch.softmax(logits, dim=-1).nan_to_num(0.0).sum(1)
+    N = q.shape[1]
+    pick = torch.randperm(N, generator=generator, device=q.device)[: min(n_sample, N)]
+    mass = key_mass(q[:, pick].float(), k.float(), scale, kernel, key_padding_mask)
     return mass.topk(n_hub, dim=-1).indices
 
 
-# Scores hub_keys holds at once: 2^22 float32 = 16 MiB (at batch 1 and 16,384 keys, all 256 queries).
-HUB_SCORES = 1 << 22
+def key_mass(q: torch.Tensor, k: torch.Tensor, scale: float, kernel: str, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, M): the attention mass softmax(scale q kᵀ) gives each key, summed over the queries.
 
-
-def make_generator(generator: Optional[torch.Generator], seed: Optional[int]) -> torch.Generator:
-    """The caller's CPU generator, or a fresh one seeded with `seed` (default 0)."""
-    if generator is not None:
-        if generator.device.type != "cpu":
-            raise ValueError("SMYRF draws its projections on the CPU: pass a CPU torch.Generator")
-        return generator
-    return torch.Generator().manual_seed(0 if seed is None else seed)
+    That is attention's value gradient for all-ones values and output gradient (dV = Pᵀ 1), so
+    the cluster kernels compute it, one cluster per batch element, without the score matrix.
+    Queries whose keys are all masked give no mass.
+    """
+    values = k.new_ones(*k.shape[:2], 1)
+    out, lse = attention_forward(q, k, values, scale, kernel, key_mask)
+    _, _, mass = attention_backward(torch.ones_like(out), q, k, values, out, lse, scale, kernel, key_mask)
+    return mass[..., 0]

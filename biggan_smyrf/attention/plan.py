@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from .cluster_attention import attention_backward, attention_forward
+from .config import SmyrfSizes
 
 
 @dataclass
@@ -26,9 +27,7 @@ class Plan:
     k_order: torch.Tensor  # (B, H, M)
     hub: Optional[torch.Tensor]  # (B, n_hub_keys) key indices
     key_padding_mask: Optional[torch.Tensor]
-    q_cluster_size: int
-    k_cluster_size: int
-    n_summaries: int
+    sizes: SmyrfSizes
     scale: float
     dedup: bool
 
@@ -93,19 +92,26 @@ def log_participation(lse: torch.Tensor) -> torch.Tensor:
 
 
 def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup: bool):
-    """norm_r = lse_r - log w_r, (B, H, N), and the hub round's weight w_hub (B, N) or None.
+    """norm (B, H, N) with exp(s - norm) = w_r exp(s - lse_r), and the hub round's weight w_hub
+    (B, N) or None.
 
-    exp(s - norm_r) = w_r exp(s - lse_r): a round's probabilities already carrying its weight,
-    which is all the permuted backward needs of the combination. The weights are the gathered
-    route's (softmax over the rounds' logsumexps, dedup-corrected against the hub round). A round
-    whose cluster held only masked keys (lse = -inf) gets norm = +inf: it adds nothing.
+    exp(s - norm) is a round's probabilities already carrying its weight, which is all the permuted
+    backward needs of the combination. The weights are the gathered route's: w_r = softmax over
+    the rounds' logsumexps, each lowered by the dedup correction lp (the same for every round)
+    against the hub round. So log w_r = lse_r - lp - L with L = logsumexp(lse - lp, lse_hub), and
+    norm = lse_r - log w_r = lp + L is one value per query, for every round: a (B, 1, N) tensor
+    seen as (B, H, N). Where every round's cluster held only masked keys (L = -inf), norm = +inf:
+    those rounds add nothing.
     """
     H = lse.shape[1]
-    logits = lse
-    if lse_hub is not None:
-        if dedup and H > 1:
-            logits = lse - log_participation(lse)
-        logits = torch.cat([logits, lse_hub[:, None].to(lse.dtype)], dim=1)
-    log_w = torch.log_softmax(logits, dim=1)
-    norm = torch.where(torch.isneginf(lse), torch.inf, lse - log_w[:, :H])
-    return norm.contiguous(), None if lse_hub is None else log_w[:, H].exp()
+    hashed = torch.logsumexp(lse, dim=1, keepdim=True)
+    if lse_hub is None:
+        return hashed.nan_to_num_(neginf=torch.inf).expand_as(lse), None
+    lp = None
+    if dedup and H > 1:
+        lp = log_participation(lse)
+        hashed = hashed - lp
+    total = torch.logaddexp(hashed, lse_hub[:, None].to(lse.dtype))
+    w_hub = torch.exp(lse_hub - total[:, 0])
+    norm = total if lp is None else total + lp
+    return norm.nan_to_num_(neginf=torch.inf).expand_as(lse), w_hub

@@ -62,7 +62,7 @@ from .checks import check_qkv, default_scale
 from .cluster_attention import pick_kernel
 from .config import AttentionConfig
 from .gathered_route import gathered_rounds
-from .hashing import cluster_orders, hub_keys, make_generator
+from .hashing import cluster_orders, device_generator, hub_keys
 from .plan import Plan
 
 
@@ -110,32 +110,29 @@ def smyrf_attention(
     `AttentionConfig.paper(...)` is the published recipe) with `settings` -- any AttentionConfig
     fields, e.g. n_hashes=4, q_cluster_size=2048, kernel="chunked" -- changed on top. N / q_cluster_size must equal
     M / k_cluster_size (the number of clusters per round). Randomness comes only from `generator`
-    (a CPU torch.Generator) or else from `seed` (default 0): same seed, bitwise same output.
+    (on q's device, or a CPU torch.Generator, which then seeds one there) or else from `seed`
+    (default 0): same seed, same device, bitwise same output.
     key_padding_mask: (B, M) bool, True = attend. With one cluster the result equals dense attention.
     return_intermediates: also return a `SmyrfIntermediates` (clusters and hub keys).
     """
     check_qkv(q, k, v, key_padding_mask)
     config = (config or AttentionConfig()).with_(kind="smyrf", **settings)
-    (B, N, _), M = q.shape, k.shape[1]
-    config.validate_for(N, M, "smyrf_attention")
-    q_cluster_size, k_cluster_size = config.cluster_sizes(N, M)
-    n_hub_keys, n_summaries = config.hub_keys_for(N, M), config.summaries_for(N, M)
+    sizes = config.resolve(q.shape[1], k.shape[1], "smyrf_attention")
     # The cluster kernel sees d_qk + 1 features when hub or summary keys add the logit offset.
     head_dim = max(q.shape[-1] + 1, v.shape[-1])
     kernel = pick_kernel(config.kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
     scale = default_scale(scale, q.shape[-1])
-    generator = make_generator(generator, seed)
+    generator = device_generator(generator, seed, q.device)
 
     hub = None
-    if n_hub_keys:
-        hub = hub_keys(q, k, n_hub_keys, config.hub_sample, scale, generator, key_padding_mask)
-    q_order, k_order = cluster_orders(q, k, config.n_hashes, N // q_cluster_size, generator, config.hashing)
-    plan = Plan(q_order, k_order, hub, key_padding_mask, q_cluster_size, k_cluster_size, n_summaries, scale,
-                config.dedup == "estimate")
+    if sizes.n_hub_keys:
+        hub = hub_keys(q, k, sizes.n_hub_keys, config.hub_sample, scale, generator, key_padding_mask, kernel)
+    q_order, k_order = cluster_orders(q, k, sizes.n_hashes, sizes.n_clusters, generator, config.hashing)
+    plan = Plan(q_order, k_order, hub, key_padding_mask, sizes, scale, config.dedup == "estimate")
     out = _permuted_rounds(q, k, v, plan) if kernel == "triton" else gathered_rounds(q, k, v, plan, kernel)
     if not return_intermediates:
         return out
-    return out, SmyrfIntermediates(q_order, k_order, q_cluster_size, k_cluster_size, hub)
+    return out, SmyrfIntermediates(q_order, k_order, sizes.q_cluster_size, sizes.k_cluster_size, hub)
 
 
 def _permuted_rounds(q, k, v, plan: Plan):

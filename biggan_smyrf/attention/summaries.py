@@ -8,10 +8,11 @@ Cost O(H * M * (d_qk + d_v)) for the sums, O(H * N * S) extra products in the cl
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
+
+from .config import SmyrfSizes
 
 # Logit offset that removes a key from a round (hub keys from the hashed rounds, empty summary
 # blocks): exp(-1e4) is 0 in every float type.
@@ -26,11 +27,6 @@ def summarised(k: torch.Tensor, hub: Optional[torch.Tensor], key_padding_mask: O
     if hub is not None:
         weight = weight.scatter(1, hub[..., None], 0.0)
     return weight
-
-
-def summary_unit(n_keys: int, k_cluster_size: int, n_summaries: int) -> int:
-    """The longest run of sorted keys that always lies in one summary block and one cluster."""
-    return math.gcd(n_keys // n_summaries, k_cluster_size)
 
 
 def summary_features(k: torch.Tensor, v: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
@@ -56,37 +52,39 @@ def unit_sums_through(order: torch.Tensor, features: torch.Tensor, unit: int) ->
     return torch.stack(sums, dim=1)
 
 
-def summary_keys(unit_sums, n_keys: int, d_qk: int, k_cluster_size: int, n_summaries: int, dtypes):
+def summary_keys(unit_sums, sizes: SmyrfSizes, d_qk: int, dtypes):
     """Every cluster's n_summaries summary keys in every round: the means of equal blocks of the
     round's sorted keys, each without the keys of the cluster itself (those it attends exactly).
 
     unit_sums: (B, H, n_units, d_qk + d_v + 1) `summary_features` summed over each round's runs
-    of `summary_unit(...)` sorted keys. Returns keys (B, H, n_clusters, S, d_qk) and values
+    of `sizes.summary_unit` sorted keys. Returns keys (B, H, n_clusters, S, d_qk) and values
     (B, H, n_clusters, S, d_v) in `dtypes` and their logit offsets (B, H, n_clusters, S, 1)
     float32: log(count), or HUB_MASK_LOGIT for an empty block.
     """
     B, H, n_units, _ = unit_sums.shape
-    unit, n_clusters, block = n_keys // n_units, n_keys // k_cluster_size, n_keys // n_summaries
+    unit, n_clusters, n_summaries = sizes.summary_unit, sizes.n_clusters, sizes.n_summaries
+    k_cluster_size, block = sizes.k_cluster_size, sizes.n_keys // n_summaries
     block_sums = unit_sums.view(B, H, n_summaries, n_units // n_summaries, -1).sum(3)
     units = torch.arange(n_units, device=unit_sums.device)
-    cell = (units * unit // k_cluster_size) * n_summaries + units * unit // block  # (cluster, block) of each unit
+    cell = units // (k_cluster_size // unit) * n_summaries + units // (block // unit)  # (cluster, block) of each unit
     own = unit_sums.new_zeros(B, H, n_clusters * n_summaries, unit_sums.shape[-1]).index_add(2, cell, unit_sums)
     sums = block_sums[:, :, None] - own.view(B, H, n_clusters, n_summaries, -1)
-    # Counts are whole numbers, exact in float32: 0 means the block lies inside the cluster.
-    count = sums[..., -1:].round()
+    # Counts are whole numbers, exact in float32 (and constants: no gradient to carry): 0 means
+    # the block lies inside the cluster, and log(0) = -inf becomes HUB_MASK_LOGIT.
+    count = sums[..., -1:].detach().round()
     mean = sums[..., :-1] / count.clamp_min(1)
-    offset = torch.where(count > 0, count.clamp_min(1).log(), torch.full_like(count, HUB_MASK_LOGIT))
+    offset = count.log().clamp_min_(HUB_MASK_LOGIT)
     return mean[..., :d_qk].to(dtypes[0]), mean[..., d_qk:].to(dtypes[1]), offset
 
 
-def append_summaries(ks, vs, mask, counted, k_cluster_size: int, n_summaries: int, scale: float):
+def append_summaries(ks, vs, mask, counted, sizes: SmyrfSizes, scale: float):
     """The gathered route's clusters with their summary keys appended: ks (B, H, M, d + 1) with
     the logit-offset feature last, vs (B, H, M, d_v), mask (B, H*M) or None -> keys, values and
     mask laid out as clusters of k_cluster_size + n_summaries."""
     B, H, M, d = ks.shape
-    n_clusters, unit = M // k_cluster_size, summary_unit(M, k_cluster_size, n_summaries)
+    n_clusters, k_cluster_size, n_summaries, unit = sizes.n_clusters, sizes.k_cluster_size, sizes.n_summaries, sizes.summary_unit
     unit_sums = summary_features(ks[..., :-1], vs, counted).view(B, H, M // unit, unit, -1).sum(3)
-    summary_k, summary_v, offset = summary_keys(unit_sums, M, d - 1, k_cluster_size, n_summaries, (ks.dtype, vs.dtype))
+    summary_k, summary_v, offset = summary_keys(unit_sums, sizes, d - 1, (ks.dtype, vs.dtype))
     summary_k = torch.cat([summary_k, (offset / scale).to(ks.dtype)], dim=-1)
     ks = torch.cat([ks.view(B, H, n_clusters, k_cluster_size, d), summary_k], dim=3)
     vs = torch.cat([vs.view(B, H, n_clusters, k_cluster_size, -1), summary_v], dim=3)

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import torch
 
-from biggan_smyrf.attention import AttentionChange, AttentionConfig, AttentionSchedule
+from biggan_smyrf.attention import AttentionConfig, AttentionSchedule
 from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, set_attention
 from biggan_smyrf.models.swap import Setting
 from biggan_smyrf.typed import coerce
@@ -92,7 +92,7 @@ def load_generator(
         exported file, as exported). Every block keeps the run's own SMYRF settings (as trained),
         even when it evaluated dense, so "smyrf" -- or an `AttentionChange` such as
         `AttentionChange(kind="smyrf", n_hashes=8)` -- starts from them and changes only what it
-        names; "paper" is `AttentionChange.paper()`; a full AttentionConfig replaces them. Checked
+        names; "paper" is `AttentionChange.named("paper")`; a full AttentionConfig replaces them. Checked
         against every block's token counts.
     """
     path = Path(path)
@@ -102,8 +102,6 @@ def load_generator(
     generator.load_state_dict(state, strict=True)
     generator.class_names = class_names(checkpoint)
     set_attention(generator, evaluated_attention(generator, saved))
-    if attention == "paper":
-        attention = AttentionChange.paper()
     set_attention(generator, attention)
     return generator.to(device).eval()
 

@@ -96,13 +96,11 @@ def flag_type(name: str) -> dict:
 def attention_override(args) -> Optional[AttentionChange]:
     """The change the flags ask for, applied by load_generator on top of the run's settings."""
     settings = {f.name: getattr(args, f.name) for f in SMYRF_FIELDS if getattr(args, f.name) is not None}
-    if args.attention == "paper":
-        return AttentionChange.paper(**settings)
     if args.attention is None:
         if settings:
             raise ValueError("SMYRF settings given without --attention smyrf (or paper)")
         return None
-    return AttentionChange(kind=args.attention, **settings)
+    return AttentionChange.named(args.attention, **settings)
 
 
 def pick_device(name: str) -> torch.device:

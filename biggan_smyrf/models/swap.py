@@ -5,7 +5,8 @@
     with using_attention(G, "dense"):                             # temporarily exact
         images = G(z)
 
-A setting is a kind ("dense", "smyrf": the block's other fields kept), an `AttentionChange`
+A setting is a name ("dense", "smyrf": the block's other fields kept; "paper": the published
+recipe, cluster sizes kept), an `AttentionChange`
 (only its set fields change), a full `AttentionConfig` (replaces the block's), or a dict of
 configs by block name (what `attention_configs` returns). Only each block's `config` attribute
 changes; no parameter, buffer or state-dict key does, so weights trained with one kind load into
@@ -94,7 +95,7 @@ def _applied(config: AttentionConfig, setting: Setting, block: str) -> Attention
     if isinstance(setting, AttentionChange):
         return setting.apply(config)
     if isinstance(setting, str):
-        return config.with_(kind=setting)
+        return AttentionChange.named(setting).apply(config)
     if isinstance(setting, dict) and all(isinstance(c, AttentionConfig) for c in setting.values()):
         return setting.get(block, config)  # per-block configs; blocks not named keep theirs
     if isinstance(setting, dict):

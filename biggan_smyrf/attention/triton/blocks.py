@@ -17,6 +17,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import TRITON_DTYPES, TRITON_MAX_HEAD_DIM
+from .launches import launch
 
 # log2(e): the kernels work in base 2 (exp2, log2), the host's scale and lse in base e.
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -124,7 +125,7 @@ def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     G, L, d = a.shape
     delta = torch.empty(G, L, dtype=torch.float32, device=a.device)
     block_rows = block_size(L, 128)
-    _row_dot_kernel[(G * triton.cdiv(L, block_rows),)](
+    launch(_row_dot_kernel, (G * triton.cdiv(L, block_rows),))(
         a, b, delta, *a.stride(), *b.stride(), L, d, BLOCK_M=block_rows, BLOCK_DV=head_block(d),
     )
     return delta

@@ -52,6 +52,7 @@ from .blocks import (
     INTERPRETED, LOG2E, block_size, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block,
     online_softmax_result, online_softmax_step, row_dot,
 )
+from .launches import launch
 
 
 def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
@@ -216,7 +217,7 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
     block_m, block_n = block_size(Lq, 128), block_size(Lk, 64)
-    _forward_kernel[(G * triton.cdiv(Lq, block_m),)](
+    launch(_forward_kernel, (G * triton.cdiv(Lq, block_m),))(
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
         Lq, Lk, d_qk, d_v, scale * LOG2E.value,
@@ -249,6 +250,6 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
         HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
         UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
-    _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
-    _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
+    launch(_backward_kv_kernel, (G * triton.cdiv(Lk, block_n),))(q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
+    launch(_backward_q_kernel, (G * triton.cdiv(Lq, block_m),))(q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
     return dq, dk, dv

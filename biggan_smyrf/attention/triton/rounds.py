@@ -43,10 +43,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ..config import SmyrfSizes
 from .blocks import (
     INTERPRETED, LOG2E, block_size, check_inputs, dot, fp32_dot_precision, head_block, online_softmax_result,
     online_softmax_step,
 )
+from .launches import launch
 
 
 @triton.jit
@@ -222,10 +224,11 @@ class Rounds:
     """One SMYRF call's hashed rounds as the kernels see them: inputs, index lists and sizes.
 
     q (B, N, d_qk), k (B, M', d_qk), v (B, M', d_v): feature dim contiguous; bias (B, M') float32 or
-    None; q_order (B, H, N) and k_index (B, H, n_clusters * Lk) int64; q_cluster_size = Cq.
+    None; q_order (B, H, N) and k_index (B, H, n_clusters * Lk) int64; `sizes` the call's resolved
+    sizes (Cq = q_cluster_size, Lk = keys_per_cluster: a cluster's keys and summary keys).
     """
 
-    def __init__(self, q, k, v, bias: Optional[torch.Tensor], q_order, k_index, q_cluster_size: int, scale: float):
+    def __init__(self, q, k, v, bias: Optional[torch.Tensor], q_order, k_index, sizes: SmyrfSizes, scale: float):
         check_inputs(q, k, v)
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.stride(-1) != 1:
@@ -233,9 +236,7 @@ class Rounds:
         if bias is not None and (bias.dtype != torch.float32 or bias.stride(-1) != 1):
             raise ValueError("the logit bias must be a float32 (B, keys) tensor with contiguous keys")
         (self.B, self.N, self.d_qk), self.d_v = q.shape, v.shape[-1]
-        self.H, self.Cq = q_order.shape[1], q_cluster_size
-        self.n_clusters = self.N // q_cluster_size
-        self.Lk = k_index.shape[-1] // self.n_clusters
+        self.H, self.Cq, self.n_clusters, self.Lk = sizes.n_hashes, sizes.q_cluster_size, sizes.n_clusters, sizes.keys_per_cluster
         self.q, self.k, self.v, self.bias = q, k, v, bias
         self.q_order, self.k_index, self.scale = q_order, k_index, scale
         self.constants = dict(
@@ -273,12 +274,13 @@ class Rounds:
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             lse_r = lse[:, r]
-            _forward_kernel[self._grid(self.Cq, block_m)](
+            launch(_forward_kernel, self._grid(self.Cq, block_m))(
                 *pointers, lse_r, out, run_max, run_sum, *strides, lse_r.stride(0), out.stride(0), out.stride(1),
                 run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
                 BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
             )
-        return out.div_(torch.where(run_sum > 0, run_sum, 1.0)[..., None]), lse
+        # run_sum is 0 only where every round's output is 0: any positive divisor keeps it 0.
+        return out.div_(run_sum.clamp_min_(torch.finfo(torch.float32).tiny)[..., None]), lse
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
         """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
@@ -296,10 +298,10 @@ class Rounds:
             norm_r = norm[:, r]
             shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
             lengths = (self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale, self.scale * LOG2E.value)
-            _backward_kv_kernel[self._grid(self.Lk, block_n)](
+            launch(_backward_kv_kernel, self._grid(self.Lk, block_n))(
                 *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **sizes,
             )
-            _backward_q_kernel[self._grid(self.Cq, block_m)](
+            launch(_backward_q_kernel, self._grid(self.Cq, block_m))(
                 *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **sizes,
             )
         return dq, dk, dv
