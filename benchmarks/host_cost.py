@@ -12,7 +12,8 @@ d_v 48, keys 2x2-pooled, bf16, the cluster sizes of the configs: 4 x 2048 querie
               other metadata-only ops (view, expand, transpose, ..., `METADATA_OPS`) and allocations
               without a fill (empty*) launch nothing and are left out; so are ops whose tensors are all
               on the host (they cost host time, counted in `host ops`). Device tensors are 'meta'
-              tensors here: shapes, loops and dtypes as on the GPU, no data.
+              tensors here: shapes, loops and dtypes as on the GPU, no data. One op counts one
+              launch, though a few launch several kernels on a GPU (sort, topk).
   h2d copies  copies from a host tensor to a device tensor (each a synchronising or pinned copy,
               and what stops a CUDA graph from replaying the call)
   host syncs  ops that make the host wait for the device (.item(), .cpu(), nonzero, ... of a device
@@ -25,6 +26,14 @@ on a machine shared with other work the slow calls are the ones a time slice was
 median is printed too). Where the op sequence still depends on the shape (a loop over chunks of the
 goal shape), `host ms (goal)` scales the time by the ratio of the dispatched ops at the two shapes;
 where it does not, the two shapes dispatch the same ops and the columns agree.
+
+What makes the call capturable: no host->device copy (the hashing draws on the device), no sync,
+and the same ops whatever the batch and token counts (tests/test_host_cost.py), so one call can be
+captured in a CUDA graph (torch.cuda.graph) and replayed, given a CUDA generator registered with the
+graph (CUDAGraph.register_generator_state). A CPU generator -- the model blocks', which checkpoints
+save -- seeds a fresh device generator per call with one host draw, which a replay would not repeat.
+torch.compile(fullgraph=True) does not capture the call: Dynamo does not trace ops that take a
+torch.Generator.
 
 Writes benchmarks/results/host_cost-cpu.{json,md}.
 """

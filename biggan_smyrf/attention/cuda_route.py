@@ -39,7 +39,7 @@ def permuted_rounds(q, k, v, plan: Plan):
         summary_k, summary_v, offset = _round_summaries(k, v, plan)
         k, v = torch.cat([k, summary_k.flatten(1, 3)], dim=1), torch.cat([v, summary_v.flatten(1, 3)], dim=1)
         bias = torch.cat([bias, offset.flatten(1)], dim=1)
-        summary_index = M + torch.arange(H * n_clusters * n_summaries, device=k.device)
+        summary_index = torch.arange(M, M + H * n_clusters * n_summaries, device=k.device)
         summary_index = summary_index.view(1, H, n_clusters, n_summaries).expand(B, -1, -1, -1)
         k_index = torch.cat([k_index, summary_index], dim=3)
     return _PermutedRounds.apply(

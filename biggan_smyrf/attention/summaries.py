@@ -47,8 +47,10 @@ def unit_sums_through(order: torch.Tensor, features: torch.Tensor, unit: int) ->
     B, H, M = order.shape
     F = features.shape[-1]
     flat = features.flatten(0, 1)
-    first = torch.arange(0, B * M, M, device=order.device)[:, None]  # each batch element's first row in `flat`
-    sums = [flat.index_select(0, (order[:, r] + first).flatten()).view(B, M // unit, unit, F).sum(2) for r in range(H)]
+    # Rows of `flat` in each round's order, rounds first so that a round's rows are one run.
+    first = torch.arange(0, B * M, M, device=order.device)[:, None, None]  # each batch element's first row
+    rows = (order + first).transpose(0, 1).contiguous().view(H, B * M)
+    sums = [flat.index_select(0, rows[r]).view(B, M // unit, unit, F).sum(2) for r in range(H)]
     return torch.stack(sums, dim=1)
 
 
