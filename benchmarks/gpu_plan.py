@@ -26,8 +26,8 @@ Triton). Time cost O(rows) to plan; nothing is allocated on a device.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +40,8 @@ PROCESS_START_S = 8.0  # python, torch, CUDA context and the benchmark's imports
 WARMUP_PROCESS_S = 12.0  # a warm-up worker: imports, CUDA context, one small call
 CPU_RANDOM_PER_S = 1.5e8  # float32 normals a second on one core: attention.py draws its inputs on the CPU
 ROW_OVERHEAD_S = 0.3  # allocation, empty_cache, the result's bookkeeping
-STEP_BUILD_S = 3.0  # G and D built on the device (orthogonal init, spectral norm's start-up iterations)
-STEP_FIRST_CALL_S = 2.0  # a row's first step: cuDNN's autotuning of every convolution shape, allocations
+STEP_BUILD_S = 1.5  # G and D built on the device (orthogonal init, spectral norm's start-up iterations)
+STEP_FIRST_CALL_S = 1.0  # a row's first step: allocations, and cuDNN's autotuning of new convolution shapes
 # Dense SDPA forward+backward on an H100, ms, batch 32 (issue #14's table): the attention table's
 # reference; batch 8 is a quarter (the table's batch-8 rows are within 10% of that).
 DENSE_SDPA_MS = {(16384, "bfloat16"): 4.50, (16384, "float32"): 55.7,
@@ -78,11 +78,13 @@ class StepPlan:
     triton: list[tuple] = field(default_factory=list)  # specialisations first compiled in this step
     graphs: int = 0  # torch.compile graphs compiled in this step
     run_s: float = 0.0  # the step's own work, compiles left out
-    warmed: bool = False  # its specialisations compiled beforehand by the warm-up step
+    calls: list[dict] = field(default_factory=list)  # the SMYRF calls behind its specialisations
+    parallel_compiles: int = 0  # the warm-up: compiles in its longest process, the others alongside
 
     @property
     def compile_s(self) -> float:
-        return (0.0 if self.warmed else TRITON_COMPILE_S * len(self.triton)) + INDUCTOR_GRAPH_S * self.graphs
+        triton = self.parallel_compiles if self.parallel_compiles else len(self.triton)
+        return TRITON_COMPILE_S * triton + INDUCTOR_GRAPH_S * self.graphs
 
     @property
     def seconds(self) -> float:
@@ -139,16 +141,30 @@ def plan_step(name: str, command: list[str], limit: float) -> StepPlan:
     module, args, step.rows = planned
     kind = module.__name__
     estimate = {"attention": _attention, "models": _step_table, "profile_step": _profile,
-                "tune_rounds": _tune_rounds}.get(kind)
+                "tune_rounds": _tune_rounds, "triton_warmup": _warmup}.get(kind)
     specs = set()
-    step.run_s = PROCESS_START_S
+    step.run_s = PROCESS_START_S + (WARMUP_PROCESS_S if kind == "triton_warmup" else 0.0)
     for row in step.rows:
         row_s, row_specs, graphs = estimate(row, args)
         step.run_s += row_s
+        if row_specs and kind not in ("tune_rounds", "triton_warmup"):
+            step.calls.append(_call(row, row_specs))
+        if kind == "triton_warmup":
+            step.parallel_compiles = max(step.parallel_compiles, len(row_specs))
         specs |= row_specs
         step.graphs += graphs
     step.triton = sorted(specs, key=str)
     return step
+
+
+def _call(row: dict, specs: set) -> dict:
+    """The warm-up call that compiles `specs`: the row's SMYRF config, tokens, dtype, precision."""
+    return {**row["_call"], "specialisations": sorted(map(list, specs), key=str)}
+
+
+def _warmup(row: dict, args):
+    """triton_warmup.py's calls: their specialisations, compiled in processes side by side."""
+    return 0.0, {tuple(key) for key in row.get("specialisations", [])}, 0
 
 
 def _fixed_step_specialisations(name: str) -> set[tuple]:
@@ -183,7 +199,13 @@ def _attention(row: dict, args):
         seconds += 4 * (n * 27 / CPU_RANDOM_PER_S + 2 * dense_ms / 32 / 1e3)
     kernel = row.get("kernel", "auto")
     specs = set() if kernel not in ("auto", "triton") else smyrf_specialisations(config, n, dtype, precision_of(args))
+    row["_call"] = _call_of(config, n, dtype, args)
     return seconds, specs, 0
+
+
+def _call_of(config, n: int, dtype: str, args) -> dict:
+    return {"config": None if config is None else dataclasses.asdict(config), "n": n, "dtype": dtype,
+            "tf32": precision_of(args) == "tf32"}
 
 
 def _model_step(variant: str, dtype: str, speed: str, args, calls: int):
@@ -195,15 +217,21 @@ def _model_step(variant: str, dtype: str, speed: str, args, calls: int):
     seconds = STEP_BUILD_S + STEP_FIRST_CALL_S + calls * step_s + ROW_OVERHEAD_S
     config = models.ATTENTION[attention_key] if attention_key else None
     specs = smyrf_specialisations(config, at * at, DTYPES[dtype], precision_of(args)) if at else set()
-    return seconds, specs, 7 if "compile" in speed else 0
+    return seconds, specs, 7 if "compile" in speed else 0, _call_of(config, at * at, DTYPES[dtype], args) if at else None
+
+
+def _with_call(row: dict, planned):
+    seconds, specs, graphs, call = planned
+    row["_call"] = call
+    return seconds, specs, graphs
 
 
 def _step_table(row: dict, args):
-    return _model_step(row["variant"], row["dtype"], row["speed"], args, 1 + row["reps"])
+    return _with_call(row, _model_step(row["variant"], row["dtype"], row["speed"], args, 1 + row["reps"]))
 
 
 def _profile(row: dict, args):
-    return _model_step(row["variant"], row["dtype"], row["speed"], args, 2 + row["iters"])
+    return _with_call(row, _model_step(row["variant"], row["dtype"], row["speed"], args, 2 + row["iters"]))
 
 
 def _tune_rounds(row: dict, args):
@@ -234,18 +262,25 @@ def plan_suite(steps: list[tuple[str, list[str], int]], compiled: set | None = N
     return plans
 
 
-def warmup_seconds(n_specialisations: int, workers: int) -> float:
-    """The warm-up step's wall time: its processes start together, then each compiles its share."""
-    if not n_specialisations:
-        return 0.0
-    return PROCESS_START_S + WARMUP_PROCESS_S + TRITON_COMPILE_S * math.ceil(n_specialisations / workers)
+def warmup_calls(plans: list[StepPlan]) -> list[dict]:
+    """Fewest calls that compile every specialisation the plans' steps need: greedily, the call
+    that adds most of what is still missing (each runs in a process of its own)."""
+    calls = [c for step in plans for c in step.calls]
+    missing = {tuple(key) for c in calls for key in c["specialisations"]}
+    chosen = []
+    while missing:
+        best = max(calls, key=lambda c: len(missing & {tuple(k) for k in c["specialisations"]}))
+        chosen.append(best)
+        missing -= {tuple(k) for k in best["specialisations"]}
+    return chosen
 
 
 def describe(suite: str, plans: list[StepPlan]) -> str:
     """The plan as text: a line per step (rows, compiles, estimate), its rows, and the total."""
     lines = [f"{suite}: {len(plans)} steps"]
     for step in plans:
-        compiles = f"{len(step.triton)} Triton specialisations" + (" (warmed)" if step.warmed else "")
+        compiles = f"{len(step.triton)} Triton specialisations" + (
+            f" ({step.parallel_compiles} in the longest process)" if step.parallel_compiles else "")
         if step.graphs:
             compiles += f", {step.graphs} torch.compile graphs"
         lines.append(f"  {step.name}: {len(step.rows)} rows, {compiles}, ~{step.seconds:.0f} s (limit {step.limit_s:.0f} s)")
@@ -259,4 +294,4 @@ def describe(suite: str, plans: list[StepPlan]) -> str:
     return "\n".join(lines)
 
 
-_ROW_KEYS = ("variant", "method", "n", "batch", "dtype", "speed", "pass", "blocks", "kernel")
+_ROW_KEYS = ("variant", "method", "n", "batch", "dtype", "speed", "pass", "blocks", "kernel", "tf32")
