@@ -7,7 +7,7 @@ step a subprocess with its own time limit and exit code, so one failure never hi
 
 gpu-check (`--plan` prints the estimate on an H100):
   0. the Triton warm-up (benchmarks/triton_warmup.py): every specialisation the steps below launch,
-     compiled in parallel processes, one SMYRF call each at batch 1
+     compiled in parallel processes, one SMYRF call each at batch 1, while the CUDA tests run
   1. the CUDA tests (`pytest -m cuda`)
   2. the attention table on CUDA (benchmarks/attention.py -> attention-cuda): dense SDPA vs SMYRF
      (paper recipe, library default at 4x2048 and 4x4096) through the permuted Triton route,
@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 from common import RESULTS, markdown_table, write_results  # noqa: E402
-from gpu_plan import describe, plan_suite, warmup_calls  # noqa: E402
+from gpu_plan import ALONGSIDE, describe, plan_suite, warmup_calls  # noqa: E402
 
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights  # noqa: E402
 
@@ -123,17 +123,25 @@ def bench_steps() -> list[tuple[str, list[str], int]]:
     ]
 
 
-def run_step(name: str, command: list[str], limit: float, cwd: Path) -> dict:
+def start_step(name: str, command: list[str], limit: float, cwd: Path):
+    """The step's process, started: (name, process, start time, limit), or its row if not run."""
     if limit <= 0:
         print(f"== {name}: not run, the --budget is spent", flush=True)
         return {"step": name, "rc": "no time", "seconds": 0.0, "limit_s": 0}
     print(f"== {name}: {' '.join(command)}", flush=True)
-    start = time.perf_counter()
     # Its own process group: a step that runs out of time is killed with everything it started
     # (pytest's train.py runs, DataLoader workers), which would otherwise hold the GPU.
     proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    return name, proc, time.perf_counter(), limit
+
+
+def finish_step(started) -> dict:
+    """Wait for a started step until its limit (counted from its start); -> its row."""
+    if isinstance(started, dict):
+        return started
+    name, proc, start, limit = started
     try:
-        rc = proc.wait(timeout=limit)
+        rc = proc.wait(timeout=max(0.0, start + limit - time.perf_counter()))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -141,6 +149,31 @@ def run_step(name: str, command: list[str], limit: float, cwd: Path) -> dict:
     row = {"step": name, "rc": rc, "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit)}
     print(f"== {name}: rc {rc} in {row['seconds']} s", flush=True)
     return row
+
+
+def run_step(name: str, command: list[str], limit: float, cwd: Path) -> dict:
+    return finish_step(start_step(name, command, limit, cwd))
+
+
+def run_suite(steps, limit_of, cwd: Path, record) -> list[dict]:
+    """Every step in order, one at a time, except that a step in ALONGSIDE runs beside the step
+    after it (and is waited for after that one); `record(rows)` after each step ends."""
+    rows, beside = [], None
+    for name, command, limit in steps:
+        started = start_step(name, command, limit_of(limit), cwd)
+        if name in ALONGSIDE:
+            beside = started
+            continue
+        row = finish_step(started)
+        if beside is not None:
+            rows.append(finish_step(beside))
+            beside = None
+        rows.append(row)
+        record(rows)
+    if beside is not None:
+        rows.append(finish_step(beside))
+        record(rows)
+    return rows
 
 
 def main():
@@ -174,13 +207,15 @@ def main():
         for suite, steps in suites:
             # A rerun of some steps is recorded apart: gpu_check-cuda stays the record of one whole run.
             name = suite + ("_partial" if args.only else "")
-            rows = []
-            for step, command, limit in steps:
-                rows.append(run_step(step, command, step_limit(args.limit or limit, deadline), work))
+
+            def record(rows, name=name, n_steps=len(steps)):
                 # After every step, so a run cut off part-way still records what it did.
-                stem = save(name, rows, len(steps), args.g_iters, args.budget)
+                save(name, rows, n_steps, args.g_iters, args.budget)
                 if args.archive:
                     archive_results(args.archive)
+
+            rows = run_suite(steps, lambda limit: step_limit(args.limit or limit, deadline), work, record)
+            stem = save(name, rows, len(steps), args.g_iters, args.budget)
             print(stem.with_suffix(".md").read_text())
             print(f"wrote {stem}.json and {stem}.md")
             passed = passed and all(row["rc"] == 0 for row in rows) and len(rows) == len(steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,12 @@ def test_archive_brings_back_every_cuda_result_after_each_step(monkeypatch, tmp_
     (tmp_path / "results" / "attention-cpu.json").write_text("{}")  # a CPU result never travels
     gpu_check.archive_results(tmp_path / "again.tgz")
     assert sorted(tarfile.open(tmp_path / "again.tgz").getnames()) == ["gpu_check-cuda.json", "gpu_check-cuda.md"]
+
+
+def test_the_warm_up_runs_beside_the_next_step_and_is_recorded_first(monkeypatch, tmp_path):
+    check = [("triton warm-up", py("import time; time.sleep(2)"), 30), ("cuda tests", py("import time; time.sleep(2)"), 30),
+             ("after", py("pass"), 30)]
+    start = time.perf_counter()
+    code, records = fake_run(monkeypatch, tmp_path, check, [], [])
+    assert time.perf_counter() - start < 3.8  # side by side, not 4 s one after the other
+    assert code == 0 and [r["step"] for r in records["gpu_check-cuda"]["rows"]] == ["triton warm-up", "cuda tests", "after"]
