@@ -20,8 +20,9 @@ d_v 48, scale 1. Counted per call, at the widths the kernels compute with:
   pass (keys re-read by a cluster's query blocks are taken to hit L2), in the storage dtypes (inputs
   in the call's dtype, SMYRF's accumulators, logsumexps and bias in float32, its orders int64).
   The host-side passes around the kernels (hashing, sorts, summaries) are not counted.
-- Launches per forward+backward: inputs, not derived here (LAUNCHES: counted by running the call
-  with its kernels stubbed; `--launches` replaces them). The target of a fused call is <= 48.
+- Launches per forward+backward: counted from the code path at batch 32 (launch_count.py: the call
+  on fake CUDA tensors, its Triton launches counted, not run); `--launches` gives other counts,
+  `--recorded-launches` takes LAUNCHES. The target of a fused call is <= 48.
 
 Times from H100 SXM figures (H100 below): the exponential (MUFU) bound exps / (ex2 rate), the
 tensor-core bound, the HBM bound, and the launch (host) bound launches x per-launch host cost. A
@@ -32,7 +33,8 @@ assumed to reach the same fraction. Predicted ratio = SMYRF's time / dense SDPA'
 Where benchmarks/results/attention-cuda.json exists, the measured ratio is printed beside it, with
 the goals of gpu_goals.py (ATTENTION_TIME_GOALS).
 
-Writes benchmarks/results/cost_model-cpu.{json,md}. Cost O(1): arithmetic only.
+Writes benchmarks/results/cost_model-cpu.{json,md}. Cost: arithmetic, and about a second of host
+work per launch count.
 """
 from __future__ import annotations
 
@@ -49,18 +51,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, markdown_table, write_results  # noqa: E402
 from gpu_goals import ATTENTION_TIME_GOALS, BATCH, attention_row, rows_of  # noqa: E402
 
-from biggan_smyrf.attention import AttentionConfig  # noqa: E402
+from launch_count import count_launches  # noqa: E402
+
+from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 
 D_QK, D_V = 12, 48  # BigGAN ch=96, as attention.py's table
 SMYRF_D_QK, SMYRF_D_V = 16, 64  # the Triton kernels' widths in registers (next power of two, at least 16)
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 TARGET_LAUNCHES = 48
-# Kernel-launching ops + Triton launches of one SMYRF forward+backward on CUDA, batch 32, counted at
-# commit a82f549 by running the call with its Triton launches stubbed (aten ops that launch kernels
-# + 17 Triton launches). Methods not listed have not been counted.
-LAUNCHES = {("ours 4x2048", 16384): 273, ("ours 4x2048", 65536): 426}
-# Dense SDPA: the two pads of q and k, SDPA's forward; its backward (the dO.O row sums, the kernel,
-# dQ's conversion) and the pads' backward (two slices).
+# Kernel launches of one SMYRF forward+backward on CUDA, bf16, batch 32 (kernel-launching aten ops
+# + Triton launches), as launch_count.py counted them when this table was written; the model
+# recounts them from the code as it is (these are its fallback, and gpu_plan.py's estimate).
+LAUNCHES = {("ours 4x2048", 16384): 260, ("ours 4x2048", 65536): 422, ("ours 4x4096", 16384): 251,
+            ("ours 4x4096", 65536): 413, ("smyrf 4x2048", 16384): 58, ("smyrf 4x2048", 65536): 58}
+# Dense SDPA (not countable without a GPU: on fake tensors SDPA takes its math path): the pads of
+# q and k and SDPA's forward; SDPA's backward (the dO.O row sums, the kernel, dQ's conversion),
+# the pads' backward and the gradients' accumulation.
 DENSE_LAUNCHES = 8
 # Dense SDPA forward+backward on an H100, batch 32, ms (issue #14's table: cuDNN flash in bf16,
 # CUTLASS memory-efficient in fp32): what the kernels reach of their bound.
@@ -190,16 +196,20 @@ def predicted_ratio(smyrf: Counts, dense: Counts, dtype: str, dense_measured_s: 
     return max(t_smyrf.device_s / efficiency, t_smyrf.launch_s) / dense_s
 
 
-def launches_today(method: str, n: int, extra: dict) -> tuple[Optional[int], str]:
-    """(count, where it comes from): --launches, LAUNCHES, or for another "ours" size the default's
-    count at the same tokens (the same hub-estimate loop, which dominates; one k-d level more or
-    less). The paper's recipe, uncounted, gets none."""
-    if (method, n) in extra:
-        return extra[(method, n)], "given"
+def launches_today(method: str, n: int, dtype: str, given: dict, count: bool = True) -> tuple[Optional[int], str]:
+    """(launches per forward+backward, where the number comes from): --launches, else counted from
+    the code now (launch_count.py), else the recorded LAUNCHES."""
+    if (method, n) in given:
+        return given[(method, n)], "given"
+    if count:
+        try:
+            counted = count_launches(lambda q, k, v: smyrf_attention(q, k, v, METHODS[method], scale=1.0, seed=0),
+                                     n, BATCH, getattr(torch, dtype))
+            return counted["aten"] + counted["triton"], "counted"
+        except Exception as error:  # noqa: BLE001 -- a route fake tensors cannot run: say so, use the record
+            print(f"launches of {method} at {n} not countable here ({type(error).__name__}: {error}); recorded count used")
     if (method, n) in LAUNCHES:
-        return LAUNCHES[(method, n)], "counted"
-    if method.startswith("ours") and ("ours 4x2048", n) in LAUNCHES:
-        return LAUNCHES[("ours 4x2048", n)], "as ours 4x2048"
+        return LAUNCHES[(method, n)], "recorded"
     return None, "not counted"
 
 
@@ -207,14 +217,15 @@ def predicted_vs_dense(config: AttentionConfig, n: int, dtype: str, batch: int =
     """Today's predicted forward+backward time / dense SDPA's (gpu_plan.py's estimate of a row);
     a call whose launches are uncounted is charged the default's."""
     method = next((name for name, c in METHODS.items() if c == config), "ours 4x2048")
-    launches = launches_today(method, n, {})[0] or launches_today("ours 4x2048", n, {})[0] or max(LAUNCHES.values())
+    launches = LAUNCHES.get((method, n), max(LAUNCHES.values()))
     dense_ms = DENSE_SDPA_MS.get((n, dtype))
     dense_s = None if dense_ms is None else dense_ms / 1e3 * batch / BATCH
     return predicted_ratio(smyrf_counts(config, n, batch, dtype, 2, launches), dense_counts(n, batch, dtype), dtype,
                            dense_s)
 
 
-def model_rows(sizes: list[int], dtypes: list[str], batch: int, extra_launches: dict, results: Path) -> list[dict]:
+def model_rows(sizes: list[int], dtypes: list[str], batch: int, extra_launches: dict, results: Path,
+               count: bool = True) -> list[dict]:
     measured = rows_of(results, "attention")
     rows = []
     for n in sizes:
@@ -228,7 +239,7 @@ def model_rows(sizes: list[int], dtypes: list[str], batch: int, extra_launches: 
                          "exp_ms": 1e3 * t_dense.exp_s, "tensor_ms": 1e3 * t_dense.tensor_s, "hbm_ms": 1e3 * t_dense.hbm_s,
                          "launch_ms": 1e3 * t_dense.launch_s, "dense_measured_ms": dense_ms})
             for method, config in METHODS.items():
-                today, source = launches_today(method, n, extra_launches)
+                today, source = launches_today(method, n, dtype, extra_launches, count)
                 rows.append({**smyrf_row(method, config, n, batch, dtype, today, dense, dense_s, measured),
                              "launches_from": source})
     return rows
@@ -276,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launches", nargs="+", metavar="METHOD@N=COUNT",
                         help="launch counts per forward+backward to use instead of LAUNCHES")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of attention-cuda.json, if measured")
+    parser.add_argument("--recorded-launches", action="store_true",
+                        help="use the recorded launch counts instead of counting them from the code")
     return parser
 
 
@@ -293,7 +306,8 @@ COLUMNS = [
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    rows = model_rows(args.sizes, args.dtypes, args.batch, parse_launches(args.launches), args.results)
+    rows = model_rows(args.sizes, args.dtypes, args.batch, parse_launches(args.launches), args.results,
+                      count=not args.recorded_launches)
     table = markdown_table(rows, COLUMNS)
     print(table)
     meta = {"batch": args.batch, "device_model": asdict(H100), "target_launches": TARGET_LAUNCHES,
