@@ -207,15 +207,16 @@ def main():
         for suite, steps in suites:
             # A rerun of some steps is recorded apart: gpu_check-cuda stays the record of one whole run.
             name = suite + ("_partial" if args.only else "")
+            start = time.perf_counter()
 
-            def record(rows, name=name, n_steps=len(steps)):
+            def record(rows, name=name, n_steps=len(steps), start=start):
                 # After every step, so a run cut off part-way still records what it did.
-                save(name, rows, n_steps, args.g_iters, args.budget)
+                save(name, rows, n_steps, args.g_iters, args.budget, time.perf_counter() - start)
                 if args.archive:
                     archive_results(args.archive)
 
             rows = run_suite(steps, lambda limit: step_limit(args.limit or limit, deadline), work, record)
-            stem = save(name, rows, len(steps), args.g_iters, args.budget)
+            stem = save(name, rows, len(steps), args.g_iters, args.budget, time.perf_counter() - start)
             print(stem.with_suffix(".md").read_text())
             print(f"wrote {stem}.json and {stem}.md")
             passed = passed and all(row["rc"] == 0 for row in rows) and len(rows) == len(steps)
@@ -256,12 +257,14 @@ def archive_results(path: Path) -> None:
     partial.replace(path)  # never a half-written archive, even if the call ends mid-write
 
 
-def save(name: str, rows: list[dict], n_steps: int, g_iters: int, budget: float | None) -> Path:
+def save(name: str, rows: list[dict], n_steps: int, g_iters: int, budget: float | None, wall_s: float) -> Path:
+    """The suite's record; wall_s, not the sum of the steps' seconds, is its time (a step in
+    ALONGSIDE overlaps the next)."""
     table = markdown_table(rows, [("step", "step"), ("rc", "exit code"), ("seconds", "seconds"), ("limit_s", "limit s")])
     passed = len(rows) == n_steps and all(row["rc"] == 0 for row in rows)
-    return write_results(name, torch.device("cuda"), rows, table,
+    return write_results(name, torch.device("cuda"), rows, table + f"\n\nWall time: {wall_s:.0f} s.",
                          {"passed": passed, "steps_run": len(rows), "steps": n_steps, "g_iters": g_iters,
-                          "budget_s": budget})
+                          "budget_s": budget, "wall_s": round(wall_s, 1)})
 
 
 if __name__ == "__main__":

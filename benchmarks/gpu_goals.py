@@ -89,7 +89,8 @@ def issue13_goals(results: Path) -> list[Goal]:
     check = load(results, "gpu_check")
     # Steps not run count as failed: a run cut off part-way has not passed.
     failed = None if check is None else float(check["meta"]["steps"] - sum(r["rc"] == 0 for r in check["rows"]))
-    seconds = None if check is None else sum(r["seconds"] for r in check["rows"])
+    # The run's wall time (its steps may overlap); older records only have the steps' own times.
+    seconds = None if check is None else check["meta"].get("wall_s", sum(r["seconds"] for r in check["rows"]))
     steps, nhwc = rows_of(results, "train_step"), rows_of(results, "train_step_nhwc")
     fp32 = step_ms(steps, "dense@64", "fp32")
     bf16 = fastest(step_ms(steps, "dense@64", "bf16"), step_ms(nhwc, "dense@64", "bf16"))

@@ -63,7 +63,8 @@ FIXED_S = {
     # 60 G iterations at ~0.36 s (issue #13's train.py: 177 real images/s), two validations of
     # 1,000 samples x 2 attention kinds (~8 s each), diagnostics, checkpoints, start-up.
     "train.py": 75.0,
-    "sample.py": 15.0,
+    # The checkpoint (G, G_ema, D and Adam states, ~1.3 GB) loaded, G built, 64 images with SMYRF.
+    "sample.py": 7.0,
     # 10,000 samples x 2 kinds through G128 and Inception (issue #13's goal: <= 60 s), start-up.
     "validation": 60.0,
 }

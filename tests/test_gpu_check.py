@@ -196,3 +196,4 @@ def test_the_warm_up_runs_beside_the_next_step_and_is_recorded_first(monkeypatch
     code, records = fake_run(monkeypatch, tmp_path, check, [], [])
     assert time.perf_counter() - start < 3.8  # side by side, not 4 s one after the other
     assert code == 0 and [r["step"] for r in records["gpu_check-cuda"]["rows"]] == ["triton warm-up", "cuda tests", "after"]
+    assert records["gpu_check-cuda"]["meta"]["wall_s"] < 3.8  # the record's time is the wall's, not the steps' sum
