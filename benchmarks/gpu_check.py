@@ -1,5 +1,4 @@
-"""`make gpu-check` / `make gpu-bench`: the CUDA checks and measurements of issues #13 and #14, each
-step a subprocess with its own time limit and exit code, so one failure never hides the others.
+"""`make gpu-check` / `make gpu-bench`: the CUDA checks and measurements, each with its own time limit and exit code, so one failure never hides the others.
 
     make gpu-wheels                 # here (internet): torch-fidelity + jsonargparse wheels into .whl/
     make gpu-check                  # there: installs .whl/ to /tmp/site if needed, then runs this
@@ -23,8 +22,8 @@ gpu-bench:
   3. block sizes of the permuted-round Triton kernels (benchmarks/tune_rounds.py -> tune_rounds-cuda)
   4. dense@64 steps with cuDNN autotuning off, fp32 and bf16 (-> train_step_no_autotune-cuda)
   5. torch.compile rows of the step table (-> train_step_compile-cuda)
-Each writes benchmarks/results/<name>-cuda.{json,md} (card, per-step rc and seconds): gpu_check-cuda
-and gpu_bench-cuda list the steps.
+Each writes benchmarks/results/<name>-cuda.{json,md}; gpu_check-cuda and gpu_bench-cuda list the
+steps (card, per-step rc and seconds, the run's wall time).
 
 Options: --plan prints what would run (every step's rows, its cold compiles) and the estimated
 H100 wall time, and runs nothing; a run prints the same estimate first (benchmarks/gpu_plan.py).
@@ -128,7 +127,8 @@ def start_step(name: str, command: list[str], limit: float, cwd: Path):
     if limit <= 0:
         print(f"== {name}: not run, the --budget is spent", flush=True)
         return {"step": name, "rc": "no time", "seconds": 0.0, "limit_s": 0}
-    print(f"== {name}: {' '.join(command)}", flush=True)
+    shown = " ".join(command)
+    print(f"== {name}: {shown if len(shown) < 400 else shown[:400] + ' ...'}", flush=True)
     # Its own process group: a step that runs out of time is killed with everything it started
     # (pytest's train.py runs, DataLoader workers), which would otherwise hold the GPU.
     proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
