@@ -1,4 +1,5 @@
-"""`make gpu-check` / `make gpu-bench`: the CUDA checks and measurements, each with its own time limit and exit code, so one failure never hides the others.
+"""`make gpu-check` / `make gpu-bench`: the CUDA checks and measurements, each step a subprocess
+with its own time limit and exit code, so one failure never hides the others.
 
     make gpu-wheels                 # here (internet): torch-fidelity + jsonargparse wheels into .whl/
     make gpu-check                  # there: installs .whl/ to /tmp/site if needed, then runs this
