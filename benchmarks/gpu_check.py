@@ -8,7 +8,7 @@ with its own time limit and exit code, so one failure never hides the others.
 gpu-check (`--plan` prints the estimate on an H100):
   0. the Triton warm-up (benchmarks/triton_warmup.py): every specialisation the steps below launch,
      compiled in parallel processes, one SMYRF call each at batch 1, while the CUDA tests run
-  1. the CUDA tests (`pytest -m cuda`)
+  1. the CUDA tests (`pytest -m cuda`), in 4 processes side by side (`--shard i/4`)
   2. the attention table on CUDA (benchmarks/attention.py -> attention-cuda): dense SDPA vs SMYRF
      (paper recipe, library default at 4x2048 and 4x4096) through the permuted Triton route,
      16,384 and 65,536 tokens, batch 8 and 32, bf16 and fp32
@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 from common import RESULTS, markdown_table, write_results  # noqa: E402
-from gpu_plan import ALONGSIDE, describe, plan_suite, warmup_calls  # noqa: E402
+from gpu_plan import ALONGSIDE, CUDA_TEST_STEPS, describe, plan_suite, warmup_calls  # noqa: E402
 
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights  # noqa: E402
 
@@ -78,8 +78,9 @@ def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list
     step_table = [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
                   "--reps", "5", "--variants", "dense@64", "dense@128 flash", "smyrf@128 paper 4x2048",
                   "smyrf@128 ours 4x2048", "smyrf@128 ours 4x2048 chunked"]
+    tests = [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")]
     steps = [
-        ("cuda tests", [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")], 195),
+        *((name, [*tests, "--shard", name.split()[-1]], 150) for name in CUDA_TEST_STEPS),
         ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
                              "--dtype", "bfloat16", "float32", "--sizes", "16384", "65536", "--batches", "8", "32",
                              "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "ours 4x4096",
@@ -157,22 +158,20 @@ def run_step(name: str, command: list[str], limit: float, cwd: Path) -> dict:
 
 
 def run_suite(steps, limit_of, cwd: Path, record) -> list[dict]:
-    """Every step in order, one at a time, except that a step in ALONGSIDE runs beside the step
-    after it (and is waited for after that one); `record(rows)` after each step ends."""
-    rows, beside = [], None
+    """Every step in order; steps in ALONGSIDE start at once and run beside the next step that is
+    not one of them, and are waited for after it. `record(rows)` after each step ends."""
+    rows, beside = [], []
     for name, command, limit in steps:
         started = start_step(name, command, limit_of(limit), cwd)
         if name in ALONGSIDE:
-            beside = started
+            beside.append(started)
             continue
         row = finish_step(started)
-        if beside is not None:
-            rows.append(finish_step(beside))
-            beside = None
-        rows.append(row)
+        rows += [finish_step(other) for other in beside] + [row]
+        beside = []
         record(rows)
-    if beside is not None:
-        rows.append(finish_step(beside))
+    if beside:
+        rows += [finish_step(other) for other in beside]
         record(rows)
     return rows
 

@@ -55,11 +55,11 @@ STEP_FP32_MS = {"dense@64": 215.0, "dense@128 naive": 301.0, "dense@128 flash": 
 MIXED_VS_FP32 = 0.9
 # Steps without rows: what they do, on an H100.
 FIXED_S = {
-    # About 20 tests: SMYRF's kernels at the tests' small shapes (3 configs x 2 dtypes, the cluster
-    # kernels' own tests, the no-wait iteration: ~60 specialisations of their own, ~90 s), train.py
-    # and its resume (~40 s), sample.py twice (~15 s), three in-process Lightning fits (~15 s),
-    # pytest's start and collection (~10 s).
-    "cuda tests": 170.0,
+    # About 20 tests besides their compiles (CUDA_TESTS_SPECIALISATIONS): train.py and its resume
+    # (~40 s), sample.py twice (~15 s), three in-process Lightning fits (~15 s), pytest's collection
+    # (~10 s). A shard runs its share, plus the train.py run that several tests share (~25 s) if
+    # one of those falls to it, as it does to each of 4 shards.
+    "cuda tests": 70.0,
     # 60 G iterations at ~0.36 s (issue #13's train.py: 177 real images/s), two validations of
     # 1,000 samples x 2 attention kinds (~8 s each), diagnostics, checkpoints, start-up.
     "train.py": 75.0,
@@ -68,10 +68,19 @@ FIXED_S = {
     # 10,000 samples x 2 kinds through G128 and Inception (issue #13's goal: <= 60 s), start-up.
     "validation": 60.0,
 }
+# The CUDA tests' own Triton specialisations, at their small shapes and IEEE precision (none shared
+# with the goal shapes): SMYRF against the CPU (3 configs x fp32, bf16: ~40), the swap and no-wait
+# tests' generators (~24), the cluster-kernel tests (~10), train.py and sample.py runs (~12).
+CUDA_TESTS_SPECIALISATIONS = 85
+CUDA_TESTS_SHARED_RUN_S = 25.0
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# Steps that run beside the step after them: the warm-up's work is compiling, on CPU cores the
-# CUDA tests leave idle, and no later step starts before both have ended.
-ALONGSIDE = {"triton warm-up"}
+# The CUDA tests run as this many pytest processes side by side (`--shard i/n`): their time is
+# mostly compiling kernels at their own shapes, CPU work that one process does one kernel at a time.
+CUDA_TEST_SHARDS = 4
+CUDA_TEST_STEPS = [f"cuda tests {i}/{CUDA_TEST_SHARDS}" for i in range(1, CUDA_TEST_SHARDS + 1)]
+# Steps that run beside the next step that is not one of them (and are waited for after it): the
+# warm-up's compiling and the CUDA test shards; no later step starts before all of them have ended.
+ALONGSIDE = {"triton warm-up", *CUDA_TEST_STEPS[:-1]}
 
 
 @dataclass
@@ -141,6 +150,8 @@ def plan_step(name: str, command: list[str], limit: float) -> StepPlan:
     planned = script_plan(command)
     if planned is None:
         step.run_s = next((s for word, s in FIXED_S.items() if name.startswith(word)), 0.0) + PROCESS_START_S
+        if name in CUDA_TEST_STEPS:
+            step.run_s = PROCESS_START_S + FIXED_S["cuda tests"] / CUDA_TEST_SHARDS + CUDA_TESTS_SHARED_RUN_S
         step.triton = sorted(_fixed_step_specialisations(name), key=str)
         return step
     module, args, step.rows = planned
@@ -173,8 +184,8 @@ def _warmup(row: dict, args):
 
 
 def _fixed_step_specialisations(name: str) -> set[tuple]:
-    """train.py's SMYRF@128 in bf16-mixed, sample.py's and validation.py's forward in fp32: the
-    library default at 4 x 2048."""
+    """train.py's SMYRF@128 in bf16-mixed, sample.py's and validation.py's forward in fp32 (the
+    library default at 4 x 2048), and the CUDA tests' own."""
     from biggan_smyrf.attention import AttentionConfig
 
     config = AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=2048)
@@ -182,6 +193,9 @@ def _fixed_step_specialisations(name: str) -> set[tuple]:
         return smyrf_specialisations(config, 16384, "bfloat16", "tf32")
     if name.startswith(("sample.py", "validation")):
         return smyrf_specialisations(config, 16384, "float32", "tf32", backward=False)
+    if name in CUDA_TEST_STEPS:  # a shard's share of the tests' own
+        shard = CUDA_TEST_STEPS.index(name)
+        return {("cuda tests", i) for i in range(shard, CUDA_TESTS_SPECIALISATIONS, CUDA_TEST_SHARDS)}
     return set()
 
 
@@ -281,12 +295,14 @@ def warmup_calls(plans: list[StepPlan]) -> list[dict]:
 
 
 def wall_seconds(plans: list[StepPlan]) -> float:
-    """The suite's estimated wall time: a step in ALONGSIDE costs only what outlasts the next step."""
-    total = 0.0
-    for i, step in enumerate(plans):
-        beside = step.name in ALONGSIDE and i + 1 < len(plans)
-        total += max(0.0, step.seconds - plans[i + 1].seconds) if beside else step.seconds
-    return total
+    """The suite's estimated wall time: steps in ALONGSIDE run beside the next step that is not
+    one of them, so such a group takes as long as its longest step."""
+    total, group = 0.0, []
+    for step in plans:
+        group.append(step.seconds)
+        if step.name not in ALONGSIDE:
+            total, group = total + max(group), []
+    return total + max(group, default=0.0)
 
 
 def describe(suite: str, plans: list[StepPlan]) -> str:

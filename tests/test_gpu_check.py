@@ -99,18 +99,20 @@ def test_the_warm_up_compiles_every_specialisation_and_each_step_fits_its_limit(
     warm_up = check["triton warm-up"]
     assert len(warm_up.triton) >= 30 and warm_up.parallel_compiles < len(warm_up.triton)
     for name, step in check.items():
-        if name != "triton warm-up":
+        if name != "triton warm-up" and name not in gpu_plan.CUDA_TEST_STEPS:  # the tests' own shapes compile there
             assert step.triton == [], name  # compiled already, in the warm-up's processes
         assert step.seconds <= step.limit_s, (name, step.seconds)
     # A fp16 autocast step needs kernels of its own; the step table's fp16 rows are its calls.
     assert any(key[1] == "float16" for key in warm_up.triton)
+    # The whole of gpu-check within 6 minutes on an H100, as estimated (steps side by side counted once).
+    assert gpu_plan.wall_seconds(list(check.values())) <= 360
 
 
 def test_plan_prints_the_estimate_without_a_gpu(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--plan", "--with-bench"])
     gpu_check.main()
     out = capsys.readouterr().out
-    assert "gpu_check: 7 steps" in out and "gpu_bench: 6 steps" in out
+    assert f"gpu_check: {6 + gpu_plan.CUDA_TEST_SHARDS} steps" in out and "gpu_bench: 6 steps" in out
     assert out.count("estimate on an H100:") == 2 and "variant=dense@64, batch=32, dtype=fp16" in out
 
 
@@ -189,11 +191,26 @@ def test_archive_brings_back_every_cuda_result_after_each_step(monkeypatch, tmp_
     assert sorted(tarfile.open(tmp_path / "again.tgz").getnames()) == ["gpu_check-cuda.json", "gpu_check-cuda.md"]
 
 
-def test_the_warm_up_runs_beside_the_next_step_and_is_recorded_first(monkeypatch, tmp_path):
-    check = [("triton warm-up", py("import time; time.sleep(2)"), 30), ("cuda tests", py("import time; time.sleep(2)"), 30),
-             ("after", py("pass"), 30)]
+def test_the_warm_up_and_test_shards_run_side_by_side_and_are_recorded_in_order(monkeypatch, tmp_path):
+    sleep = py("import time; time.sleep(2)")
+    names = ["triton warm-up", *gpu_plan.CUDA_TEST_STEPS]
+    check = [*((name, sleep, 30) for name in names), ("after", py("pass"), 30)]
     start = time.perf_counter()
     code, records = fake_run(monkeypatch, tmp_path, check, [], [])
-    assert time.perf_counter() - start < 3.8  # side by side, not 4 s one after the other
-    assert code == 0 and [r["step"] for r in records["gpu_check-cuda"]["rows"]] == ["triton warm-up", "cuda tests", "after"]
+    assert time.perf_counter() - start < 3.8  # side by side, not 10 s one after the other
+    assert code == 0 and [r["step"] for r in records["gpu_check-cuda"]["rows"]] == [*names, "after"]
     assert records["gpu_check-cuda"]["meta"]["wall_s"] < 3.8  # the record's time is the wall's, not the steps' sum
+
+
+@pytest.mark.slow
+def test_shards_split_the_selected_tests_between_them():
+    import subprocess
+
+    def collected(*args):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not cuda",
+                               str(ROOT / "tests" / "test_gpu_goals.py"), *args], capture_output=True, text=True, cwd=ROOT)
+        return [line for line in proc.stdout.splitlines() if "::" in line]
+
+    everything, shares = collected(), [collected("--shard", f"{i}/3") for i in (1, 2, 3)]
+    assert len(everything) >= 3 and sorted(sum(shares, [])) == sorted(everything)
+    assert all(shares) and shares[0] == everything[0::3]
