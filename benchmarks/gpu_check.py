@@ -31,7 +31,7 @@ H100 wall time, and runs nothing; a run prints the same estimate first (benchmar
 --budget S caps the whole run at S seconds: each step gets what is left if that is less than its
 own limit, and a step with under a minute left is recorded as not run ("rc": "no time"). --archive
 FILE rewrites one tar.gz of every *-cuda result after each step, so a run that is stopped part-way
-still leaves what it measured in one file. Both suites in one run, within 9 minutes:
+still leaves what it measured in one file. Both suites in one run, capped at 9 minutes:
     python3 benchmarks/gpu_check.py --with-bench --budget 540 --archive results.tar.gz
 """
 from __future__ import annotations

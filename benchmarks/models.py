@@ -299,18 +299,20 @@ def main():
         parser.error("no rows: --variants, --dtypes and --batches select none of the table's cases")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # what the case subprocesses use; the results' header names it
+    meta = {"table": args.table, "ch": plan[0]["ch"], "quick": args.quick, "reps": plan[0]["reps"],
+            "threads": args.threads, "timeout_s": TIMEOUT_S}
     rows = []
     for case in plan:
         rows.append(run_cpu_case(case) if device.type == "cpu" else run_cuda_case(case))
         print(json.dumps(rows[-1]), flush=True)
-    meta = {"table": args.table, "ch": rows[0]["ch"], "quick": args.quick, "reps": rows[0]["reps"],
-            "threads": args.threads, "timeout_s": TIMEOUT_S}
+        save(args.table, device, rows, meta, args.name, quiet=True)  # a run stopped part-way keeps its rows
     save(args.table, device, rows, meta, args.name)
     failed = [r for r in rows if "error" in r and r["error"] != "CUDA out of memory"]
     sys.exit(1 if failed else 0)
 
 
-def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None) -> None:
+def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None,
+         quiet: bool = False) -> None:
     add_ratios(rows)
     what = "G fwd+bwd ms" if table_name == "model" else "step ms"
     columns = [
@@ -320,10 +322,11 @@ def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, na
         ("mem_vs_naive128", "mem vs naive@128"), ("error", "note"),
     ]
     table = markdown_table(rows, columns)
-    print(table)
     name = name or ("models" if table_name == "model" else "train_step")
     stem = write_results(name, device, rows, table, meta)
-    print(f"wrote {stem}.json and {stem}.md")
+    if not quiet:
+        print(table)
+        print(f"wrote {stem}.json and {stem}.md")
 
 
 if __name__ == "__main__":
