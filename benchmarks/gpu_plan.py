@@ -121,10 +121,8 @@ def smyrf_specialisations(config, n: int, dtype: str, precision: str, backward: 
     keys = {(f"rounds.{kernel}", *shape, blocks.get(pass_name, "default")) for kernel, pass_name in rounds}
     if backward:
         keys.add(("row_dot", dtype, precision))
-    if hub:
+    if hub:  # the hub round's cluster kernels (its row dot is the same kernel as the rounds')
         keys |= {(f"hub.{kernel}", dtype, precision) for kernel in (["forward"] + (["backward_kv", "backward_q"] if backward else []))}
-        if backward:
-            keys.add(("hub.row_dot", dtype, precision))
     return keys
 
 
