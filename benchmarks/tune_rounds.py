@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plan_cases(args) -> list[dict]:
+    """Every (dtype, pass, blocks) `main` times, in order (what gpu_plan.py reads without running them)."""
+    return [{"dtype": dtype, "pass": pass_name, "blocks": blocks, "n": args.n, "batch": args.batch,
+             "q_cluster_size": args.q_cluster_size}
+            for dtype in args.dtypes for pass_name, candidates in CANDIDATES.items() for blocks in candidates]
+
+
 def main():
     parser = build_parser()
     args = parser.parse_args()
