@@ -137,10 +137,9 @@ class SmyrfSizes:
     @classmethod
     def of(cls, config: AttentionConfig, n: int) -> "SmyrfSizes":
         m = n // 4
-        q_size, k_size = config.cluster_sizes(n, m)
-        summaries = config.summaries_for(n, m)
-        return cls(config.n_hashes, n // q_size, k_size + summaries, summaries, config.hub_keys_for(n, m),
-                   min(config.hub_sample, n) if config.hub_keys_for(n, m) else 0)
+        sizes = config.resolve(n, m)
+        return cls(config.n_hashes, sizes.n_clusters, sizes.keys_per_cluster, sizes.n_summaries, sizes.n_hub_keys,
+                   min(config.hub_sample, n) if sizes.n_hub_keys else 0)
 
 
 def smyrf_counts(config: AttentionConfig, n: int, batch: int, dtype: str, backward_passes: int = 2,

@@ -113,16 +113,18 @@ def smyrf_specialisations(config, n: int, dtype: str, precision: str, backward: 
     if config is None or config.kind != "smyrf" or config.kernel not in ("auto", "triton"):
         return set()
     m = n // 4
-    q_size, _ = config.cluster_sizes(n, m)
-    hub, summaries = config.hub_keys_for(n, m), config.summaries_for(n, m)
-    shape = (dtype, precision, bool(hub or summaries), (n // q_size) % 16 == 0)
+    sizes = config.resolve(n, m)
+    shape = (dtype, precision, bool(sizes.n_hub_keys or sizes.n_summaries), sizes.n_clusters % 16 == 0)
     blocks = blocks or {}
     rounds = [("forward", "forward")] + ([("backward_kv", "backward"), ("backward_q", "backward")] if backward else [])
     keys = {(f"rounds.{kernel}", *shape, blocks.get(pass_name, "default")) for kernel, pass_name in rounds}
     if backward:
         keys.add(("row_dot", dtype, precision))
-    if hub:  # the hub round's cluster kernels (its row dot is the same kernel as the rounds')
+    if sizes.n_hub_keys:  # the hub round's cluster kernels (its row dot is the same kernel as the rounds')
         keys |= {(f"hub.{kernel}", dtype, precision) for kernel in (["forward"] + (["backward_kv", "backward_q"] if backward else []))}
+        # The hub selection: the sampled queries' attention mass per key, the cluster kernels'
+        # forward and backward (and its row dot) in float32 with one value feature.
+        keys |= {(f"hub_mass.{kernel}", "float32", precision) for kernel in ("forward", "backward_kv", "backward_q", "row_dot")}
     return keys
 
 

@@ -28,7 +28,7 @@ def test_scores_match_the_clusters_a_call_makes(config):
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(batch, n, 12, generator=g), torch.randn(batch, m, 12, generator=g), torch.randn(batch, m, 48, generator=g)
     _, what = smyrf_attention(q, k, v, config, scale=1.0, seed=0, return_intermediates=True)
-    summaries = config.summaries_for(n, m)
+    summaries = config.resolve(n, m).n_summaries
     q_clusters, k_clusters = what.query_clusters(), what.key_clusters()
     enumerated = 0
     for b in range(batch):

@@ -13,6 +13,7 @@ import math
 from typing import Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from .cluster_attention import attention_backward, attention_forward
 from .config import HASHINGS, Hashing
@@ -51,13 +52,14 @@ def random_projections(dim: int, n_hashes: int, generator: torch.Generator, devi
     return torch.randn(dim, n_hashes, generator=generator, device=device)
 
 
-def device_generator(generator: Optional[torch.Generator], seed: Optional[int], device: torch.device) -> torch.Generator:
-    """The generator SMYRF draws from on `device`: the caller's if it is on that device, else a
-    fresh one seeded with `seed` (default 0). A CPU generator with tensors on an accelerator (a
+def device_generator(generator: Optional[torch.Generator], seed: Optional[int], like: torch.Tensor) -> torch.Generator:
+    """The generator SMYRF draws from on `like`'s device: the caller's if it is on that device, else
+    a fresh one seeded with `seed` (default 0). A CPU generator with tensors on an accelerator (a
     model's, which checkpoints save) seeds a generator on the device with one draw on the host:
-    no host->device copy, and the CPU generator's state still fixes every draw. Meta tensors take
-    draws from a CPU generator directly."""
-    home = torch.device("cpu") if device.type == "meta" else device
+    no host->device copy, and the CPU generator's state still fixes every draw. Tensors without
+    data (meta, or fake while a call is traced or counted) take draws from a CPU generator directly."""
+    device = like.device
+    home = torch.device("cpu") if device.type == "meta" or is_fake(like) else device
     if generator is None:
         return torch.Generator(device=home).manual_seed(0 if seed is None else seed)
     if generator.device.type == home.type:

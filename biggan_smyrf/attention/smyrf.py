@@ -122,7 +122,7 @@ def smyrf_attention(
     head_dim = max(q.shape[-1] + 1, v.shape[-1])
     kernel = pick_kernel(config.kernel, q.device, key_padding_mask is not None, q.dtype, head_dim)
     scale = default_scale(scale, q.shape[-1])
-    generator = device_generator(generator, seed, q.device)
+    generator = device_generator(generator, seed, q)
 
     hub = None
     if sizes.n_hub_keys:
