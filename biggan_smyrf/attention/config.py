@@ -84,13 +84,18 @@ class AttentionConfig:
             n_queries, n_keys, self.q_cluster_size, self.k_cluster_size, where)
         n_hubs = k_cluster_size // 4 if self.n_hub_keys is None else self.n_hub_keys
         if not 0 <= n_hubs < n_keys:
-            raise ValueError(f"{where}: n_hub_keys={n_hubs} must be below the {n_keys} keys (n_hub_keys must be in [0, {n_keys}))")
+            raise ValueError(f"{where}: n_hub_keys={n_hubs} must be below the {n_keys} keys "
+                             f"(n_hub_keys must be in [0, {n_keys}))")
         n_summaries = self.n_summaries
         if n_summaries is None:  # about k_cluster_size // 16, lowered to a divisor of n_keys so the blocks are equal
             n_summaries = max((s for s in range(1, k_cluster_size // 16 + 1) if n_keys % s == 0), default=0)
         check_summaries(n_summaries, n_keys, where)
-        return SmyrfSizes(n_queries, n_keys, self.n_hashes, q_cluster_size, k_cluster_size, n_queries // q_cluster_size,
-                          n_hubs, n_summaries, math.gcd(n_keys // n_summaries, k_cluster_size) if n_summaries else 0)
+        return SmyrfSizes(
+            n_queries=n_queries, n_keys=n_keys, n_hashes=self.n_hashes, q_cluster_size=q_cluster_size,
+            k_cluster_size=k_cluster_size, n_clusters=n_queries // q_cluster_size, n_hub_keys=n_hubs,
+            n_summaries=n_summaries,
+            summary_unit=math.gcd(n_keys // n_summaries, k_cluster_size) if n_summaries else 0,
+        )
 
     def validate_for(self, n_queries: int, n_keys: int, where: str = "attention") -> None:
         """Fail early (at model build or swap time) if SMYRF's sizes don't fit the tokens."""

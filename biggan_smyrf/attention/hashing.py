@@ -184,7 +184,8 @@ def hub_keys(
     return mass.topk(n_hub, dim=-1).indices
 
 
-def key_mass(q: torch.Tensor, k: torch.Tensor, scale: float, kernel: str, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def key_mass(q: torch.Tensor, k: torch.Tensor, scale: float, kernel: str,
+             key_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """(B, M): the attention mass softmax(scale q kᵀ) gives each key, summed over the queries.
 
     That is attention's value gradient for all-ones values and output gradient (dV = Pᵀ 1), so

@@ -84,7 +84,8 @@ def append_summaries(ks, vs, mask, counted, sizes: SmyrfSizes, scale: float):
     the logit-offset feature last, vs (B, H, M, d_v), mask (B, H*M) or None -> keys, values and
     mask laid out as clusters of k_cluster_size + n_summaries."""
     B, H, M, d = ks.shape
-    n_clusters, k_cluster_size, n_summaries, unit = sizes.n_clusters, sizes.k_cluster_size, sizes.n_summaries, sizes.summary_unit
+    n_clusters, k_cluster_size, n_summaries = sizes.n_clusters, sizes.k_cluster_size, sizes.n_summaries
+    unit = sizes.summary_unit
     unit_sums = summary_features(ks[..., :-1], vs, counted).view(B, H, M // unit, unit, -1).sum(3)
     summary_k, summary_v, offset = summary_keys(unit_sums, sizes, d - 1, (ks.dtype, vs.dtype))
     summary_k = torch.cat([summary_k, (offset / scale).to(ks.dtype)], dim=-1)
