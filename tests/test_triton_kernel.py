@@ -71,6 +71,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
         (blocks._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
         (clusters._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (clusters._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+        (clusters._backward_one_pass_kernel, {**sizes, "BLOCK_M": 64}, clusters.ONE_PASS_WARPS),
     ]
     _compile_for_hopper(jobs, dtype)
 
@@ -86,6 +87,7 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precisio
         (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
         (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+        (kernels._backward_one_pass_kernel, {**sizes, "BLOCK_M": 64}, kernels.BLOCKS["one pass"][2]),
     ]
     _compile_for_hopper(jobs, dtype)
 
@@ -94,9 +96,10 @@ def _compile_for_hopper(jobs, dtype: str) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    for kernel, constants in jobs:
+    for kernel, constants, *warps in jobs:  # (kernel, constexprs[, num_warps if not Triton's default 4])
         signature = {name: _argument_type(name, constants, dtype) for name in kernel.arg_names}
-        compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
+        options = {"num_warps": warps[0]} if warps else {}
+        compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32), options=options)
         assert compiled.asm["cubin"], kernel.__name__
 
 

@@ -60,6 +60,12 @@ from .blocks import (
 )
 
 
+# Warps of the one-pass backward: it holds dK, dV, P, dP and dS of a 64 x 64 block pair at once,
+# which at Triton's default 4 warps spill on sm_90 (Triton 3.8: 255 registers and 88 bytes of stack
+# in bf16, 248 in TF32) and at 8 do not (250 and 255 registers).
+ONE_PASS_WARPS = 8
+
+
 def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
     """(pointer, stride_g, stride_n, has_mask). Bool is read as uint8 (a free view); without a
     mask any tensor stands in for the pointer, which the kernel then never touches."""
@@ -303,7 +309,7 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     if one_pass_backward():
         dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
         _backward_one_pass_kernel[(G * triton.cdiv(Lk, block_n),)](
-            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **sizes,
+            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **sizes, num_warps=ONE_PASS_WARPS,
         )
         return dq_acc.to(q.dtype), dk, dv
     dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)

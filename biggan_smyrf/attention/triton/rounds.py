@@ -263,8 +263,11 @@ def _backward_one_pass_kernel(
 
 # (BLOCK_M queries, BLOCK_N keys, num_warps) per pass, capped by the cluster sizes (min 16).
 # FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
-# benchmarks/tune_rounds.py times the alternatives.
-BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4)}
+# benchmarks/tune_rounds.py times the alternatives. "backward" is the two-kernel backward
+# (deterministic mode), "one pass" the default one: it holds dK, dV, P, dP and dS of a 64 x 64 block
+# pair at once, which at 4 warps spill on sm_90 (Triton 3.8: 255 registers and 32 bytes of stack in
+# bf16, 136 in TF32) and at 8 do not (222 and 245 registers).
+BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4), "one pass": (64, 64, 8)}
 
 
 class Rounds:
@@ -339,9 +342,9 @@ class Rounds:
         dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
         dk = torch.zeros(*self.k.shape, dtype=torch.float32, device=device)
         dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
-        block_m, block_n, warps = self._blocks("backward")
-        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants)
         one_pass = one_pass_backward()
+        block_m, block_n, warps = self._blocks("one pass" if one_pass else "backward")
+        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants)
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
