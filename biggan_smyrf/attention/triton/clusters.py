@@ -60,10 +60,11 @@ from .blocks import (
 )
 
 
-# Warps of the one-pass backward: it holds dK, dV, P, dP and dS of a 64 x 64 block pair at once,
-# which at Triton's default 4 warps spill on sm_90 (Triton 3.8: 255 registers and 88 bytes of stack
-# in bf16, 248 in TF32) and at 8 do not (250 and 255 registers).
-ONE_PASS_WARPS = 8
+# Query block of the one-pass backward (keys: 64, warps: Triton's default 4). It holds dK, dV, P,
+# dP and dS at once: compiled for sm_90 (Triton 3.8) 64 x 64 spills in TF32 (192 bytes of stack),
+# and with 8 warps the compiler computes P twice, in two layouts; 32 x 64 does neither (246
+# registers in bf16, 247 in TF32).
+ONE_PASS_BLOCK_M = 32
 
 
 def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
@@ -236,6 +237,10 @@ def _backward_one_pass_kernel(
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     cols = offs_n < Lk
+    keep = cols
+    if HAS_MASK:
+        keep = keep & (tl.load(MASK + g * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
+    key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
     k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
     v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
@@ -248,13 +253,14 @@ def _backward_one_pass_kernel(
         # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite, dS = 0 and nothing is added.
         lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
-        p = _probabilities(s, lse_log2)
-        dv += dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
-        ds = (p * (dot(do, tl.trans(v), UPCAST, PRECISION) - delta[:, None])).to(q.dtype)
-        dk += dot(tl.trans(ds), q, UPCAST, PRECISION)
+        # Key-major tiles, so that Pᵀ and dSᵀ feed the dV and dK dots as computed (why: rounds.py).
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - tl.where(lse_log2 == float("-inf"), 0.0, lse_log2)[None, :])
+        dv += dot(p_t.to(do.dtype), do, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(do), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
         dq_ptrs = DQ_ACC + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :]
-        atomic_accumulate(dq_ptrs, dot(ds, k, UPCAST, PRECISION) * scale, rows[:, None] & (offs_dqk[None, :] < D_QK))
+        atomic_accumulate(dq_ptrs, dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale, rows[:, None] & (offs_dqk[None, :] < D_QK))
     dk_ptrs = DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :]
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=cols[:, None] & (offs_dqk[None, :] < D_QK))
     dv_ptrs = DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :]
@@ -309,7 +315,7 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     if one_pass_backward():
         dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
         _backward_one_pass_kernel[(G * triton.cdiv(Lk, block_n),)](
-            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **sizes, num_warps=ONE_PASS_WARPS,
+            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **{**sizes, "BLOCK_M": block_size(Lq, ONE_PASS_BLOCK_M)},
         )
         return dq_acc.to(q.dtype), dk, dv
     dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)

@@ -238,6 +238,10 @@ def _backward_one_pass_kernel(
     offs_dqk = tl.arange(0, BLOCK_DQK)
     kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
     v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+    # The keys' logit offsets (log2 units): their bias, -inf past the cluster's keys.
+    key_offset = tl.where(cols, 0.0, float("-inf"))
+    if HAS_BIAS:
+        key_offset += tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=0.0) * LOG2E
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Cq, BLOCK_M):
@@ -247,12 +251,15 @@ def _backward_one_pass_kernel(
         # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing (and write nothing).
         norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
-        s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
-        p = tl.math.exp2(s - norm_log2[:, None])
-        dv += dot(tl.trans(p.to(g.dtype)), g, UPCAST, PRECISION)
-        ds = (p * (dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])).to(q.dtype)
-        dk += dot(tl.trans(ds), q, UPCAST, PRECISION)
-        dq = dot(ds, k, UPCAST, PRECISION) * scale
+        # Key-major (BLOCK_N, BLOCK_M) tiles, so that P~ᵀ and dSᵀ feed the dV and dK dots as they are
+        # computed: query-major, the compiler computes P~ again in the transposed layout at some block
+        # shapes (2 exp2 per score in the sm_90 SASS at 32 x 64), which this kernel exists to avoid.
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - norm_log2[None, :])
+        dv += dot(p_t.to(g.dtype), g, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(g), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
+        dq = dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale
         dq_ptrs = DQ_ACC + b * stride_dqb + tok[:, None] * D_QK + offs_dqk[None, :]
         atomic_accumulate(dq_ptrs, dq, rows[:, None] & (offs_dqk[None, :] < D_QK))
     _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
@@ -264,10 +271,11 @@ def _backward_one_pass_kernel(
 # (BLOCK_M queries, BLOCK_N keys, num_warps) per pass, capped by the cluster sizes (min 16).
 # FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
 # benchmarks/tune_rounds.py times the alternatives. "backward" is the two-kernel backward
-# (deterministic mode), "one pass" the default one: it holds dK, dV, P, dP and dS of a 64 x 64 block
-# pair at once, which at 4 warps spill on sm_90 (Triton 3.8: 255 registers and 32 bytes of stack in
-# bf16, 136 in TF32) and at 8 do not (222 and 245 registers).
-BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4), "one pass": (64, 64, 8)}
+# (deterministic mode), "one pass" the default one. That one holds dK, dV, P~, dP and dS at once:
+# compiled for sm_90 (Triton 3.8), 64 x 64 blocks spill at 4 warps (104 bytes of stack in bf16, 264
+# in TF32) and at 8 the compiler computes P~ twice, in two layouts (2 exp2 per score); 32 x 64 at 4
+# warps neither spills nor repeats an exp2 (254 registers in bf16, 255 in TF32).
+BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4), "one pass": (32, 64, 4)}
 
 
 class Rounds:
