@@ -6,8 +6,10 @@ fresh pytest process and the rest of the suite never sees the interpreter. The `
 the compiled kernels where a GPU is (skipped elsewhere, see conftest.py).
 """
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -71,8 +73,10 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
         (blocks._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
         (clusters._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (clusters._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
+        (clusters._backward_one_pass_kernel, {**sizes, "BLOCK_M": clusters.ONE_PASS_BLOCK_M}),
     ]
-    _compile_for_hopper(jobs, dtype)
+    compiled = _compile_for_hopper(jobs, dtype)
+    _assert_one_exp2_per_score_without_spills(compiled["_backward_one_pass_kernel"], clusters.ONE_PASS_BLOCK_M, 64, 4)
 
 
 @needs_triton
@@ -87,17 +91,45 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precisio
         (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
         (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
     ]
-    _compile_for_hopper(jobs, dtype)
+    block_m, block_n, warps = kernels.BLOCKS["one pass"]
+    jobs.append((kernels._backward_one_pass_kernel, {**sizes, "BLOCK_M": block_m, "BLOCK_N": block_n}, warps))
+    compiled = _compile_for_hopper(jobs, dtype)
+    _assert_one_exp2_per_score_without_spills(compiled["_backward_one_pass_kernel"], block_m, block_n, warps)
 
 
-def _compile_for_hopper(jobs, dtype: str) -> None:
+def _compile_for_hopper(jobs, dtype: str) -> dict:
+    """{kernel name: compiled kernel} for jobs (kernel, constexprs[, num_warps if not Triton's 4])."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    for kernel, constants in jobs:
+    compiled = {}
+    for kernel, constants, *warps in jobs:
         signature = {name: _argument_type(name, constants, dtype) for name in kernel.arg_names}
-        compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], kernel.__name__
+        options = {"num_warps": warps[0]} if warps else {}
+        compiled[kernel.__name__] = compile(
+            ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32), options=options
+        )
+        assert compiled[kernel.__name__].asm["cubin"], kernel.__name__
+    return compiled
+
+
+def _assert_one_exp2_per_score_without_spills(compiled, block_m: int, block_n: int, warps: int) -> None:
+    """What the one-pass backward is for, read from its SASS: each of its 32 x warps threads runs
+    every exp2 instruction (MUFU.EX2) once per (query block, key block), so one exponential per score
+    means block_m x block_n of them -- the compiler can recompute P in a second register layout,
+    which doubles them; and no local memory (spilled registers) in the key loop."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    per_score = sass.count("MUFU.EX2") * 32 * warps / (block_m * block_n)
+    assert per_score == 1, f"{per_score} exp2 per score"
+    resources = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage)}
+    assert resources["STACK"] == 0 and resources["LOCAL"] == 0, f"spills: {resources}"
 
 
 # Float32 buffers of both kernel families: logsumexps, row dots, norms, the bias and accumulators.
