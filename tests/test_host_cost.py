@@ -16,7 +16,7 @@ import host_cost  # noqa: E402
 # Launches per forward + backward at batch 32. The paper's recipe meets the goal (48); the default
 # one (hub keys, summary keys, k-d hashing) does not yet: its budget is what it takes today, so that
 # it can only go down.
-BUDGET = {("paper", 16384): 48, ("paper", 65536): 48, ("default", 16384): 176, ("default", 65536): 183}
+BUDGET = {("paper", 16384): 48, ("paper", 65536): 48, ("default", 16384): 173, ("default", 65536): 180}
 
 
 @pytest.mark.parametrize("recipe, n", list(BUDGET))
