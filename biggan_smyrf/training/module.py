@@ -9,6 +9,7 @@ sees two forwards before a backward.
 """
 from __future__ import annotations
 
+import bisect
 import resource
 import time
 from contextlib import contextmanager
@@ -119,19 +120,57 @@ class BigGAN(pl.LightningModule):
     # --- attention schedule -------------------------------------------------------------------
 
     def set_schedule(self, schedule: AttentionSchedule) -> None:
-        """Use `schedule` from now on. Every phase's per-block configs are resolved and checked
-        against G's token counts here, not mid-run."""
+        """Use `schedule` from now on. Every phase's per-block configs, at every G iteration where a
+        scheduled phase changes, are resolved and checked against G's token counts here, not mid-run."""
+        self._plans = {start: self.resolve_phases(schedule, start) for start in schedule.switch_points()}
+        self.schedule, self._noted_stages = schedule, None
+        kinds = {kinds_of(plan["eval"]) for plan in self._plans.values()}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"model.attention.eval: every entry must evaluate with the same kinds, got {sorted(kinds)}: metrics "
+                f"are logged per kind (val/fid_dense, val/fid_smyrf); schedule sizes only, or use attention.compare"
+            )
+
+    def resolve_phases(self, schedule: AttentionSchedule, start: int) -> dict[str, dict[str, AttentionConfig]]:
+        """Per phase, per block, the attention in force from G iteration `start`; a setting that does
+        not fit a block names the schedule entry it came from."""
+        now = schedule.at(start)
         phases = ("train", "eval") + (("compare",) if schedule.compare is not None else ())
-        configs = {
-            phase: planned_attention(self.G, {name: schedule.config(phase, cfg) for name, cfg in self.built_attention.items()})
-            for phase in phases
-        }
+        configs = {}
+        for phase in phases:
+            try:
+                configs[phase] = planned_attention(
+                    self.G, {name: now.config(phase, cfg) for name, cfg in self.built_attention.items()})
+            except ValueError as error:
+                raise ValueError(f"{schedule.describe_stage(phase, start)}: {error}") from None
         if schedule.compare is not None and kinds_of(configs["compare"]) == kinds_of(configs["eval"]):
             raise ValueError(
                 f"attention.compare must be the other kind than the eval attention ({kinds_of(configs['eval'])}): "
                 f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
             )
-        self.schedule, self.phase_configs = schedule, configs
+        return configs
+
+    @property
+    def phase_configs(self) -> dict[str, dict[str, AttentionConfig]]:
+        """Per phase, per block, the attention in force at the current G iteration."""
+        starts = sorted(self._plans)
+        return self._plans[starts[bisect.bisect_right(starts, self.g_iters) - 1]]
+
+    def note_attention_stages(self) -> None:
+        """At the first G iteration of a run (or resumed run) and wherever a scheduled phase changes:
+        one line and a TensorBoard text `attention/<phase>` naming the entry and what it runs."""
+        stages = {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")}
+        changed = [phase for phase in stages if self._noted_stages is None or stages[phase] != self._noted_stages[phase]]
+        self._noted_stages = stages
+        if not self.schedule.is_scheduled() or not changed or not self.trainer.is_global_zero:
+            return
+        for phase in changed:
+            running = ", ".join(sorted({c.describe() for c in self.phase_configs[phase].values()}))
+            text = f"from G iteration {self.g_iters}: {self.schedule.describe_stage(phase, self.g_iters)} -> {running}"
+            rank_zero_info(f"attention {phase} {text}")
+            for logger in self.loggers:
+                if hasattr(logger.experiment, "add_text"):
+                    logger.experiment.add_text(f"attention/{phase}", text, self.g_iters)
 
     @contextmanager
     def attention_phase(self, phase: str):
@@ -147,7 +186,8 @@ class BigGAN(pl.LightningModule):
     def smyrf_settings(self) -> dict[str, AttentionConfig]:
         """The SMYRF settings of every G attention block that runs SMYRF in some phase (for diagnostics)."""
         used = {name for configs in self.phase_configs.values() for name, c in configs.items() if c.kind == "smyrf"}
-        return {name: self.schedule.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
+        now = self.schedule.at(self.g_iters)
+        return {name: now.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -179,6 +219,8 @@ class BigGAN(pl.LightningModule):
         real = self.in_layout(real)
         opt_g, opt_d = self.optimizers()
         o = self.optim_cfg
+        if self._micro_step == 0:
+            self.note_attention_stages()
         with self.attention_phase("train"):
             d_loss, d_real, d_fake = self.d_micro_step(real, y_real, opt_d)
             self._micro_step += 1
@@ -252,6 +294,8 @@ class BigGAN(pl.LightningModule):
             "train/lr_d": opt_d.param_groups[0]["lr"],
             "train/real_images_per_s": (images - last_images) / max(now - last_time, 1e-9),
         }
+        if self.schedule.is_scheduled():  # the stage that trained the G iteration just logged
+            metrics["train/attention_stage"] = self.schedule.stage_index("train", self.g_iters - 1)
         if self.device.type == "cuda":
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
@@ -333,6 +377,7 @@ class BigGAN(pl.LightningModule):
         checkpoint["biggan_smyrf"] = {
             "g_iters": self.g_iters,
             "micro_step": self._micro_step,
+            "attention_stages": {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")},
             "rng": rng_state(attention_generators(self)),
         }
 
