@@ -132,17 +132,16 @@ def test_training_switches_attention_at_each_entrys_first_g_iteration(tmp_path):
     from test_training import fit, tiny_module
     from biggan_smyrf.training import LoopConfig
 
-    schedule = AttentionSchedule(train=[{"from": 0, "kind": "dense"}, {"from": 2}, {"from": 3, "q_cluster_size": 128}],
+    schedule = AttentionSchedule(train=[{"from": 0, "kind": "dense"}, {"from": 1}, {"from": 2, "q_cluster_size": 128}],
                                  eval=[{"from": 0, "kind": "dense"}], diagnostics=False)
-    module = tiny_module(attention=schedule, loop=LoopConfig(max_g_iters=4, log_every=1, sample_every=100,
-                                                            ckpt_every=100, val_every=4, n_samples=4))
+    module = tiny_module(attention=schedule, loop=LoopConfig(max_g_iters=3, log_every=1, sample_every=100,
+                                                            ckpt_every=100, val_every=3, n_samples=4))
     seen = record_attention(module)
     fit(module, tmp_path)
     trained = {(g, c.kind, c.q_cluster_size) for stage, net, g, c in seen if stage == "train" and net == "G"}
-    assert trained == {(0, "dense", 256), (1, "dense", 256), (2, "smyrf", 256), (3, "smyrf", 128)}
+    assert trained == {(0, "dense", 256), (1, "smyrf", 256), (2, "smyrf", 128)}
     assert {c.kind for stage, net, g, c in seen if stage == "validate"} == {"dense"}  # eval schedule
-    assert module.trainer.callback_metrics["train/attention_stage"] == 2  # the stage of iteration 3
-    assert {"train/loss_d_dense", "train/loss_d_smyrf"} <= set(module.trainer.callback_metrics)
+    assert module.trainer.callback_metrics["train/attention_stage"] == 2  # the stage of iteration 2
 
 
 def test_a_schedule_entry_that_does_not_fit_stops_before_training_naming_it():
