@@ -10,6 +10,7 @@ sees two forwards before a backward.
 from __future__ import annotations
 
 import bisect
+import os
 import resource
 import time
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ from biggan_smyrf.models import (
 )
 from biggan_smyrf.typed import coerce, plain
 
-from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
+from .augment import D_STEP, G_STEP, Augmentation
+from .config import AttentionSchedule, AugmentConfig, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
 from .init_from import initialise_from
@@ -63,6 +65,8 @@ class BigGAN(pl.LightningModule):
         loop: run length and intervals, in G iterations.
         metrics: FID / IS / KID at every validation (needs the Inception weights; see README).
         speed: memory format and fused Adam for the training step (see SpeedConfig).
+        augment: DiffAugment of every image D sees, with an optional adaptive probability
+            (see AugmentConfig); off by default.
         init_from: a train.py checkpoint whose G, D and G_ema weights a new run starts from
             (fine-tuning: fresh optimizers and counters; attention settings free, attention blocks
             may be added). Ignored when resuming. See training/init_from.py.
@@ -79,13 +83,14 @@ class BigGAN(pl.LightningModule):
         metrics: MetricsConfig = MetricsConfig(),
         speed: SpeedConfig = SpeedConfig(),
         init_from: Optional[str] = None,
+        augment: AugmentConfig = AugmentConfig(),
     ):
         super().__init__()
         # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
         generator, discriminator = coerce(GeneratorConfig, generator), coerce(DiscriminatorConfig, discriminator)
         optim, ema, loop = coerce(OptimConfig, optim), coerce(EMAConfig, ema), coerce(LoopConfig, loop)
         attention, metrics = coerce(AttentionSchedule, attention), coerce(MetricsConfig, metrics)
-        speed = coerce(SpeedConfig, speed)
+        speed, augment = coerce(SpeedConfig, speed), coerce(AugmentConfig, augment)
         if generator.resolution != discriminator.resolution:
             raise ValueError(
                 f"generator.resolution={generator.resolution} but discriminator.resolution="
@@ -99,6 +104,7 @@ class BigGAN(pl.LightningModule):
         self.optim_cfg, self.ema_cfg, self.loop_cfg, self.speed_cfg = optim, ema, loop, speed
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
         self.init_from = init_from
+        self.augmentation = Augmentation(augment)
 
         self.gan_loss = gan_loss(optim.loss)
         self.G = Generator(generator)
@@ -230,6 +236,8 @@ class BigGAN(pl.LightningModule):
                 g_loss = self.g_step(real.shape[0], opt_g)
                 update_ema(self.G_ema, self.G, copy=self.g_iters < self.ema_cfg.start)
                 self.g_iters += 1
+                self.augmentation.end_g_iteration(
+                    self.g_iters, self.real_images_per_g_iter(real.shape[0]), self.all_ranks_sum)
         self.log_progress(d_loss, d_real, d_fake, g_loss, real.shape[0])
         if self.g_iters >= self.loop_cfg.max_g_iters:
             self.trainer.should_stop = True
@@ -240,8 +248,10 @@ class BigGAN(pl.LightningModule):
             z, y_fake = self.sample_latents(real.shape[0])
             fake = self.G(z, y_fake)
         self.toggle_optimizer(opt_d)
-        scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y_fake]))
+        images = self.augmented(torch.cat([real, fake]), D_STEP, self._micro_step)
+        scores = self.D(images, torch.cat([y_real, y_fake]))
         d_real, d_fake = scores.split(real.shape[0])
+        self.augmentation.observe(d_real)
         loss = self.gan_loss.discriminator(d_real, d_fake)
         if o.ortho_reg > 0:
             loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
@@ -255,12 +265,26 @@ class BigGAN(pl.LightningModule):
         self.untoggle_optimizer(opt_d)
         return stats
 
+    def augmented(self, images: torch.Tensor, step: int, index: int) -> torch.Tensor:
+        """Images as D sees them in training: DiffAugment'ed when model.augment.policy is set."""
+        if not self.augmentation.enabled:
+            return images
+        return self.in_layout(self.augmentation(images, self.g_iters, step, index))
+
+    def real_images_per_g_iter(self, batch_size: int) -> int:
+        """Real images D sees in one G iteration, all ranks together."""
+        o = self.optim_cfg
+        return batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
+
+    def all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
     def g_step(self, batch_size, opt_g):
         o = self.optim_cfg
         self.toggle_optimizer(opt_g)
-        for _ in range(o.accumulate):
+        for i in range(o.accumulate):
             z, y = self.sample_latents(batch_size)
-            loss = self.gan_loss.generator(self.D(self.G(z, y), y))
+            loss = self.gan_loss.generator(self.D(self.augmented(self.G(z, y), G_STEP, i), y))
             if o.ortho_reg > 0:
                 loss = loss + o.ortho_reg * orthogonal_regularization(self.G)
             self.manual_backward(loss / o.accumulate)
@@ -281,7 +305,7 @@ class BigGAN(pl.LightningModule):
         tag = self.kind_tag("train")
         o = self.optim_cfg
         now = time.perf_counter()
-        images = self.g_iters * batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
+        images = self.g_iters * self.real_images_per_g_iter(batch_size)
         last_time, last_images = self._last_log
         self._last_log = (now, images)
         opt_g, opt_d = self.optimizers()
@@ -293,6 +317,7 @@ class BigGAN(pl.LightningModule):
             "train/lr_g": opt_g.param_groups[0]["lr"],
             "train/lr_d": opt_d.param_groups[0]["lr"],
             "train/real_images_per_s": (images - last_images) / max(now - last_time, 1e-9),
+            **self.augmentation.metrics(),
         }
         if self.schedule.is_scheduled():  # the stage that trained the G iteration just logged
             metrics["train/attention_stage"] = self.schedule.stage_index("train", self.g_iters - 1)
@@ -379,6 +404,7 @@ class BigGAN(pl.LightningModule):
             "micro_step": self._micro_step,
             "attention_stages": {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")},
             "rng": rng_state(attention_generators(self)),
+            "augment": self.augmentation.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint):
@@ -388,6 +414,8 @@ class BigGAN(pl.LightningModule):
         self.g_iters = state["g_iters"]
         self._micro_step = state["micro_step"]
         self._pending_rng = state["rng"]
+        if "augment" in state:
+            self.augmentation.load_state_dict(state["augment"])
 
     def on_fit_start(self):
         # A new run from another run's weights; a resumed run has its own in its checkpoint.
@@ -397,6 +425,8 @@ class BigGAN(pl.LightningModule):
             rank_zero_info(f"G, D and G_ema initialised from {self.init_from}{added}")
 
     def on_train_start(self):
+        # Lightning's seed_everything leaves the run's seed here for every DDP process.
+        self.augmentation.bind(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_rank)
         # RNG states are restored here, after Lightning's own seeding and restore, so a resumed run
         # continues the exact random stream of the interrupted one.
         pending = getattr(self, "_pending_rng", None)
