@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
@@ -208,3 +209,6 @@ def test_run_resumed_after_an_attention_switch_with_adaptive_augmentation_ends_b
     stages = {e.step: e.value for e in events.Scalars("train/attention_stage")}
     assert stages == {step: float(step > 6) for step in range(1, 17)}  # G iteration 6 is logged at step 7
     assert len(events.Scalars("train/augment_p")) == 16 and "train/loss_d_dense" in events.Tags()["scalars"]
+    printed = yaml.safe_load(train(tmp_path, *recipe, "--print_config").stdout)["model"]
+    assert printed["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 6}]
+    assert printed["augment"]["policy"] == ["color", "translation", "cutout"] and printed["augment"]["adaptive"] is True

@@ -152,3 +152,24 @@ def test_a_schedule_entry_that_does_not_fit_stops_before_training_naming_it():
         tiny_module(attention=schedule)
     with pytest.raises(ValueError, match="model.attention.eval: every entry must evaluate with the same kinds"):
         tiny_module(attention=AttentionSchedule(eval=[{"from": 0, "kind": "dense"}, {"from": 10, "kind": "smyrf"}]))
+
+
+def test_the_warm_up_config_fits_a_g128():
+    """configs/celebahq128_warmup.yaml built (narrower): G trains dense until G iteration 10000,
+    then the paper's SMYRF, and evaluates SMYRF throughout."""
+    import yaml
+    from conftest import ROOT
+    from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
+    from biggan_smyrf.training import BigGAN
+    from biggan_smyrf.typed import coerce
+
+    model = yaml.safe_load((ROOT / "configs" / "celebahq128_warmup.yaml").read_text())["model"]
+    assert model["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 10000}]
+    module = BigGAN(generator=coerce(GeneratorConfig, {**model["generator"], "ch": 8}),
+                    discriminator=DiscriminatorConfig(resolution=128, ch=8, attention_resolutions=[]),
+                    attention=coerce(AttentionSchedule, model["attention"]))
+    module.g_iters = 9999
+    assert {c.kind for c in module.phase_configs["train"].values()} == {"dense"}
+    assert {c.kind for c in module.phase_configs["eval"].values()} == {"smyrf"}
+    module.g_iters = 10000
+    assert set(module.phase_configs["train"].values()) == {AttentionConfig.paper(q_cluster_size=2048, k_cluster_size=512)}
