@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/faults.py
+	$(PY) benchmarks/augment.py
 
 # GPU check (issue #13): run on a CUDA machine that has torch, Lightning, torchvision, tensorboard
 # and scikit-image (our device machines: Python 3.12, no internet). `make gpu-wheels` first, on a

@@ -213,3 +213,22 @@ def test_training_in_bf16_augments_what_d_sees_adapts_p_and_saves_it_while_atten
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["biggan_smyrf"]
     assert state["augment"]["p"] == module.augmentation.p and state["attention_stages"] == {"train": 1, "eval": 0}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_adapts_one_p_from_both_ranks(tmp_path):
+    """Two gloo processes with adaptive DiffAugment: each rank augments its own shard with its own
+    draws, the sign statistic is summed over both, so p (and G) stay identical on the ranks."""
+    from conftest import train
+
+    train(tmp_path, "--run=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+          "--trainer.strategy=ddp_find_unused_parameters_true", "--model.loop.max_g_iters=3",
+          "--model.loop.val_every=100", "--model.loop.sample_every=100",
+          "--model.augment.policy=[translation, cutout, color]", "--model.augment.adaptive=true",
+          "--model.augment.p=0.5", "--model.augment.interval=2", "--model.augment.speed_kimg=1",
+          "--trainer.callbacks+=ddp_probe.SaveRankWeights", f"--trainer.callbacks.out_dir={tmp_path}")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["augment"]["p"] == ranks[1]["augment"]["p"] != 0.5
+    assert torch.equal(ranks[0]["augment"]["signs"], ranks[1]["augment"]["signs"]) and ranks[0]["augment"]["signs"][1] == 2 * 2 * 8
+    for key, value in ranks[0]["G"].items():
+        torch.testing.assert_close(value, ranks[1]["G"][key], msg=key)
