@@ -94,7 +94,7 @@ class AugmentConfig:
 
     policy: the augmentations, applied in this order: translation (shifts up to 1/8 of the side),
         cutout (a zeroed box of half the side), color (brightness, saturation, contrast).
-        DiffAugment's choice for BigGAN: [translation, cutout] with 100% data, all three below.
+        DiffAugment's BigGAN (CIFAR) scripts use [translation, cutout], with all the data and 10% of it.
     p: the probability that each augmentation (each of color's three) applies to an image;
         null = 1 (DiffAugment), or 0 with adaptive (where stylegan2-ada starts).
     adaptive: tune p during training: every `interval` G iterations, r_t = the mean of
