@@ -10,6 +10,8 @@ from biggan_smyrf.training.augment import D_STEP, G_STEP, Augmentation
 from biggan_smyrf.training.diffaugment import (
     AUGMENT_OPS, brightness, contrast, cutout_mask, diff_augment, saturation, translate)
 
+from test_errors import fails_cleanly, run_dir, train_args  # noqa: F401 (run_dir: a fixture)
+
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -232,3 +234,10 @@ def test_two_process_ddp_adapts_one_p_from_both_ranks(tmp_path):
     assert torch.equal(ranks[0]["augment"]["signs"], ranks[1]["augment"]["signs"]) and ranks[0]["augment"]["signs"][1] == 2 * 2 * 8
     for key, value in ranks[0]["G"].items():
         torch.testing.assert_close(value, ranks[1]["G"][key], msg=key)
+
+
+def test_train_py_refuses_adaptive_augmentation_without_a_policy_in_one_line(run_dir, capsys):
+    from biggan_smyrf import cli as train_cli
+
+    fails_cleanly(train_cli.main, train_args("--model.augment.adaptive=true"), capsys,
+                  "error: model.augment.adaptive needs model.augment.policy")

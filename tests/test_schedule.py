@@ -7,6 +7,8 @@ import torch
 from biggan_smyrf.attention import PHASES, AttentionChange, AttentionConfig, AttentionSchedule, attend, smyrf_attention
 from biggan_smyrf.attention.config import FIELD_HELP
 
+from test_errors import fails_cleanly, run_dir, train_args  # noqa: F401 (run_dir: a fixture)
+
 SMYRF_2x256 = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)
 
 
@@ -173,3 +175,10 @@ def test_the_warm_up_config_fits_a_g128():
     assert {c.kind for c in module.phase_configs["eval"].values()} == {"smyrf"}
     module.g_iters = 10000
     assert set(module.phase_configs["train"].values()) == {AttentionConfig.paper(q_cluster_size=2048, k_cluster_size=512)}
+
+
+def test_train_py_refuses_a_schedule_entry_that_does_not_fit_in_one_line(run_dir, capsys):
+    from biggan_smyrf import cli as train_cli
+
+    fails_cleanly(train_cli.main, train_args("--model.attention.train=[{from: 0, kind: dense}, {from: 100, q_cluster_size: 300}]"),
+                  capsys, "error: model.attention.train entry 1 (from: 100): q_cluster_size=300", "Sizes that fit")
