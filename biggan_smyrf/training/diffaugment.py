@@ -80,11 +80,13 @@ class _Draws:
             return torch.ones(self.n, dtype=torch.bool, device=self.device)
         return self.uniform() < self.p
 
+    # Drawn where the generator lives: the images' device, or the CPU for a device without
+    # generators of its own (XLA), then moved (B numbers).
     def uniform(self) -> torch.Tensor:
-        return torch.rand(self.n, device=self.device, generator=self.generator)
+        return torch.rand(self.n, device=self.generator.device, generator=self.generator).to(self.device)
 
     def integers(self, low: int, high: int) -> torch.Tensor:
-        return torch.randint(low, high, (self.n,), device=self.device, generator=self.generator)
+        return torch.randint(low, high, (self.n,), device=self.generator.device, generator=self.generator).to(self.device)
 
 
 def _color(x: torch.Tensor, draw: _Draws) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The BigGAN LightningModule: hinge loss, several D steps per G step, G_ema, attention schedule.
+"""The BigGAN LightningModule: hinge loss, several D steps per G step, G_ema, attention schedule,
+DiffAugment.
 
 Manual optimisation, because a GAN step is two optimisers with their own cadence. Each
 `training_step` receives one real micro-batch and does one D micro-step; after `accumulate`
