@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/faults.py
+	$(PY) benchmarks/augment.py
 
 # GPU check: run on a CUDA machine that has torch, Lightning, torchvision, tensorboard and
 # scikit-image (e.g. Python 3.12 without internet). `make gpu-wheels` first, on a machine with

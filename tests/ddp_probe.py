@@ -17,5 +17,6 @@ class SaveRankWeights(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.G.state_dict().items()}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        torch.save({"G": state, "g_iters": pl_module.g_iters, "first_batch": self.first_batch, "metrics": metrics},
+        torch.save({"G": state, "g_iters": pl_module.g_iters, "first_batch": self.first_batch, "metrics": metrics,
+                    "augment": pl_module.augmentation.state_dict()},
                    self.out_dir / f"rank{trainer.global_rank}.pt")

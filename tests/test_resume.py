@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
@@ -182,3 +183,32 @@ def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path)
     finally:
         torch.use_deterministic_algorithms(False)
     assert module.g_iters == 1
+
+
+@pytest.mark.slow
+def test_run_resumed_after_an_attention_switch_with_adaptive_augmentation_ends_bit_identical(tmp_path):
+    """The demo trains dense for 6 G iterations, then SMYRF as built, with DiffAugment at an
+    adaptive p adjusted every 3 G iterations; stopped at 8 (after the switch, mid-interval) and
+    resumed to 16, it ends with the uninterrupted run's every tensor, p and sign statistic."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = ["--run=r", "--model.attention.train=[{from: 0, kind: dense}, {from: 6}]",
+              "--model.augment.policy=[color, translation, cutout]", "--model.augment.adaptive=true",
+              "--model.augment.p=0.2", "--model.augment.interval=3", "--model.augment.speed_kimg=1"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    whole.mkdir(), stopped.mkdir()
+    train(whole, *recipe, "--model.loop.max_g_iters=16")
+    train(stopped, *recipe, "--model.loop.max_g_iters=8")
+    train(stopped, *recipe, "--ckpt_path=last", "--model.loop.max_g_iters=16")
+    uninterrupted, resumed = (load(d / "checkpoints" / "r" / "last.ckpt") for d in (whole, stopped))
+    assert training_state_differences(uninterrupted, resumed) == []
+    state = resumed["biggan_smyrf"]
+    assert state["attention_stages"]["train"] == 1 and state["augment"]["p"] != 0.2  # both were at work
+    events = EventAccumulator(str(whole / "checkpoints" / "r" / "tb"))
+    events.Reload()
+    stages = {e.step: e.value for e in events.Scalars("train/attention_stage")}
+    assert stages == {step: float(step > 6) for step in range(1, 17)}  # G iteration 6 is logged at step 7
+    assert len(events.Scalars("train/augment_p")) == 16 and "train/loss_d_dense" in events.Tags()["scalars"]
+    printed = yaml.safe_load(train(tmp_path, *recipe, "--print_config").stdout)["model"]
+    assert printed["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 6}]
+    assert printed["augment"]["policy"] == ["color", "translation", "cutout"] and printed["augment"]["adaptive"] is True

@@ -13,7 +13,7 @@ import torch
 from .config import AttentionChange, AttentionConfig, resolve_cluster_sizes, valid_q_cluster_sizes
 from .dense import dense_attention
 from .hashing import cluster_orders, xbox_plus
-from .schedule import PHASES, AttentionSchedule
+from .schedule import PHASES, AttentionSchedule, AttentionStage
 from .smyrf import SmyrfIntermediates, smyrf_attention
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "AttentionChange",
     "AttentionConfig",
     "AttentionSchedule",
+    "AttentionStage",
     "SmyrfIntermediates",
     "attend",
     "cluster_orders",

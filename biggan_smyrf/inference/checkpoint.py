@@ -72,7 +72,8 @@ def generator_state(checkpoint: dict, path: Path, ema: bool) -> tuple[GeneratorC
         )
     hparams = checkpoint["hyper_parameters"]
     config = coerce(GeneratorConfig, hparams["generator"])
-    schedule = coerce(AttentionSchedule, hparams.get("attention") or {})
+    # A scheduled eval attention: the entry in force when the checkpoint was written.
+    schedule = coerce(AttentionSchedule, hparams.get("attention") or {}).at(checkpoint["biggan_smyrf"].get("g_iters", 0))
     prefix = "G_ema.module." if ema else "G."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     return config, state, schedule

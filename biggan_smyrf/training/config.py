@@ -7,13 +7,15 @@ lengths directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from biggan_smyrf.attention import AttentionSchedule
 
+from .diffaugment import AUGMENT_OPS, AugmentOp
 from .losses import LossName, gan_loss
 
-__all__ = ["AttentionSchedule", "EMAConfig", "LoopConfig", "OptimConfig", "SpeedConfig"]
+__all__ = ["AttentionSchedule", "AugmentConfig", "EMAConfig", "LoopConfig", "OptimConfig", "SpeedConfig"]
 
 
 @dataclass
@@ -83,3 +85,47 @@ class SpeedConfig:
 
     channels_last: bool = False
     fused_adam: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation (DiffAugment) of every image D sees, real and fake, in D and G
+    steps, with an optional adaptive probability (stylegan2-ada). Off by default (empty policy).
+
+    policy: the augmentations, applied in this order: translation (shifts up to 1/8 of the side),
+        cutout (a zeroed box of half the side), color (brightness, saturation, contrast).
+        DiffAugment's BigGAN (CIFAR) scripts use [translation, cutout], with all the data and 10% of it.
+    p: the probability that each augmentation (each of color's three) applies to an image;
+        null = 1 (DiffAugment), or 0 with adaptive (where stylegan2-ada starts).
+    adaptive: tune p during training: every `interval` G iterations, r_t = the mean of
+        sign(D(real)) over them (all ranks) and p += sign(r_t - target) * images / (speed_kimg * 1000),
+        images = the real images D saw in them; p stays in [0, 1].
+    target: the r_t that adaptive p aims at (stylegan2-ada: 0.6); above it D is overfitting.
+    speed_kimg: thousands of real images over which p can move by 1 (stylegan2-ada: 500).
+    interval: G iterations between adjustments of p (stylegan2-ada: 4).
+    """
+
+    policy: list[AugmentOp] = field(default_factory=list)
+    p: Optional[float] = None
+    adaptive: bool = False
+    target: float = 0.6
+    speed_kimg: float = 500.0
+    interval: int = 4
+
+    def __post_init__(self):
+        self.policy = list(self.policy)
+        unknown = [op for op in self.policy if op not in AUGMENT_OPS]
+        if unknown or len(set(self.policy)) != len(self.policy):
+            raise ValueError(f"model.augment.policy must list distinct ops of {list(AUGMENT_OPS)}, got {self.policy}")
+        if self.p is not None and not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"model.augment.p must be in [0, 1], got {self.p}")
+        if self.adaptive and not self.policy:
+            raise ValueError("model.augment.adaptive needs model.augment.policy, e.g. [translation, cutout, color]")
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"model.augment.target must be in (0, 1) (a mean of signs of D(real)), got {self.target}")
+        if self.speed_kimg <= 0 or self.interval < 1:
+            raise ValueError(f"model.augment.speed_kimg must be > 0 and interval >= 1, got {self.speed_kimg}, {self.interval}")
+
+    @property
+    def initial_p(self) -> float:
+        return self.p if self.p is not None else 0.0 if self.adaptive else 1.0

@@ -1,4 +1,5 @@
-"""The BigGAN LightningModule: hinge loss, several D steps per G step, G_ema, attention schedule.
+"""The BigGAN LightningModule: hinge loss, several D steps per G step, G_ema, attention schedule,
+DiffAugment.
 
 Manual optimisation, because a GAN step is two optimisers with their own cadence. Each
 `training_step` receives one real micro-batch and does one D micro-step; after `accumulate`
@@ -9,6 +10,8 @@ sees two forwards before a backward.
 """
 from __future__ import annotations
 
+import bisect
+import os
 import resource
 import time
 from contextlib import contextmanager
@@ -33,7 +36,8 @@ from biggan_smyrf.models import (
 )
 from biggan_smyrf.typed import coerce, plain
 
-from .config import AttentionSchedule, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
+from .augment import D_STEP, G_STEP, Augmentation
+from .config import AttentionSchedule, AugmentConfig, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
 from .init_from import initialise_from
@@ -62,6 +66,8 @@ class BigGAN(pl.LightningModule):
         loop: run length and intervals, in G iterations.
         metrics: FID / IS / KID at every validation (needs the Inception weights; see README).
         speed: memory format and fused Adam for the training step (see SpeedConfig).
+        augment: DiffAugment of every image D sees, with an optional adaptive probability
+            (see AugmentConfig); off by default.
         init_from: a train.py checkpoint whose G, D and G_ema weights a new run starts from
             (fine-tuning: fresh optimizers and counters; attention settings free, attention blocks
             may be added). Ignored when resuming. See training/init_from.py.
@@ -78,13 +84,14 @@ class BigGAN(pl.LightningModule):
         metrics: MetricsConfig = MetricsConfig(),
         speed: SpeedConfig = SpeedConfig(),
         init_from: Optional[str] = None,
+        augment: AugmentConfig = AugmentConfig(),
     ):
         super().__init__()
         # From a checkpoint (load_from_checkpoint) these arrive as the plain dicts LightningCLI saved.
         generator, discriminator = coerce(GeneratorConfig, generator), coerce(DiscriminatorConfig, discriminator)
         optim, ema, loop = coerce(OptimConfig, optim), coerce(EMAConfig, ema), coerce(LoopConfig, loop)
         attention, metrics = coerce(AttentionSchedule, attention), coerce(MetricsConfig, metrics)
-        speed = coerce(SpeedConfig, speed)
+        speed, augment = coerce(SpeedConfig, speed), coerce(AugmentConfig, augment)
         if generator.resolution != discriminator.resolution:
             raise ValueError(
                 f"generator.resolution={generator.resolution} but discriminator.resolution="
@@ -98,6 +105,7 @@ class BigGAN(pl.LightningModule):
         self.optim_cfg, self.ema_cfg, self.loop_cfg, self.speed_cfg = optim, ema, loop, speed
         self.metrics_cfg, self.evaluator = metrics, Evaluator(metrics)
         self.init_from = init_from
+        self.augmentation = Augmentation(augment)
 
         self.gan_loss = gan_loss(optim.loss)
         self.G = Generator(generator)
@@ -119,19 +127,57 @@ class BigGAN(pl.LightningModule):
     # --- attention schedule -------------------------------------------------------------------
 
     def set_schedule(self, schedule: AttentionSchedule) -> None:
-        """Use `schedule` from now on. Every phase's per-block configs are resolved and checked
-        against G's token counts here, not mid-run."""
+        """Use `schedule` from now on. Every phase's per-block configs, at every G iteration where a
+        scheduled phase changes, are resolved and checked against G's token counts here, not mid-run."""
+        self._plans = {start: self.resolve_phases(schedule, start) for start in schedule.switch_points()}
+        self.schedule, self._noted_stages = schedule, None
+        kinds = {kinds_of(plan["eval"]) for plan in self._plans.values()}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"model.attention.eval: every entry must evaluate with the same kinds, got {sorted(kinds)}: metrics "
+                f"are logged per kind (val/fid_dense, val/fid_smyrf); schedule sizes only, or use attention.compare"
+            )
+
+    def resolve_phases(self, schedule: AttentionSchedule, start: int) -> dict[str, dict[str, AttentionConfig]]:
+        """Per phase, per block, the attention in force from G iteration `start`; a setting that does
+        not fit a block names the schedule entry it came from."""
+        now = schedule.at(start)
         phases = ("train", "eval") + (("compare",) if schedule.compare is not None else ())
-        configs = {
-            phase: planned_attention(self.G, {name: schedule.config(phase, cfg) for name, cfg in self.built_attention.items()})
-            for phase in phases
-        }
+        configs = {}
+        for phase in phases:
+            try:
+                configs[phase] = planned_attention(
+                    self.G, {name: now.config(phase, cfg) for name, cfg in self.built_attention.items()})
+            except ValueError as error:
+                raise ValueError(f"{schedule.describe_stage(phase, start)}: {error}") from None
         if schedule.compare is not None and kinds_of(configs["compare"]) == kinds_of(configs["eval"]):
             raise ValueError(
                 f"attention.compare must be the other kind than the eval attention ({kinds_of(configs['eval'])}): "
                 f"metrics are logged per kind, e.g. val/fid_dense and val/fid_smyrf"
             )
-        self.schedule, self.phase_configs = schedule, configs
+        return configs
+
+    @property
+    def phase_configs(self) -> dict[str, dict[str, AttentionConfig]]:
+        """Per phase, per block, the attention in force at the current G iteration."""
+        starts = sorted(self._plans)
+        return self._plans[starts[bisect.bisect_right(starts, self.g_iters) - 1]]
+
+    def note_attention_stages(self) -> None:
+        """At the first G iteration of a run (or resumed run) and wherever a scheduled phase changes:
+        one line and a TensorBoard text `attention/<phase>` naming the entry and what it runs."""
+        stages = {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")}
+        changed = [phase for phase in stages if self._noted_stages is None or stages[phase] != self._noted_stages[phase]]
+        self._noted_stages = stages
+        if not self.schedule.is_scheduled() or not changed or not self.trainer.is_global_zero:
+            return
+        for phase in changed:
+            running = ", ".join(sorted({c.describe() for c in self.phase_configs[phase].values()}))
+            text = f"from G iteration {self.g_iters}: {self.schedule.describe_stage(phase, self.g_iters)} -> {running}"
+            rank_zero_info(f"attention {phase} {text}")
+            for logger in self.loggers:
+                if hasattr(logger.experiment, "add_text"):
+                    logger.experiment.add_text(f"attention/{phase}", text, self.g_iters)
 
     @contextmanager
     def attention_phase(self, phase: str):
@@ -147,7 +193,8 @@ class BigGAN(pl.LightningModule):
     def smyrf_blocks(self) -> dict[str, AttentionConfig]:
         """The SMYRF settings of every G attention block that runs SMYRF in some phase (for diagnostics)."""
         used = {name for configs in self.phase_configs.values() for name, c in configs.items() if c.kind == "smyrf"}
-        return {name: self.schedule.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
+        now = self.schedule.at(self.g_iters)
+        return {name: now.smyrf_settings(self.built_attention[name]) for name in sorted(used)}
 
     # --- optimisation -------------------------------------------------------------------------
 
@@ -179,6 +226,8 @@ class BigGAN(pl.LightningModule):
         real = self.in_layout(real)
         opt_g, opt_d = self.optimizers()
         o = self.optim_cfg
+        if self._micro_step == 0:
+            self.note_attention_stages()
         with self.attention_phase("train"):
             d_loss, d_real, d_fake = self.d_micro_step(real, y_real, opt_d)
             self._micro_step += 1
@@ -188,6 +237,8 @@ class BigGAN(pl.LightningModule):
                 g_loss = self.g_step(real.shape[0], opt_g)
                 update_ema(self.G_ema, self.G, copy=self.g_iters < self.ema_cfg.start)
                 self.g_iters += 1
+                self.augmentation.end_g_iteration(
+                    self.g_iters, self.real_images_per_g_iter(real.shape[0]), self.all_ranks_sum)
         self.log_progress(d_loss, d_real, d_fake, g_loss, real.shape[0])
         if self.g_iters >= self.loop_cfg.max_g_iters:
             self.trainer.should_stop = True
@@ -198,8 +249,10 @@ class BigGAN(pl.LightningModule):
             z, y_fake = self.sample_latents(real.shape[0])
             fake = self.G(z, y_fake)
         self.toggle_optimizer(opt_d)
-        scores = self.D(torch.cat([real, fake]), torch.cat([y_real, y_fake]))
+        images = self.augmented(torch.cat([real, fake]), D_STEP, self._micro_step)
+        scores = self.D(images, torch.cat([y_real, y_fake]))
         d_real, d_fake = scores.split(real.shape[0])
+        self.augmentation.observe(d_real)
         loss = self.gan_loss.discriminator(d_real, d_fake)
         if o.ortho_reg > 0:
             loss = loss + o.ortho_reg * orthogonal_regularization(self.D)
@@ -213,12 +266,26 @@ class BigGAN(pl.LightningModule):
         self.untoggle_optimizer(opt_d)
         return stats
 
+    def augmented(self, images: torch.Tensor, step: int, index: int) -> torch.Tensor:
+        """Images as D sees them in training: DiffAugment'ed when model.augment.policy is set."""
+        if not self.augmentation.enabled:
+            return images
+        return self.in_layout(self.augmentation(images, self.g_iters, step, index))
+
+    def real_images_per_g_iter(self, batch_size: int) -> int:
+        """Real images D sees in one G iteration, all ranks together."""
+        o = self.optim_cfg
+        return batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
+
+    def all_ranks_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
     def g_step(self, batch_size, opt_g):
         o = self.optim_cfg
         self.toggle_optimizer(opt_g)
-        for _ in range(o.accumulate):
+        for i in range(o.accumulate):
             z, y = self.sample_latents(batch_size)
-            loss = self.gan_loss.generator(self.D(self.G(z, y), y))
+            loss = self.gan_loss.generator(self.D(self.augmented(self.G(z, y), G_STEP, i), y))
             if o.ortho_reg > 0:
                 loss = loss + o.ortho_reg * orthogonal_regularization(self.G)
             self.manual_backward(loss / o.accumulate)
@@ -239,7 +306,7 @@ class BigGAN(pl.LightningModule):
         tag = self.kind_tag("train")
         o = self.optim_cfg
         now = time.perf_counter()
-        images = self.g_iters * batch_size * o.num_d_steps * o.accumulate * self.trainer.world_size
+        images = self.g_iters * self.real_images_per_g_iter(batch_size)
         last_time, last_images = self._last_log
         self._last_log = (now, images)
         opt_g, opt_d = self.optimizers()
@@ -251,7 +318,10 @@ class BigGAN(pl.LightningModule):
             "train/lr_g": opt_g.param_groups[0]["lr"],
             "train/lr_d": opt_d.param_groups[0]["lr"],
             "train/real_images_per_s": (images - last_images) / max(now - last_time, 1e-9),
+            **self.augmentation.metrics(),
         }
+        if self.schedule.is_scheduled():  # the stage that trained the G iteration just logged
+            metrics["train/attention_stage"] = self.schedule.stage_index("train", self.g_iters - 1)
         if self.device.type == "cuda":
             metrics["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         elif self.device.type == "cpu":  # the process's peak resident memory (Linux: KiB)
@@ -333,7 +403,9 @@ class BigGAN(pl.LightningModule):
         checkpoint["biggan_smyrf"] = {
             "g_iters": self.g_iters,
             "micro_step": self._micro_step,
+            "attention_stages": {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")},
             "rng": rng_state(attention_generators(self)),
+            "augment": self.augmentation.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint):
@@ -343,6 +415,8 @@ class BigGAN(pl.LightningModule):
         self.g_iters = state["g_iters"]
         self._micro_step = state["micro_step"]
         self._pending_rng = state["rng"]
+        if "augment" in state:
+            self.augmentation.load_state_dict(state["augment"])
 
     def on_fit_start(self):
         # A new run from another run's weights; a resumed run has its own in its checkpoint.
@@ -352,6 +426,8 @@ class BigGAN(pl.LightningModule):
             rank_zero_info(f"G, D and G_ema initialised from {self.init_from}{added}")
 
     def on_train_start(self):
+        # Lightning's seed_everything leaves the run's seed here for every DDP process.
+        self.augmentation.bind(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.global_rank)
         # RNG states are restored here, after Lightning's own seeding and restore, so a resumed run
         # continues the exact random stream of the interrupted one.
         pending = getattr(self, "_pending_rng", None)
