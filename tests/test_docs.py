@@ -52,16 +52,25 @@ def check_python(args: list[str]) -> None:
     if args[:2] == ["-m", "pip"]:
         return
     if args[0] == "-m":
-        module = importlib.import_module(args[1])
-        module.build_parser().parse_args(args[2:])
+        parses(importlib.import_module(args[1]).build_parser(), args[2:])
     elif args[0] == "train.py":
         check_train(args[1:])
     elif args[0] == "sample.py":
-        sample_parser().parse_args(args[1:])
+        parses(sample_parser(), args[1:])
     elif args[0] == "import_biggan.py":
-        import_parser().parse_args(args[1:])
+        parses(import_parser(), args[1:])
     else:
         pytest.fail(f"no check for python {args[0]}")
+
+
+def parses(parser, args: list[str]) -> None:
+    """The options parse (a command that asks for --help gets it)."""
+    if "--help" in args:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exit:
+            parser.parse_args(args)
+        assert exit.value.code == 0
+    else:
+        parser.parse_args(args)
 
 
 def check_train(args: list[str]) -> None:

@@ -157,12 +157,12 @@ def test_run_stopped_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_
 
 @pytest.mark.slow
 def test_ten_kills_lose_nothing(tmp_path):
-    """benchmarks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
+    """benchmarks/checks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
     state equals the uninterrupted run's and no checkpoint was ever unreadable."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--kills=10", "--g-iters=30", "--ckpt-every=1",
+        [sys.executable, "-m", "benchmarks.checks.faults", "--kills=10", "--g-iters=30", "--ckpt-every=1",
          f"--workdir={tmp_path / 'runs'}", f"--results-dir={tmp_path}"],
-        capture_output=True, text=True, timeout=1500,
+        capture_output=True, text=True, timeout=1500, cwd=ROOT,
     )
     results = json.loads((tmp_path / "faults-cpu.json").read_text())["meta"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

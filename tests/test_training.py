@@ -1,7 +1,6 @@
 """The training application: train.py end to end, resume, kill and resume, schedule, EMA, DDP."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
