@@ -72,6 +72,7 @@ def test_train_py_fine_tunes_into_a_new_run_and_resumes_without_the_source(demo_
     assert load(tmp_path / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 3
 
 
+@pytest.mark.slow
 def test_train_py_refuses_a_missing_source_before_preparing_anything(tmp_path):
     proc = train(tmp_path, "--run=ft", f"--model.init_from={tmp_path / 'nowhere.ckpt'}", check=False)
     assert proc.returncode != 0

@@ -19,7 +19,7 @@ from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
 from conftest import ROOT, load, train
-from test_training import tiny_module
+from helpers import fit, tiny_module
 
 DATA = list(range(50))  # the sampler only needs a length
 
@@ -121,6 +121,7 @@ io.save_checkpoint({"weights": torch.ones(1000)}, path)
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "run" / "last.ckpt"
     proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, capture_output=True, timeout=120)
@@ -174,8 +175,6 @@ def test_ten_kills_lose_nothing(tmp_path):
 def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path):
     """`--trainer.deterministic true` (torch.use_deterministic_algorithms) raises on any op that has
     no deterministic implementation; G with SMYRF, D and G_ema must train under it."""
-    from test_training import fit
-
     module = tiny_module(loop=LoopConfig(max_g_iters=1, sample_every=100, ckpt_every=100, val_every=100, n_samples=4))
     try:
         fit(module, tmp_path, deterministic=True)
