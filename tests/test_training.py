@@ -15,7 +15,7 @@ import yaml
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.cli import main as train_main
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights
-from biggan_smyrf.models import DiscriminatorConfig, attention_configs
+from biggan_smyrf.models import DiscriminatorConfig, attention_blocks, attention_configs
 from biggan_smyrf.training import AttentionSchedule, BigGAN, OptimConfig
 from biggan_smyrf.training.ema import make_ema, update_ema
 
@@ -113,9 +113,9 @@ def test_every_config_resolves_and_builds_its_model(config, monkeypatch):
     with torch.device("meta"):  # shapes and checks only: no memory, no weight initialisation cost
         module = BigGAN(**model)
     assert module.G.config.resolution == module.D.config.resolution
-    built = attention_configs(module.G)
-    assert sorted(built) == sorted(model["generator"]["attention_resolutions"])
-    assert {c.kind for c in built.values()} >= {model["generator"]["attention"]["kind"]}
+    blocks = attention_blocks(module.G).values()
+    assert sorted(b.n_queries for b in blocks) == sorted(r * r for r in model["generator"]["attention_resolutions"])
+    assert model["generator"]["attention"]["kind"] in {b.config.kind for b in blocks}
 
 
 # --- in-process tests --------------------------------------------------------------------------
