@@ -25,30 +25,32 @@ demo: $(STAMP)
 	$(PY) train.py --config configs/demo.yaml --run demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/attention.py
-	$(PY) benchmarks/plot.py
-	$(PY) benchmarks/accuracy.py --threads 1 $(if $(BENCH_CKPTS),--ckpt $(BENCH_CKPTS))
-	$(foreach c,$(BENCH_CKPTS),$(PY) benchmarks/sample_effect.py --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
-	$(PY) benchmarks/profile_smyrf.py
-	$(PY) benchmarks/memory_model.py
-	$(PY) benchmarks/cost_model.py
-	$(PY) benchmarks/step_ops.py
-	$(PY) benchmarks/models.py --table model --threads 1
-	$(PY) benchmarks/models.py --table step --threads 1
-	$(PY) benchmarks/models.py --table step --threads 1 --batches 4 --reps 5 --name train_step_flash_vs_smyrf \
+	$(PY) -m benchmarks.attention
+	$(PY) -m benchmarks.plot
+	$(PY) -m benchmarks.accuracy --threads 1 $(if $(BENCH_CKPTS),--ckpt $(BENCH_CKPTS))
+	$(foreach c,$(BENCH_CKPTS),$(PY) -m benchmarks.sample_effect --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
+	$(PY) -m benchmarks.profile_smyrf
+	$(PY) -m benchmarks.memory_model
+	$(PY) -m benchmarks.cost_model
+	$(PY) -m benchmarks.step_ops --threads 1
+	$(PY) -m benchmarks.models --table model --threads 1
+	$(PY) -m benchmarks.models --table step --threads 1
+	$(PY) -m benchmarks.models --table step --threads 1 --batches 4 --reps 5 --name train_step_flash_vs_smyrf \
 		--variants "dense@128 flash" "smyrf@128 paper 4x2048" "smyrf@128 ours 4x2048"
-	$(PY) benchmarks/data.py
-	$(PY) benchmarks/validation.py
-	$(PY) benchmarks/faults.py
-	$(PY) benchmarks/augment.py
+	$(PY) -m benchmarks.data
+	$(PY) -m benchmarks.validation
+	$(PY) -m benchmarks.checks.faults
+	$(PY) -m benchmarks.augment
 
-# GPU check: run on a CUDA machine that has torch, Lightning, torchvision, tensorboard and
-# scikit-image (e.g. Python 3.12 without internet). `make gpu-wheels` first, on a machine with
-# internet, downloads what those lack into .whl/ (git-ignored; copy it along).
+# GPU checks (docs/gpu.md): on a CUDA machine that has torch, Lightning, torchvision, tensorboard
+# and scikit-image. `make gpu-wheels` first, where pip has internet, downloads what those lack
+# (for Python 3.12) into .whl/; `gpu-site` installs them into .gpu-site/ (both git-ignored).
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_SITE := $(CURDIR)/.gpu-site
 WHEELS := torch-fidelity==0.4.0 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
 gpu-wheels:
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -56,23 +58,23 @@ gpu-wheels:
 
 gpu-site:
 	@if [ -d .whl ] && ! $(GPU_PYTHON) -c "import torch_fidelity, jsonargparse" 2>/dev/null; then \
-		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .whl/*.whl; fi
 
 # GPU_ARGS passes options on, e.g. GPU_ARGS="--only attention" to rerun one step.
 gpu-check: gpu-site
-	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_ARGS)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) -m benchmarks.checks.gpu_check $(GPU_ARGS)
 
 # Profile, 10k-sample validation, kernel block sizes and torch.compile rows (after gpu-check).
 gpu-bench: gpu-site
-	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench $(GPU_ARGS)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PYTHON) -m benchmarks.checks.gpu_check --bench $(GPU_ARGS)
 
 # Anywhere, no GPU: every gpu-check and gpu-bench step's rows, cold compiles and estimated H100 time.
 gpu-plan: $(STAMP)
-	$(PY) benchmarks/gpu_check.py --plan --with-bench $(GPU_ARGS)
+	$(PY) -m benchmarks.checks.gpu_check --plan --with-bench $(GPU_ARGS)
 
-# Issues #13/#14's goals from the *-cuda.json results (anywhere; reads JSON only): met, missed, not measured.
+# The GPU goals from the *-cuda.json results (anywhere; reads JSON only): met, missed, not measured.
 gpu-goals:
-	$(GPU_PYTHON) benchmarks/gpu_goals.py
+	$(GPU_PYTHON) -m benchmarks.checks.gpu_goals
 
 # torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
 $(XLA_STAMP): requirements-xla.txt
@@ -83,8 +85,8 @@ $(XLA_STAMP): requirements-xla.txt
 # The training iteration and sampling on PJRT's CPU device (writes benchmarks/results/xla-cpu.*),
 # then the `xla` tests (skipped in the main venv, which has no torch_xla).
 xla-check: $(XLA_STAMP)
-	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) benchmarks/xla_check.py
+	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) -m benchmarks.checks.xla_check
 	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) -m pytest -q -m xla tests/test_xla.py
 
 clean:
-	rm -rf $(VENV) $(XLA_VENV) build *.egg-info
+	rm -rf $(VENV) $(XLA_VENV) .gpu-site build *.egg-info

@@ -1,7 +1,7 @@
 """SMYRF approximation quality at equal cost: the paper's recipe, random clusters, our variants.
 
-    python benchmarks/accuracy.py                                   # synthetic families
-    python benchmarks/accuracy.py --threads 1 --ckpt checkpoints/<run>/last.ckpt ...   # + real activations
+    python -m benchmarks.accuracy                                   # synthetic families
+    python -m benchmarks.accuracy --threads 1 --ckpt checkpoints/<run>/last.ckpt ...   # + real activations
                                                                     # of trained Gs (the committed table)
 
 Error = |out - dense| / |dense| (Frobenius), mean over seeds. Cost columns make "equal compute"
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    benchmark_parser, markdown_table, median_seconds, parse_device_args, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 from biggan_smyrf.attention import AttentionConfig, attend, dense_attention  # noqa: E402
 from biggan_smyrf.attention.synthetic import clustered_qkv, relative_error, smooth_feature_qkv  # noqa: E402
@@ -98,25 +97,25 @@ def captured_activations(ckpt: str, n_batches: int = SEEDS) -> list:
     return max(captured.values(), key=lambda qkvs: qkvs[0][0].shape[1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--ckpt", nargs="*", default=[], help="trained checkpoints, for real activations")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cost", action="store_true", help="skip the time/memory columns")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads for the cost columns (1 is steadier on a shared machine)")
     parser.add_argument("--synthetic", nargs="*", default=["clustered", "smooth", "spread"],
                         help="synthetic input families (none with --synthetic and no names)")
     parser.add_argument("--name", default="accuracy", help="results file stem: results/<name>-<device>.{json,md}")
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parse_device_args(build_parser())
     if args.case:
         print(json.dumps(cost_case(json.loads(args.case))))
         return
 
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads)  # what the cost subprocesses use; the results' header names it
     rows = []
     families = [(f, n) for n in args.sizes for f in args.synthetic]
     real = {f"real: {Path(ckpt).parent.name}/{Path(ckpt).name}": captured_activations(ckpt) for ckpt in args.ckpt}

@@ -1,9 +1,9 @@
 """Attention core benchmark: time, peak memory and error of dense vs SMYRF.
 
-    python benchmarks/attention.py            # full table (CPU: ~15 min on 2 cores)
-    python benchmarks/attention.py --quick    # N <= 4096, a sanity run
-    python benchmarks/attention.py --device cuda --dtype bfloat16 --methods "dense SDPA" "ours 4x2048"
-    python benchmarks/attention.py --device cuda --dtype bfloat16 float32 --sizes 16384 65536 --batches 8 32 \
+    python -m benchmarks.attention            # full table (CPU: ~15 min on 2 cores)
+    python -m benchmarks.attention --quick    # N <= 4096, a sanity run
+    python -m benchmarks.attention --device cuda --dtype bfloat16 --methods "dense SDPA" "ours 4x2048"
+    python -m benchmarks.attention --device cuda --dtype bfloat16 float32 --sizes 16384 65536 --batches 8 32 \
         --methods "dense SDPA" "smyrf 4x2048" "ours 4x2048" "ours 4x4096" --name attention   # issue #14's table
 
 SMYRF rows are the paper's recipe (and random clusters as the bar to clear) except "ours", the
@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    add_cuda_options, apply_cuda_options, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, benchmark_parser, markdown_table, median_seconds, parse_device_args, peak_extra_bytes, run_case_in_subprocess, write_results)
 
 from biggan_smyrf.attention import AttentionConfig, dense_attention, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.synthetic import gaussian_qkv, relative_error, smooth_feature_qkv  # noqa: E402
@@ -167,9 +165,8 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="only N <= 4096")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
                         help="one or more dtypes, one table")
     parser.add_argument("--kernel", default="auto", choices=["auto", "flash", "triton", "chunked"],
@@ -185,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main():
-    parser = build_parser()
-    args = parser.parse_args()
-    apply_cuda_options(args)
+    args = parse_device_args(build_parser())
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return

@@ -1,7 +1,7 @@
 """What DiffAugment adds to a G iteration: the augmentation work of one iteration, by policy.
 
-    python benchmarks/augment.py                 # -> results/augment-<dev>.{json,md}
-    python benchmarks/augment.py --quick         # 32 px only, 1 rep
+    python -m benchmarks.augment                 # -> results/augment-<dev>.{json,md}
+    python -m benchmarks.augment --quick         # 32 px only, 1 rep
 
 One G iteration (biggan_smyrf.training.module) augments, with num_d_steps = 2:
   D steps: 2 x the concatenated real + fake batch (2B images), forward only (neither needs a gradient);
@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown_table, median_seconds, write_results  # noqa: E402
+from benchmarks.common import RESULTS, markdown_table, median_seconds, write_results  # noqa: E402
 
 from biggan_smyrf.training.diffaugment import diff_augment  # noqa: E402
 

@@ -1,10 +1,11 @@
-"""Shared benchmark plumbing: honest timing, honest peak memory, JSON + markdown output.
+"""Shared benchmark plumbing: one argument helper, honest timing, honest peak memory, JSON + markdown output.
 
 Peak memory on the CPU is measured in a fresh process per case (ru_maxrss only ever grows, so
 cases must not share a process); on CUDA with torch.cuda.max_memory_allocated.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,6 +20,20 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+DEVICES = ("cpu", "cuda")
+
+
+def benchmark_parser(description: str | None, *, device: bool = True, threads: bool = True) -> argparse.ArgumentParser:
+    """Every script's parser: its docstring as help, and the same --device and --threads for all."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if device:
+        parser.add_argument("--device", default="cpu", choices=DEVICES, help="where to measure (cuda needs a GPU)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                            help="torch threads on the CPU (default: every core, %(default)s here; "
+                                 "1 is steadier on a machine shared with other work)")
+    return parser
 
 
 def add_cuda_options(parser) -> None:
@@ -37,11 +52,15 @@ def apply_cuda_options(args) -> None:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark == "true"
 
 
-def parse_device_args(parser):
-    """parse_args, the CUDA options applied, and a clear error for --device cuda without a GPU."""
-    args = parser.parse_args()
-    apply_cuda_options(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
+def parse_device_args(parser, argv=None):
+    """parse_args, then what the options set: torch's threads, the CUDA options, and a clear error
+    for --device cuda without a GPU."""
+    args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if hasattr(args, "tf32"):
+        apply_cuda_options(args)
+    if getattr(args, "device", None) == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     return args
 
@@ -93,10 +112,17 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 
 
+def module_command(script: str | Path) -> list[str]:
+    """`python -m benchmarks.<name>` for a script of this package (e.g. its `__file__`)."""
+    module = Path(script).resolve().relative_to(ROOT).with_suffix("")
+    return [sys.executable, "-m", ".".join(module.parts)]
+
+
 def run_case_in_subprocess(script: str, case: dict, timeout: float = 900) -> dict:
-    """Run `python script --case JSON` and parse the JSON it prints last."""
+    """Run `python -m <script's module> --case JSON` and parse the JSON it prints last."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
-        [sys.executable, script, "--case", json.dumps(case)], capture_output=True, text=True, timeout=timeout
+        [*module_command(script), "--case", json.dumps(case)], capture_output=True, text=True, timeout=timeout, env=env
     )
     if proc.returncode != 0:
         return {**case, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}

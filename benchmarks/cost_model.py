@@ -1,7 +1,7 @@
 """Analytic cost of one attention forward+backward on an H100: dense SDPA vs SMYRF, from counts.
 
-    python benchmarks/cost_model.py                       # 16,384 and 65,536 tokens, batch 32, bf16 and fp32
-    python benchmarks/cost_model.py --launches "ours 4x4096@65536=300"   # a launch count measured elsewhere
+    python -m benchmarks.cost_model                       # 16,384 and 65,536 tokens, batch 32, bf16 and fp32
+    python -m benchmarks.cost_model --launches "ours 4x4096@65536=300"   # a launch count measured elsewhere
 
 Shapes as the attention table's (benchmarks/attention.py): N queries, M = N/4 pooled keys, d_qk 12,
 d_v 48, scale 1. Counted per call, at the widths the kernels compute with:
@@ -39,19 +39,16 @@ work per launch count.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown_table, write_results  # noqa: E402
-from gpu_goals import ATTENTION_TIME_GOALS, BATCH, attention_row, rows_of  # noqa: E402
+from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
+from benchmarks.checks.gpu_goals import ATTENTION_TIME_GOALS, BATCH, attention_row, rows_of  # noqa: E402
 
-from launch_count import count_launches  # noqa: E402
+from benchmarks.launch_count import count_launches  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Data loader throughput: the preprocessed uint8 cache vs decoding JPEGs every epoch.
 
-    python benchmarks/data.py                       # 256 synthetic 1024x1024 JPEGs -> 128 px
-    python benchmarks/data.py --root /data/CelebA-HQ-img --limit 1000
+    python -m benchmarks.data                       # 256 synthetic 1024x1024 JPEGs -> 128 px
+    python -m benchmarks.data --root /data/CelebA-HQ-img --limit 1000
 
 "decode" reads each JPEG, center-crops and resizes it (what training would do without the cache,
 using the same functions the cache builder uses); "cache" reads the memory-mapped uint8 array
@@ -10,8 +10,6 @@ warm-up batch. Compare with a training step's consumption: batch x (num_d_steps)
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import benchmark_parser, markdown_table, parse_device_args, write_results  # noqa: E402
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.data.cache import center_crop_resize  # noqa: E402
@@ -63,14 +60,18 @@ def images_per_second(dataset: Dataset, workers: int, batch_size: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False)
     parser.add_argument("--root", help="a folder of JPEGs (default: synthetic 1024x1024 JPEGs)")
     parser.add_argument("--n", type=int, default=256, help="synthetic images to make")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images of --root")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parse_device_args(build_parser())
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else synthetic_jpegs(Path(tmp, "images"), args.n)

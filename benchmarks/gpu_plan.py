@@ -1,7 +1,7 @@
 """What `make gpu-check` / `make gpu-bench` will run, planned without a GPU: every step's rows, its
 cold compiles and an estimate of its wall time on an H100.
 
-    python benchmarks/gpu_check.py --plan            # gpu-check's plan and estimate (--bench, --with-bench)
+    python -m benchmarks.checks.gpu_check --plan            # gpu-check's plan and estimate (--bench, --with-bench)
 
 A benchmark step's rows are its script's own `plan_cases(args)` -- the function that script's
 `main` iterates -- on the step's own command line, so what is planned here is what runs there;
@@ -29,9 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent
 
 # --- H100 costs (seconds), each with where it comes from -----------------------------------------
 TRITON_COMPILE_S = 1.5  # per specialisation, see the module docstring
@@ -130,13 +128,12 @@ def smyrf_specialisations(config, n: int, dtype: str, precision: str, backward: 
 
 def script_plan(command: list[str]):
     """(module, parsed args, rows) of a benchmark step, or None for a step that is not one."""
-    script = Path(command[1])
-    if script.parent != BENCHMARKS or script.suffix != ".py":
+    if command[1:2] != ["-m"] or not command[2].startswith("benchmarks."):
         return None
-    module = importlib.import_module(script.stem)
+    module = importlib.import_module(command[2])
     if not hasattr(module, "plan_cases"):
         return None
-    args = module.build_parser().parse_args(command[2:])
+    args = module.build_parser().parse_args(command[3:])
     return module, args, module.plan_cases(args)
 
 

@@ -1,8 +1,8 @@
 """Host cost of one SMYRF call on the CUDA route: kernel launches per forward + backward, and the
 host time that issues them, measured on the CPU with the Triton kernels stubbed out.
 
-    python benchmarks/host_cost.py                  # 16,384 and 65,536 tokens, batch 32, default and paper recipe
-    python benchmarks/host_cost.py --sizes 16384 --recipes paper
+    python -m benchmarks.host_cost                  # 16,384 and 65,536 tokens, batch 32, default and paper recipe
+    python -m benchmarks.host_cost --sizes 16384 --recipes paper
 
 On a GPU every kernel launch costs the host several microseconds whatever the batch, so a call of a
 few hundred launches is bound by the host at BigGAN's shapes. Per case (BigGAN's shapes: d_qk 12,
@@ -42,17 +42,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 

@@ -1,12 +1,12 @@
 """Whole-model benchmarks: BigGAN G forward+backward, and the full GAN training step.
 
-    python benchmarks/models.py --table model     # G fwd+bwd  -> results/models-<dev>.{json,md}
-    python benchmarks/models.py --table step      # train step -> results/train_step-<dev>.{json,md}
-    python benchmarks/models.py --table step --quick          # ch=16, batch 2: a sanity run
-    python benchmarks/models.py --table step --device cuda    # in-process, batches 16 and 32 (--batches)
-    python benchmarks/models.py --table step --variants "dense@128 flash" "smyrf@128 ours 4x2048" \
+    python -m benchmarks.models --table model     # G fwd+bwd  -> results/models-<dev>.{json,md}
+    python -m benchmarks.models --table step      # train step -> results/train_step-<dev>.{json,md}
+    python -m benchmarks.models --table step --quick          # ch=16, batch 2: a sanity run
+    python -m benchmarks.models --table step --device cuda    # in-process, batches 16 and 32
+    python -m benchmarks.models --table step --variants "dense@128 flash" "smyrf@128 ours 4x2048" \
         --batches 4 --reps 5 --name train_step_flash_vs_smyrf    # a subset, more reps
-    python benchmarks/models.py --table step --device cuda --variants dense@64 --dtypes bf16 \
+    python -m benchmarks.models --table step --device cuda --variants dense@64 --dtypes bf16 \
         --speeds plain nhwc compile                              # channels_last, torch.compile
     --threads N (default 2), --reps N (default 3). On a shared 2-core machine, --threads 1 is
     far steadier: with 2 threads, one core taken by another process stalls every parallel op.
@@ -49,16 +49,14 @@ import subprocess
 import sys
 from contextlib import nullcontext
 from typing import Optional
-from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    add_cuda_options, apply_cuda_options, markdown_table, median_seconds, peak_extra_bytes, run_case_in_subprocess, write_results)
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, benchmark_parser, markdown_table, median_seconds, parse_device_args, peak_extra_bytes, run_case_in_subprocess, write_results)
 
-import biggan_smyrf.attention as attention_module  # noqa: E402
-from biggan_smyrf.attention import AttentionConfig, dense_attention  # noqa: E402
+from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, attention_blocks  # noqa: E402
 from biggan_smyrf.models.spectral import normalise_together  # noqa: E402
 from biggan_smyrf.training.ema import make_ema, update_ema  # noqa: E402
@@ -130,17 +128,24 @@ def plan_cases(args) -> list[dict]:
     ]
 
 
-def use_naive_dense(naive: bool) -> None:
-    """Benchmark only: the product always uses flash SDPA. The naive rows measure the O(N*M)-memory
-    math kernel the SMYRF paper compared against; `attend` looks `dense_attention` up in its
-    module's namespace, so replacing it there reaches every attention block."""
-    attention_module.dense_attention = functools.partial(dense_attention, backend="math") if naive else dense_attention
+def with_dense_kernel(case: dict, fn):
+    """fn, with dense attention on the kernel of the case's variant. The naive rows run it through
+    SDPA's math backend (PyTorch's reference kernel, which stores the N x M scores: the O(N*M)-memory
+    attention the SMYRF paper compared against), chosen with PyTorch's `sdpa_kernel`; the others as
+    the product runs it (flash)."""
+    if not VARIANTS[case["variant"]][3]:
+        return fn
+
+    def naive():
+        with sdpa_kernel([SDPBackend.MATH]):
+            return fn()
+
+    return naive
 
 
 def build(case: dict, device: torch.device):
     """G and D for the case's variant, attention gammas at 1."""
-    resolution, at, attention, naive = VARIANTS[case["variant"]]
-    use_naive_dense(naive)
+    resolution, at, attention, _ = VARIANTS[case["variant"]]
     net = dict(resolution=resolution, ch=case["ch"], attention_resolutions=[at] if at else [])
     if attention:
         net["attention"] = ATTENTION[attention]
@@ -184,7 +189,7 @@ def workload(case: dict, device: torch.device):
                 loss = G(z()).float().mean()
             loss.backward()
 
-        return g_forward_backward
+        return with_dense_kernel(case, g_forward_backward)
 
     adam = dict(betas=(0.0, 0.999), eps=1e-6, fused=(device.type == "cuda") or None)
     opt_g = torch.optim.Adam(G.parameters(), lr=5e-5, **adam)
@@ -212,7 +217,7 @@ def workload(case: dict, device: torch.device):
         D.requires_grad_(True)
         update_ema(G_ema, G, copy=False)
 
-    return train_step
+    return with_dense_kernel(case, train_step)
 
 
 def run_case(case: dict) -> dict:
@@ -240,7 +245,6 @@ def run_cuda_case(case: dict) -> dict:
     except Exception as error:  # noqa: BLE001 -- one broken row must not lose the others' numbers
         return {**case, "error": f"{type(error).__name__}: {error}"[:200]}
     finally:
-        use_naive_dense(False)
         torch.cuda.empty_cache()
 
 
@@ -266,12 +270,10 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--table", choices=["model", "step"], default="model")
     parser.add_argument("--quick", action="store_true", help="ch=16, batch 2, 1 rep")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=3, help="timed calls per case, after the first")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per CPU case")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
     parser.add_argument("--batches", nargs="+", type=int,
@@ -286,19 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main():
     parser = build_parser()
-    args = parser.parse_args()
-    apply_cuda_options(args)
+    args = parse_device_args(parser)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
-
     plan = plan_cases(args)
     if not plan:
         parser.error("no rows: --variants, --dtypes and --batches select none of the table's cases")
     device = torch.device(args.device)
-    torch.set_num_threads(args.threads)  # what the case subprocesses use; the results' header names it
     meta = {"table": args.table, "ch": plan[0]["ch"], "quick": args.quick, "reps": plan[0]["reps"],
             "threads": args.threads, "timeout_s": TIMEOUT_S}
     rows = []

@@ -1,27 +1,29 @@
 """Plot attention time and memory against attention resolution, dense vs SMYRF.
 
-    python benchmarks/plot.py [--device cpu]   # reads results/attention-<device>.json, writes .png
+    python -m benchmarks.plot [--device cpu]   # reads results/attention-<device>.json, writes .png
 """
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import RESULTS, benchmark_parser  # noqa: E402
+
 METHODS = ["dense naive", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "smyrf 4x256"]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+def build_parser():
+    parser = benchmark_parser(__doc__, threads=False)
     parser.add_argument("--batch", type=int, default=1)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()  # reads JSON only: plots a GPU's table on any machine
     data = json.loads((RESULTS / f"attention-{args.device}.json").read_text())
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
     for method in METHODS:

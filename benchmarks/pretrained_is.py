@@ -1,7 +1,7 @@
 """The SMYRF paper's test of a pre-trained BigGAN: its Inception score with SMYRF swapped in, no retraining.
 
     python import_biggan.py G_ema.pth biggan128.pt     # BigGAN-PyTorch's ImageNet 128 model, say
-    python benchmarks/pretrained_is.py --ckpt biggan128.pt --weights-path inception.pth --n 50000 --device cuda
+    python -m benchmarks.pretrained_is --ckpt biggan128.pt --weights-path inception.pth --n 50000 --device cuda
 
 The same --n latents (uniform classes, seed 0) are drawn with dense attention and with each SMYRF
 setting of --settings in every attention block of G, and scored with the Inception score alone
@@ -20,15 +20,13 @@ pre-trained weights and the Inception weights, neither of which this repository 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import products  # noqa: E402
-from common import add_cuda_options, markdown_table, parse_device_args, synchronize, write_results  # noqa: E402
+from benchmarks.accuracy import products  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, benchmark_parser, markdown_table, parse_device_args, synchronize, write_results)
 
 from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.inference import load_generator  # noqa: E402
@@ -67,17 +65,21 @@ def score_share(blocks: list[SelfAttention], setting) -> float:
     return sum(products(block_config(b, setting), b.n_queries, b.n_keys) for b in blocks) / dense
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--ckpt", required=True, help="generator: train.py checkpoint, exported or imported file")
     parser.add_argument("--weights-path", help="local Inception weights file (torch-fidelity's; offline machines)")
     parser.add_argument("--n", type=int, default=50000, help="samples per setting (50,000 as the paper)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--settings", nargs="+", type=parse_setting, default=[parse_setting(s) for s in DEFAULT_SETTINGS],
                         metavar="SETTING", help=f"SMYRF settings besides dense (default: {' / '.join(DEFAULT_SETTINGS)})")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default="pretrained_is", help="results file stem")
     add_cuda_options(parser)
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parse_device_args(parser)
     device = torch.device(args.device)
     G = load_generator(args.ckpt, device=device)

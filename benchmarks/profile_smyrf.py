@@ -1,7 +1,7 @@
 """Where SMYRF's time goes: torch.profiler over one attention forward+backward, ops grouped.
 
-    python benchmarks/profile_smyrf.py                 # N = 16384 (128x128), 4x2048, batch 4
-    python benchmarks/profile_smyrf.py --n 65536 --q-cluster 4096
+    python -m benchmarks.profile_smyrf                 # N = 16384 (128x128), 4x2048, batch 4
+    python -m benchmarks.profile_smyrf --n 65536 --q-cluster 4096
 
 Groups (by aten op): hashing (projections, XBOX+ norms), sorting (argsort), gathers (gather /
 scatter / index into cluster order and back), cluster attention (the fused flash kernels),
@@ -9,16 +9,12 @@ combination (logsumexp weights, exp, sums) and the rest. Self CPU time, so nothi
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import benchmark_parser, markdown_table, parse_device_args, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, attend  # noqa: E402
 from biggan_smyrf.attention.synthetic import smooth_feature_qkv  # noqa: E402
@@ -40,13 +36,17 @@ def group_of(name: str) -> str:
     return "other (copies, allocation, reshapes)"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False)
     parser.add_argument("--n", type=int, default=16384)
     parser.add_argument("--q-cluster", type=int, default=2048)
     parser.add_argument("--hashes", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parse_device_args(build_parser())
     side = int(args.n**0.5)
     q, k, v = smooth_feature_qkv(args.batch, side, 12, 48, torch.Generator().manual_seed(0))
     rows = []

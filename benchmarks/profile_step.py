@@ -1,9 +1,9 @@
 """Where a G iteration's time goes: torch.profiler over the training step, time per op group.
 
-    python benchmarks/profile_step.py --device cuda                      # dense@64, fp32 and bf16, batch 32
-    python benchmarks/profile_step.py --device cuda --dtypes bf16 --speeds plain nhwc   # + channels_last
-    python benchmarks/profile_step.py --device cuda --variants "smyrf@128 ours 4x2048" --dtypes bf16
-    python benchmarks/profile_step.py --quick                             # CPU dry run: ch=16, batch 2
+    python -m benchmarks.profile_step --device cuda                      # dense@64, fp32 and bf16, batch 32
+    python -m benchmarks.profile_step --device cuda --dtypes bf16 --speeds plain nhwc   # + channels_last
+    python -m benchmarks.profile_step --device cuda --variants "smyrf@128 ours 4x2048" --dtypes bf16
+    python -m benchmarks.profile_step --quick                             # CPU dry run: ch=16, batch 2
 
 The step is benchmarks/models.py's (2 D steps + 1 G step, Adam, autocast for bf16/fp16). After
 two warm-up iterations, `--iters` iterations run under the profiler. On CUDA the device kernels
@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_cuda_options, markdown_table, parse_device_args, synchronize, write_results  # noqa: E402
-from models import SPEEDS, VARIANTS, workload  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, benchmark_parser, markdown_table, parse_device_args, synchronize, write_results)
+from benchmarks.models import SPEEDS, VARIANTS, workload  # noqa: E402
 
 # First match wins: attention before matmul (flash kernels), convolution before matmul (cuDNN's
 # implicit GEMMs), optimizer and norm before elementwise.
@@ -97,8 +95,7 @@ def profile_case(variant: str, dtype: str, speed: str, batch: int, ch: int, iter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--variants", nargs="+", default=["dense@64"], choices=list(VARIANTS))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     add_cuda_options(parser)

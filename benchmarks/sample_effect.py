@@ -1,8 +1,8 @@
 """The image-level effect of approximate attention: one trained G sampled with dense attention,
 the paper's SMYRF recipe and our default SMYRF, on the same latents.
 
-    python benchmarks/sample_effect.py --ckpt checkpoints/<run>/last.ckpt
-    python benchmarks/sample_effect.py --ckpt ... --weights_path /path/to/weights-inception-2015-12-05-6726825d.pth \
+    python -m benchmarks.sample_effect --ckpt checkpoints/<run>/last.ckpt
+    python -m benchmarks.sample_effect --ckpt ... --weights_path /path/to/weights-inception-2015-12-05-6726825d.pth \
         --data_root /path/to/celeba_hq    # + FID / KID of every variant against the data
 
 Columns: pixel error of each SMYRF variant against the dense images of the same latents
@@ -15,14 +15,10 @@ One G, swapped between the variants (`biggan_smyrf.models.attention`): same weig
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import benchmark_parser, markdown_table, parse_device_args, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.inference import latents, load_generator  # noqa: E402
@@ -65,8 +61,8 @@ def fid_scorer(args, resolution: int):
     return lambda images: evaluate_images(cfg, images.split(cfg.batch_size), real, extractor, device)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False)
     parser.add_argument("--ckpt", required=True, help="a trained checkpoint (any attention; it is swapped)")
     parser.add_argument("--n", type=int, default=64, help="images per variant")
     parser.add_argument("--seed", type=int, default=0)
@@ -74,7 +70,11 @@ def main():
     parser.add_argument("--weights_path", help="Inception weights file: adds FID/KID columns")
     parser.add_argument("--data_root", help="real images for FID (default: the built-in demo faces)")
     parser.add_argument("--name", default="sample_effect")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parse_device_args(build_parser())
 
     G = load_generator(args.ckpt)
     configs = variants(G)

@@ -1,10 +1,10 @@
 """How many kernels a G iteration launches, with spectral norm run together or layer by layer.
 
-    python benchmarks/step_ops.py            # dense@64 and SMYRF@128, fp32 and bf16 (~1 min on 2 cores)
+    python -m benchmarks.step_ops            # dense@64 and SMYRF@128, fp32 and bf16 (~1 min on 2 cores)
 
 On a GPU every op that reaches a kernel costs a launch and several microseconds of host time,
 whatever the batch, so a step of a few thousand ops can be bound by the host at batch 16-32,
-where bf16 cannot speed it up (issue #13). This counts, on the CPU, the ops of one training step of benchmarks/models.py
+where bf16 cannot speed it up. This counts, on the CPU, the ops of one training step of benchmarks/models.py
 (2 D steps + 1 G step + G_ema update, ch 16, batch 2: the count does not depend on width or
 batch) at the dispatcher -- views and other metadata-only ops left out -- once with
 `models/spectral.py`'s together path (what G and D use) and once with PyTorch's per-layer path
@@ -19,20 +19,16 @@ Writes benchmarks/results/step_ops-cpu.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import contextlib
 from contextlib import contextmanager
-from pathlib import Path
 from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_results  # noqa: E402
-from models import VARIANTS, build, workload  # noqa: E402
+from benchmarks.common import benchmark_parser, markdown_table, parse_device_args, write_results  # noqa: E402
+from benchmarks.models import VARIANTS, build, workload  # noqa: E402
 
 from biggan_smyrf.models import spectral  # noqa: E402
 
@@ -119,15 +115,17 @@ def count_sampling(variant: str, dtype: str) -> dict:
     return row
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False)
     parser.add_argument("--variants", nargs="+", default=["dense@64", "smyrf@128 ours 4x2048"], choices=list(VARIANTS))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="step_ops", help="results file stem")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser
+
+
+def main():
+    args = parse_device_args(build_parser())
     rows = []
     for variant in args.variants:
         for dtype in args.dtypes:

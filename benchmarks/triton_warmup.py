@@ -1,6 +1,6 @@
 """Compile, in parallel, every Triton specialisation a GPU run will launch, before the timed steps.
 
-    python benchmarks/triton_warmup.py --calls '[{"config": {...}, "n": 16384, "dtype": "bfloat16", "tf32": true}]'
+    python -m benchmarks.triton_warmup --calls '[{"config": {...}, "n": 16384, "dtype": "bfloat16", "tf32": true}]'
 
 `make gpu-check` passes the calls its plan needs (gpu_plan.warmup_calls: one SMYRF forward+backward
 per distinct set of specialisations). Each call runs at batch 1 in a process of its own, up to
@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 
 
 def warm(call: dict) -> float:

@@ -1,7 +1,7 @@
 """Block sizes of SMYRF's permuted-round Triton kernels (attention/triton/rounds.py), by measurement.
 
-    python benchmarks/tune_rounds.py                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
-    python benchmarks/tune_rounds.py --dtypes bfloat16 --n 65536 --batch 8
+    python -m benchmarks.tune_rounds                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
+    python -m benchmarks.tune_rounds --dtypes bfloat16 --n 65536 --batch 8
 
 For each pass ("forward", "backward" -- the two-kernel backward of deterministic mode -- and
 "one pass", the default backward) every candidate (BLOCK_M, BLOCK_N, num_warps) is timed with the
@@ -14,13 +14,11 @@ Writes benchmarks/results/tune_rounds-cuda.{json,md}.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_cuda_options, apply_cuda_options, markdown_table, median_seconds, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, apply_cuda_options, benchmark_parser, markdown_table, median_seconds, parse_device_args, write_results)
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.triton import rounds as triton_rounds  # noqa: E402
@@ -52,7 +50,7 @@ def timing(pass_name: str, q, k, v, config: AttentionConfig) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=False)
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--n", type=int, default=16384, help="tokens (queries); keys are n / 4")
     parser.add_argument("--batch", type=int, default=32)
@@ -70,7 +68,7 @@ def plan_cases(args) -> list[dict]:
 
 def main():
     parser = build_parser()
-    args = parser.parse_args()
+    args = parse_device_args(parser)
     apply_cuda_options(args)
     if not torch.cuda.is_available():
         parser.error("the Triton kernels are timed on CUDA only")

@@ -1,8 +1,8 @@
 """Validation cost: our in-training metrics pipeline vs standalone torch-fidelity, per 1,000 images.
 
-    python benchmarks/validation.py --weights /path/to/weights-inception-2015-12-05-6726825d.pth
-    python benchmarks/validation.py            # offline: same architecture, random weights (same cost)
-    python benchmarks/validation.py --device cuda --n 10000 --attention-resolution 128 \
+    python -m benchmarks.validation --weights /path/to/weights-inception-2015-12-05-6726825d.pth
+    python -m benchmarks.validation            # offline: same architecture, random weights (same cost)
+    python -m benchmarks.validation --device cuda --n 10000 --attention-resolution 128 \
         --kinds smyrf dense --no-standalone --name validation_10k   # the paper config's validation
 
 Times, on the same G_ema samples (fixed latents) and the same real images:
@@ -19,7 +19,6 @@ extracts on the GPU as train.py does; the standalone comparison runs torch-fidel
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +26,8 @@ from pathlib import Path
 import torch
 import torch_fidelity
 
-ROOT = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT)]
-from common import add_cuda_options, markdown_table, parse_device_args, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_cuda_options, benchmark_parser, markdown_table, parse_device_args, write_results)
 
 from biggan_smyrf.data import ImageDataModule  # noqa: E402
 from biggan_smyrf.inference.sampling import labels, latents, render  # noqa: E402
@@ -47,13 +45,12 @@ def timed(fn):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--weights", help="Inception weights file (default: random weights, same cost)")
     parser.add_argument("--n", type=int, default=64, help="generated and real images")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--ch", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--attention-resolution", type=int, default=64)
     parser.add_argument("--kinds", nargs="+", default=["dense"], choices=["dense", "smyrf"],
                         help="attention kinds G is scored with, one timed row each (default: dense)")

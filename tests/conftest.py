@@ -1,40 +1,23 @@
-"""Shared fixtures: one short demo training run (through train.py) that several test files use."""
+"""Shared fixtures: one short demo training run (through train.py) that several test files use.
+Helpers live in helpers.py; ROOT, DEMO, FAST, train and load are importable from here too."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
-# Small enough for 2 CPU cores: the demo's 32 px at width 8, a handful of G iterations.
-FAST = [
-    "--model.generator.ch=8",
-    "--model.discriminator.ch=8",
-    "--data.batch_size=8",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--data.num_workers=0",
-    "--model.loop.log_every=1",
-]
+from helpers import DEMO, FAST, ROOT, load, train  # noqa: F401 -- importable from conftest too
+
+# Fixtures that start a training run: every test that uses one is `slow`.
+TRAINING_FIXTURES = {"demo_run", "cuda_run"}
 
 
-def train(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def pytest_itemcollected(item):
+    """Tests on a training run's output are `slow` (marked here, before `-m` selects)."""
+    if TRAINING_FIXTURES & set(item.fixturenames):
+        item.add_marker(pytest.mark.slow)
 
 
 def pytest_addoption(parser):
@@ -65,6 +48,17 @@ def skip_cuda_without_gpu(items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """An in-process train.py start in a fresh folder: cwd, no debug tracebacks, no pytest argv."""
+    from biggan_smyrf.errors import DEBUG_ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not ours to parse
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

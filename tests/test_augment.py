@@ -10,7 +10,7 @@ from biggan_smyrf.training.augment import D_STEP, G_STEP, Augmentation
 from biggan_smyrf.training.diffaugment import (
     AUGMENT_OPS, brightness, contrast, cutout_mask, diff_augment, saturation, translate)
 
-from test_errors import fails_cleanly, run_dir, train_args  # noqa: F401 (run_dir: a fixture)
+from test_errors import fails_cleanly, train_args
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -161,9 +161,7 @@ def test_imported_discriminator_scores_what_biggan_pytorch_scores():
 def test_pretrained_is_benchmark_runs_the_papers_test(tmp_path, monkeypatch):
     """benchmarks/pretrained_is.py on the reference generator (random Inception weights: the code
     path, not a meaningful score): dense, then SMYRF at half of dense's query-key scores."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import common
-    import pretrained_is
+    from benchmarks import common, pretrained_is
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     ckpt = tmp_path / "g32.pt"

@@ -3,16 +3,13 @@ ratios against the formula they come from."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import cost_model  # noqa: E402
+from benchmarks import cost_model
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 

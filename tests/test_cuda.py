@@ -18,7 +18,7 @@ from biggan_smyrf.models import Generator, GeneratorConfig, attention_configs, u
 from biggan_smyrf.training import SpeedConfig
 
 from conftest import ROOT, load, train
-from test_training import loader, tiny_module
+from helpers import loader, tiny_module
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

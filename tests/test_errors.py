@@ -50,14 +50,6 @@ def train_args(*args: str) -> list[str]:
     return ["--config", str(DEMO), *FAST, "--model.loop.max_g_iters=1", *args]
 
 
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
-    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not ours to parse
-    return tmp_path
-
-
 def test_missing_empty_and_non_zip_data_roots(run_dir, capsys):
     fails_cleanly(train_cli.main, train_args("--data.root", "nowhere"), capsys, "dataset not found: nowhere", "--data.root")
     (run_dir / "empty").mkdir()

@@ -1,15 +1,12 @@
-"""benchmarks/gpu_goals.py: issues #13 and #14's verdicts from GPU result files (synthetic ones here)."""
+"""benchmarks/checks/gpu_goals.py: the GPU goals' verdicts from GPU result files (synthetic ones here)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_goals  # noqa: E402
+from benchmarks.checks import gpu_goals
 
 
 def write(folder, stem, rows, **meta):

@@ -4,14 +4,11 @@ and nothing that stops the call from being captured and replayed (no host->devic
 the same ops whatever the batch and token counts)."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import host_cost  # noqa: E402
+from benchmarks import host_cost
 
 # Launches per forward + backward at batch 32. The paper's recipe meets the goal (48); the default
 # one (hub keys, summary keys, k-d hashing) does not yet: its budget is what it takes today, so that

@@ -1,13 +1,15 @@
 """model.init_from: a new run from another run's weights (train.py or BigGAN-PyTorch), attention blocks added or not."""
 import copy
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import load, train
+from conftest import DEMO, FAST, load, train
 
 from biggan_smyrf.attention import AttentionConfig
+from biggan_smyrf.cli import main as train_main
 from biggan_smyrf.inference import export_generator, load_generator
 from biggan_smyrf.inference.checkpoint import CheckpointError
 from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
@@ -72,10 +74,15 @@ def test_train_py_fine_tunes_into_a_new_run_and_resumes_without_the_source(demo_
     assert load(tmp_path / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 3
 
 
-def test_train_py_refuses_a_missing_source_before_preparing_anything(tmp_path):
-    proc = train(tmp_path, "--run=ft", f"--model.init_from={tmp_path / 'nowhere.ckpt'}", check=False)
-    assert proc.returncode != 0
-    assert "checkpoint not found" in proc.stderr and "model.init_from takes a train.py checkpoint" in proc.stderr
+def test_train_py_refuses_a_missing_source_before_preparing_anything(tmp_path, monkeypatch, capsys):
+    """train.py's own entry point, in-process: it stops at parsing, so no run is started."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as exit:
+        train_main(["--config", str(DEMO), *FAST, "--run=ft", f"--model.init_from={tmp_path / 'nowhere.ckpt'}"])
+    assert exit.value.code not in (0, None)
+    message = f"{exit.value.code if isinstance(exit.value.code, str) else ''}{capsys.readouterr().err}"
+    assert "checkpoint not found" in message and "model.init_from takes a train.py checkpoint" in message
     assert not (tmp_path / "checkpoints" / "ft").exists()
 
 

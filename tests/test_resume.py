@@ -20,7 +20,7 @@ from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
 from conftest import ROOT, load, train
-from test_training import tiny_module
+from helpers import fit, tiny_module
 
 DATA = list(range(50))  # the sampler only needs a length
 
@@ -122,6 +122,7 @@ io.save_checkpoint({"weights": torch.ones(1000)}, path)
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "run" / "last.ckpt"
     proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, capture_output=True, timeout=120)
@@ -158,12 +159,12 @@ def test_run_stopped_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_
 
 @pytest.mark.slow
 def test_ten_kills_lose_nothing(tmp_path):
-    """benchmarks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
+    """benchmarks/checks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
     state equals the uninterrupted run's and no checkpoint was ever unreadable."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--kills=10", "--g-iters=30", "--ckpt-every=1",
+        [sys.executable, "-m", "benchmarks.checks.faults", "--kills=10", "--g-iters=30", "--ckpt-every=1",
          f"--workdir={tmp_path / 'runs'}", f"--results-dir={tmp_path}"],
-        capture_output=True, text=True, timeout=1500,
+        capture_output=True, text=True, timeout=1500, cwd=ROOT,
     )
     results = json.loads((tmp_path / "faults-cpu.json").read_text())["meta"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -175,8 +176,6 @@ def test_ten_kills_lose_nothing(tmp_path):
 def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path):
     """`--trainer.deterministic true` (torch.use_deterministic_algorithms) raises on any op that has
     no deterministic implementation; G with SMYRF, D and G_ema must train under it."""
-    from test_training import fit
-
     module = tiny_module(loop=LoopConfig(max_g_iters=1, sample_every=100, ckpt_every=100, val_every=100, n_samples=4))
     try:
         fit(module, tmp_path, deterministic=True)

@@ -7,7 +7,7 @@ import torch
 from biggan_smyrf.attention import PHASES, AttentionChange, AttentionConfig, AttentionSchedule, attend, smyrf_attention
 from biggan_smyrf.attention.config import FIELD_HELP
 
-from test_errors import fails_cleanly, run_dir, train_args  # noqa: F401 (run_dir: a fixture)
+from test_errors import fails_cleanly, train_args
 
 SMYRF_2x256 = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)
 

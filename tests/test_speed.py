@@ -5,7 +5,7 @@ import torch
 
 from biggan_smyrf.training import BigGAN, SpeedConfig
 
-from test_training import fit, tiny_module
+from helpers import fit, tiny_module
 
 
 def trained(tmp_path, speed: SpeedConfig, **trainer_kwargs) -> BigGAN:

@@ -4,14 +4,11 @@ without device->host transfers outside logging steps. Run by `make xla-check` in
 skipped where torch_xla is not installed (the main venv, CI)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch_xla")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import xla_check  # noqa: E402
+from benchmarks.checks import xla_check  # noqa: E402
 
 pytestmark = pytest.mark.xla
 # A tiny G32/D32 (ch 8) with attention at 16x16: 256 queries, 64 keys, SMYRF 2 x 64.

@@ -80,13 +80,13 @@ def test_ema_update_equals_averaged_model_update_parameters():
     torch.manual_seed(0)
     g = Generator(GeneratorConfig(resolution=32, ch=8, attention_resolutions=[16]))
     ours, reference = make_ema(g, decay=0.9), make_ema(g, decay=0.9)
-    for copy in (True, True, False, False, False):
+    for copying in (True, True, False, False, False):
         g(torch.randn(4, 120))  # train mode: moves BN statistics, num_batches_tracked, u and v
         with torch.no_grad():
             for p in g.parameters():
                 p.add_(torch.randn_like(p), alpha=0.01)
-        update_ema(ours, g, copy=copy)
-        if copy:
+        update_ema(ours, g, copy=copying)
+        if copying:
             reference.n_averaged.zero_()  # the previous implementation's way to make it copy
         reference.update_parameters(g)
         for module in reference.modules():  # update_ema's re-normalisation of u and v

@@ -192,11 +192,7 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
     rounds' accumulator (the hub round's output is merged in its own dtype), and the backward makes
     none (the hub round's gradient is weighted straight into bf16) -- at batch 32 and 16,384 tokens
     each such copy is 100 MB, a third of dense SDPA's whole peak."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from memory_model import LiveTensors
+    from benchmarks.memory_model import LiveTensors
 
     N, M, settings = RECIPES["defaults"]
     g = torch.Generator().manual_seed(7)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, Optional, TypedDict, Union
 

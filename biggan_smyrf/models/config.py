@@ -6,7 +6,6 @@ G and D share everything that describes "a BigGAN network with attention somewhe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from biggan_smyrf.attention import AttentionConfig
 

@@ -90,7 +90,7 @@ class RunSummary(pl.Callback):
         rank_zero_info("\n".join(lines))
         for logger in trainer.loggers if trainer.is_global_zero else []:
             if hasattr(logger.experiment, "add_text"):
-                logger.experiment.add_text("run/summary", "\n\n".join(f"    {l}" for l in "\n".join(lines).splitlines()))
+                logger.experiment.add_text("run/summary", "\n\n".join(f"    {line}" for line in "\n".join(lines).splitlines()))
 
 
     def on_fit_end(self, trainer, pl_module):

@@ -304,7 +304,6 @@ class BigGAN(pl.LightningModule):
             return
         d_loss, d_real, d_fake, g_loss = (value.cpu() for value in (d_loss, d_real, d_fake, g_loss))
         tag = self.kind_tag("train")
-        o = self.optim_cfg
         now = time.perf_counter()
         images = self.g_iters * self.real_images_per_g_iter(batch_size)
         last_time, last_images = self._last_log

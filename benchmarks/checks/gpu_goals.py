@@ -1,9 +1,9 @@
-"""Issues #13 and #14's goals, read off the GPU results: met, missed, or not measured.
+"""The GPU goals, read off the GPU results: met, missed, or not measured.
 
-    python benchmarks/gpu_goals.py                 # reads benchmarks/results/*-cuda.json
-    python benchmarks/gpu_goals.py --results DIR   # e.g. the folder a device run copied back
+    python -m benchmarks.checks.gpu_goals                 # reads benchmarks/results/*-cuda.json
+    python -m benchmarks.checks.gpu_goals --results DIR   # e.g. the folder a device run copied back
 
-Runs anywhere (it only reads JSON). #14's accuracy goal (the CUDA path's error and gradients
+Runs anywhere (it only reads JSON). The accuracy goal (the CUDA path's error and gradients
 against the CPU's) is checked by gpu-check's CUDA tests, so it counts in the first row. Prints and writes benchmarks/results/gpu_goals.{json,md}: one row
 per goal with the measured value, the target and the verdict, and the README's GPU numbers --
 step time, G iterations/s, real images/s and the cost of the paper's 200k G iterations for
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # benchmarks/results; no torch needed here
 BATCH = 32  # the issues' batch for every goal
 D_STEPS = 2  # real batches per G iteration (OptimConfig.num_d_steps)
 PAPER_G_ITERS = 200_000

@@ -1,7 +1,7 @@
 """TPU readiness without a TPU: the training iteration and sampling on an XLA device.
 
     make xla-check                       # builds .venv-xla (torch_xla) and runs this
-    PJRT_DEVICE=CPU .venv-xla/bin/python benchmarks/xla_check.py
+    PJRT_DEVICE=CPU .venv-xla/bin/python -m benchmarks.checks.xla_check
 
 Trains the project's LightningModule through Lightning's XLA accelerator and single-device XLA
 strategy (`accelerator="tpu"`, as `train.py --trainer.accelerator tpu` would) on PJRT's CPU device,
@@ -27,10 +27,8 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Optional
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")  # before torch_xla is imported
@@ -46,9 +44,7 @@ except ImportError as error:
 
 import pytorch_lightning as pl  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(ROOT.parent)]
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig  # noqa: E402
 from biggan_smyrf.data import ImageDataModule  # noqa: E402

@@ -1,7 +1,7 @@
 """Faults lose nothing: a training run killed with SIGKILL again and again ends as if never killed.
 
-    python benchmarks/faults.py                         # 10 kills, demo config at ch 8, 30 G iterations
-    python benchmarks/faults.py --kills 20 --g-iters 60 --ckpt-every 2
+    python -m benchmarks.checks.faults                        # 10 kills, demo config at ch 8, 30 G iterations
+    python -m benchmarks.checks.faults--kills 20 --g-iters 60 --ckpt-every 2
 
 Trains the demo config once without interruption (the reference), then the same run again,
 killing it `--kills` times in a row and resuming it with `--ckpt_path last` after each kill. Every
@@ -14,7 +14,6 @@ Results: `results/faults-cpu.json` and `.md`.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
@@ -27,14 +26,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import markdown_table, write_results  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import ROOT, benchmark_parser, markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.training.checkpoint_io import partial_path  # noqa: E402
 from biggan_smyrf.training.resume_check import training_state, training_state_differences  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.0  # a write in progress is looked for without pause: a small checkpoint is written in a few ms
 
 
@@ -135,8 +132,8 @@ def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -
     return ckpt, rows, proc.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False, threads=False)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--g-iters", type=int, default=30, help="run length in G iterations")
     parser.add_argument("--ckpt-every", type=int, default=1, help="G iterations between checkpoints")
@@ -146,7 +143,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the runs are written (default: a temp dir)")
     parser.add_argument("--name", default="faults", help="results/<name>-cpu.{json,md}")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     common.RESULTS = args.results_dir
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="faults-"))

@@ -2,7 +2,7 @@
 with its own time limit and exit code, so one failure never hides the others.
 
     make gpu-wheels                 # here (internet): torch-fidelity + jsonargparse wheels into .whl/
-    make gpu-check                  # there: installs .whl/ to /tmp/site if needed, then runs this
+    make gpu-check                  # there: installs .whl/ into .gpu-site/ if needed, then runs this
     make gpu-bench                  # there, after gpu-check: the profile and speed measurements
 
 gpu-check (`--plan` prints the estimate on an H100):
@@ -32,11 +32,10 @@ H100 wall time, and runs nothing; a run prints the same estimate first (benchmar
 own limit, and a step with under a minute left is recorded as not run ("rc": "no time"). --archive
 FILE rewrites one tar.gz of every *-cuda result after each step, so a run that is stopped part-way
 still leaves what it measured in one file. Both suites in one run, capped at 9 minutes:
-    python3 benchmarks/gpu_check.py --with-bench --budget 540 --archive results.tar.gz
+    python3 -m benchmarks.checks.gpu_check --with-bench --budget 540 --archive results.tar.gz
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -49,16 +48,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from common import RESULTS, markdown_table, write_results  # noqa: E402
-from gpu_plan import ALONGSIDE, CUDA_TEST_STEPS, describe, plan_suite, warmup_calls  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, benchmark_parser, markdown_table, write_results  # noqa: E402
+from benchmarks.gpu_plan import ALONGSIDE, CUDA_TEST_STEPS, describe, plan_suite, warmup_calls  # noqa: E402
 
 from biggan_smyrf.metrics.random_weights import write_random_inception_weights  # noqa: E402
 
 RUN = "gpu_check"
 # A step given less than this by --budget is not started: it could not finish.
 MIN_STEP_S = 60
+
+
+def module(name: str) -> list[str]:
+    """`python -m benchmarks.<name>`: a measurement of this package."""
+    return [sys.executable, "-m", f"benchmarks.{name}"]
 
 
 def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list[str], int]]:
@@ -75,13 +77,13 @@ def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list
         "--model.metrics.weights_path", str(weights), "--model.metrics.n_samples", "1000",
         "--model.attention.diagnostics", "true",
     ]
-    step_table = [py, str(ROOT / "benchmarks" / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
+    step_table = [*module("models"), "--table", "step", "--device", "cuda", "--batches", "32",
                   "--reps", "5", "--variants", "dense@64", "dense@128 flash", "smyrf@128 paper 4x2048",
                   "smyrf@128 ours 4x2048", "smyrf@128 ours 4x2048 chunked"]
     tests = [py, "-m", "pytest", "-q", "-m", "cuda", str(ROOT / "tests")]
     steps = [
         *((name, [*tests, "--shard", name.split()[-1]], 150) for name in CUDA_TEST_STEPS),
-        ("attention table", [py, str(ROOT / "benchmarks" / "attention.py"), "--device", "cuda",
+        ("attention table", [*module("attention"), "--device", "cuda",
                              "--dtype", "bfloat16", "float32", "--sizes", "16384", "65536", "--batches", "8", "32",
                              "--methods", "dense SDPA", "smyrf 4x2048", "ours 4x2048", "ours 4x4096",
                              "--name", "attention"], 120),
@@ -94,31 +96,29 @@ def check_steps(work: Path, weights: Path, g_iters: int) -> list[tuple[str, list
     ]
     # First, every Triton specialisation the steps will launch, compiled side by side.
     calls = warmup_calls(plan_suite(steps))
-    return [("triton warm-up", [py, str(ROOT / "benchmarks" / "triton_warmup.py"), "--calls", json.dumps(calls)], 60),
+    return [("triton warm-up", [*module("triton_warmup"), "--calls", json.dumps(calls)], 60),
             *steps]
 
 
 def bench_steps() -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds) of gpu-bench."""
-    py = sys.executable
-    bench = ROOT / "benchmarks"
     return [
         # "sn per layer": PyTorch's spectral norm, to see what running it together saves on the GPU.
-        ("profile dense@64", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants", "dense@64",
+        ("profile dense@64", [*module("profile_step"), "--device", "cuda", "--variants", "dense@64",
                               "--dtypes", "fp32", "bf16", "--speeds", "plain", "nhwc", "sn per layer"], 75),
-        ("profile smyrf@128", [py, str(bench / "profile_step.py"), "--device", "cuda", "--variants",
+        ("profile smyrf@128", [*module("profile_step"), "--device", "cuda", "--variants",
                                "smyrf@128 ours 4x2048", "--dtypes", "bf16", "--name", "profile_step_smyrf128"], 40),
-        ("validation 10k x 2 kinds", [py, str(bench / "validation.py"), "--device", "cuda", "--n", "10000",
+        ("validation 10k x 2 kinds", [*module("validation"), "--device", "cuda", "--n", "10000",
                                       "--attention-resolution", "128", "--kinds", "smyrf", "dense", "--batch-size", "64",
                                       "--no-standalone", "--name", "validation_10k"], 90),
-        ("tune permuted-round blocks", [py, str(bench / "tune_rounds.py")], 120),
+        ("tune permuted-round blocks", [*module("tune_rounds")], 120),
         # The same step as gpu-check's table with cuDNN's default heuristics: what autotuning buys.
-        ("step table no cudnn autotune", [py, str(bench / "models.py"), "--table", "step", "--device", "cuda",
+        ("step table no cudnn autotune", [*module("models"), "--table", "step", "--device", "cuda",
                                           "--batches", "32", "--reps", "5", "--variants", "dense@64",
                                           "--dtypes", "fp32", "bf16", "--cudnn-benchmark", "false",
                                           "--name", "train_step_no_autotune"], 45),
         # Last: compiling takes minutes, and a timeout here loses nothing measured before.
-        ("step table compile", [py, str(bench / "models.py"), "--table", "step", "--device", "cuda", "--batches", "32",
+        ("step table compile", [*module("models"), "--table", "step", "--device", "cuda", "--batches", "32",
                                 "--reps", "5", "--variants", "dense@64", "--dtypes", "bf16",
                                 "--speeds", "compile", "nhwc+compile", "--name", "train_step_compile"], 200),
     ]
@@ -133,7 +133,7 @@ def start_step(name: str, command: list[str], limit: float, cwd: Path):
     print(f"== {name}: {shown if len(shown) < 400 else shown[:400] + ' ...'}", flush=True)
     # Its own process group: a step that runs out of time is killed with everything it started
     # (pytest's train.py runs, DataLoader workers), which would otherwise hold the GPU.
-    proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=step_env(), start_new_session=True)
     return name, proc, time.perf_counter(), limit
 
 
@@ -176,8 +176,14 @@ def run_suite(steps, limit_of, cwd: Path, record) -> list[dict]:
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_env() -> dict:
+    """The steps run in a temporary folder: the repository and PYTHONPATH's folders as absolute paths."""
+    paths = [str(ROOT), *(str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+def build_parser():
+    parser = benchmark_parser(__doc__, device=False, threads=False)
     parser.add_argument("--bench", action="store_true", help="run gpu-bench's steps instead of gpu-check's")
     parser.add_argument("--with-bench", action="store_true", help="gpu-check's steps, then gpu-bench's")
     parser.add_argument("--g-iters", type=int, default=60, help="train.py length in G iterations")
@@ -188,6 +194,11 @@ def main():
     parser.add_argument("--archive", type=Path, help="tar.gz of every *-cuda result, rewritten after each step")
     parser.add_argument("--plan", action="store_true",
                         help="print every step's rows, cold compiles and estimated H100 time; run nothing")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     if args.bench and args.with_bench:
         parser.error("--bench runs gpu-bench alone; --with-bench runs gpu-check then gpu-bench: choose one")

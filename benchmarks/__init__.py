@@ -1,0 +1,1 @@
+"""Measurements: each module a script, `python -m benchmarks.<name> --help` (see benchmarks/README.md)."""

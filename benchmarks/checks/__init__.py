@@ -1,0 +1,1 @@
+"""Verification harnesses, not measurements: the GPU check and its goals, the XLA check, fault injection."""
