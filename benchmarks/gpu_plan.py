@@ -152,7 +152,7 @@ def plan_step(name: str, command: list[str], limit: float) -> StepPlan:
         step.triton = sorted(_fixed_step_specialisations(name), key=str)
         return step
     module, args, step.rows = planned
-    kind = module.__name__
+    kind = module.__name__.rpartition(".")[2]
     estimate = {"attention": _attention, "models": _step_table, "profile_step": _profile,
                 "tune_rounds": _tune_rounds, "triton_warmup": _warmup}.get(kind)
     specs = set()
@@ -199,8 +199,8 @@ def _fixed_step_specialisations(name: str) -> set[tuple]:
 def _attention(row: dict, args):
     """attention.py's calls per row: the peak-memory call, then warm-up + reps of the forward and
     of forward+backward, and at the first batch the errors (batch 1, 2 families x 2 seeds)."""
-    import attention
-    from cost_model import predicted_vs_dense
+    from benchmarks import attention
+    from benchmarks.cost_model import predicted_vs_dense
 
     if "skipped" in row:
         return 0.0, set(), 0
@@ -226,7 +226,7 @@ def _call_of(config, n: int, dtype: str, args) -> dict:
 
 def _model_step(variant: str, dtype: str, speed: str, args, calls: int):
     """A G iteration of models.py's step table: seconds for `calls` steps, its specialisations, its graphs."""
-    import models
+    from benchmarks import models
 
     resolution, at, attention_key, _ = models.VARIANTS[variant]
     step_s = STEP_FP32_MS.get(variant, STEP_FP32_MS["dense@128 flash"]) / 1e3 * (1 if dtype == "fp32" else MIXED_VS_FP32)
@@ -254,7 +254,7 @@ def _tune_rounds(row: dict, args):
     """tune_rounds.py: 10 timed calls after a warm-up, each a forward (or forward+backward) of the
     default at n tokens; every candidate block shape is a new specialisation of its pass's kernels."""
     from biggan_smyrf.attention import AttentionConfig
-    from cost_model import predicted_vs_dense
+    from benchmarks.cost_model import predicted_vs_dense
 
     config = AttentionConfig(kind="smyrf", n_hashes=4, q_cluster_size=row["q_cluster_size"])
     n, dtype = row["n"], row["dtype"]

@@ -91,7 +91,7 @@ def test_launches_are_counted_from_the_code_path():
     """On fake CUDA tensors: views and allocations launch nothing, each aten kernel and each Triton
     launch counts once, the backward's kernels included."""
     import triton
-    from launch_count import count_launches
+    from benchmarks.launch_count import count_launches
 
     @triton.jit
     def touch(x_ptr):

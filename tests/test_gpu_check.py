@@ -71,7 +71,9 @@ def test_gpu_bench_plans_every_documented_row(tmp_path):
     assert cells(bench["step table no cudnn autotune"], "batch", "dtype") == {(32, "fp32"), (32, "bf16")}
     assert cells(bench["profile dense@64"], "dtype", "speed") == {
         (d, s) for d in ("fp32", "bf16") for s in ("plain", "nhwc", "sn per layer")}
-    assert len(bench["tune permuted-round blocks"].rows) == 24
+    # bf16 and fp32 x (4 forward + 4 two-kernel backward + 4 one-pass backward candidates) at 16k tokens
+    tuned = bench["tune permuted-round blocks"].rows
+    assert len(tuned) == 24 + 8 and {row["pass"] for row in tuned} == {"forward", "backward", "one pass"}
     for name, step in bench.items():  # every benchmark step has rows; validation is a single run
         assert step.rows or name.startswith("validation"), name
 
@@ -114,7 +116,7 @@ def test_plan_prints_the_estimate_without_a_gpu(monkeypatch, capsys):
 
 
 def test_a_step_table_that_selects_nothing_says_so(monkeypatch, capsys):
-    import models
+    from benchmarks import models
 
     monkeypatch.setattr(sys, "argv", ["models.py", "--table", "step", "--device", "cuda", "--batches", "64",
                                       "--variants", "dense@64", "--dtypes", "bf16"])
