@@ -33,8 +33,12 @@ def partial_path(path: _PATH) -> Path:
 def save_atomically(checkpoint: dict[str, Any], path: _PATH) -> None:
     """torch.save to `path` such that `path` is at every moment either its old or its new content."""
     path = Path(path)
-    with replacing(path, temp=partial_path(path), durable=True) as partial, open(partial, "wb") as f:
-        torch.save(checkpoint, f)
+    try:
+        with replacing(path, temp=partial_path(path), durable=True) as partial, open(partial, "wb") as f:
+            torch.save(checkpoint, f)
+    except (OSError, RuntimeError) as err:  # a full disk fails inside torch.save as a RuntimeError
+        previous = "is unchanged" if path.exists() else "was not written"
+        raise OSError(f"could not write {path} ({err}); {path} {previous}: free some space or check the disk") from err
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
