@@ -15,9 +15,7 @@ anywhere on the command line, or BIGGAN_SMYRF_DEBUG=1, shows the traceback inste
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
-import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -34,7 +32,8 @@ from biggan_smyrf.commands import script_command
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.errors import debug_requested, reported_errors
 from biggan_smyrf.metrics import MissingWeightsError
-from biggan_smyrf.parse_errors import command_line_error, option_strings
+from biggan_smyrf.inference.checkpoint import CheckpointError
+from biggan_smyrf.parse_errors import command_line_error, one_line, option_strings
 from biggan_smyrf.training import BigGAN
 from biggan_smyrf.training.callbacks import (
     CleanFailedStart,
@@ -44,9 +43,9 @@ from biggan_smyrf.training.callbacks import (
     SampleGrid,
     SaveConfigWhenTraining,
 )
-from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, check_output_folder, checkpoint_bytes
 from biggan_smyrf.training.init_from import check_source
-from biggan_smyrf.training.preemption import StopOnSignal, requeued_slurm_job
+from biggan_smyrf.training.preemption import StopOnSignal, requeued_slurm_job, resume_arguments
 from biggan_smyrf.training.resume_options import resume_file, resume_point, resumed_model_options, stated_keys
 
 SUBCOMMANDS = ("fit", "validate")
@@ -89,7 +88,10 @@ class BigGANCLI(LightningCLI):
         path = resume_file(ckpt_path, run_dir)
         hparams, self.resumed_g_iters = resume_point(path)
         options = resumed_model_options(hparams, cfg, stated_keys(self.argv, subcommand), path)
-        self.config = self.parser.parse_object({subcommand: options}, self.config)
+        try:
+            self.config = self.parser.parse_object({subcommand: options}, self.config)
+        except ArgumentError as error:  # e.g. an option this version no longer has
+            raise CheckpointError(f"{path} was written with options that do not parse here: {one_line(str(error))}") from error
         self.config[subcommand]["ckpt_path"] = str(path)
 
     def add_arguments_to_parser(self, parser):
@@ -160,38 +162,6 @@ class BigGANCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         kwargs["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
         return super().instantiate_trainer(**kwargs)
-
-
-def checkpoint_bytes(model) -> int:
-    """About the size of a checkpoint: weights and buffers, and Adam's two moments of G's and D's weights."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return weights + 2 * sum(p.numel() * p.element_size() for p in (*model.G.parameters(), *model.D.parameters()))
-
-
-def check_output_folder(run_dir: Path, needed: int) -> None:
-    """Refuse, before the data and model are set up, a run directory that cannot be written or
-    whose disk has no room for a checkpoint (written beside the previous one, then renamed)."""
-    folder = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as err:
-        raise OSError(f"cannot write to {run_dir} ({err.strerror or err}): run train.py from a folder you can "
-                      f"write to, or make {CHECKPOINT_ROOT}/ a link to one") from None
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise OSError(f"only {free / 2**20:.1f} MiB free on the disk of {run_dir}, and a checkpoint needs "
-                      f"{needed / 2**20:.1f} MiB: free some space, or run train.py from another disk")
-
-
-def resume_arguments(argv: list[str]) -> list[str]:
-    """The command line `argv` that continues its run: any --ckpt_path replaced by `last`."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
-            skip = arg == "--ckpt_path"
-            continue
-        kept.append(arg)
-    return [*kept, "--ckpt_path", "last"]
 
 
 def set_float32_precision(tf32: bool, accelerator) -> None:

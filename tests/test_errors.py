@@ -243,7 +243,7 @@ def test_read_only_or_full_output_folder_is_refused_before_training(run_dir, cap
     (run_dir / "checkpoints").symlink_to("/proc/self")  # a folder no one may create runs in
     fails_cleanly(train_cli.main, train_args("--run=r"), capsys, "cannot write to checkpoints/r")
     (run_dir / "checkpoints").unlink()
-    monkeypatch.setattr(train_cli.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
     fails_cleanly(train_cli.main, train_args("--run=r"), capsys, "free on the disk of checkpoints/r", "checkpoint needs")
     assert not (run_dir / "checkpoints").exists()
 

@@ -17,7 +17,7 @@ from biggan_smyrf.training.resume_check import training_state_differences
 
 from conftest import DEMO, FAST, ROOT, load, train
 
-LENGTH = 12
+LENGTH = 8
 # A sample grid per G iteration: the test sees which iterations are done without asking train.py.
 RUN = [f"--model.loop.max_g_iters={LENGTH}", "--model.loop.ckpt_every=1000", "--model.loop.sample_every=1",
        "--model.loop.val_every=1000"]
@@ -45,9 +45,9 @@ def completed_g_iters(run: Path) -> int:
     return int(grids[-1].stem.rsplit("_", 1)[1]) if grids else 0
 
 
-def signal_after(proc: subprocess.Popen, run: Path, signum: int, g_iters: int = 3) -> int:
+def signal_after(proc: subprocess.Popen, run: Path, signum: int, g_iters: int = 2) -> int:
     """Sends `signum` once `g_iters` G iterations are done; returns how many were done then."""
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while completed_g_iters(run) < g_iters:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline
@@ -78,7 +78,7 @@ def test_signal_saves_the_iteration_and_the_resumed_run_ends_as_uninterrupted(tm
     env = {**SLURM, "PATH": f"{fake_scontrol(tmp_path / 'bin')}:{os.environ['PATH']}"} if slurm else None
     proc = start(tmp_path, env=env)
     done = signal_after(proc, run, signum)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signum, output[-3000:]
     saved = load(run / "last.ckpt")["biggan_smyrf"]
     assert done <= saved["g_iters"] < LENGTH and saved["micro_step"] == 0  # nothing lost, a whole G iteration
@@ -90,7 +90,7 @@ def test_signal_saves_the_iteration_and_the_resumed_run_ends_as_uninterrupted(tm
         resumed = start(tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"})  # the job's command, unchanged
     else:
         resumed = start(tmp_path, "--ckpt_path=last")
-    output, _ = resumed.communicate(timeout=300)
+    output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
     assert training_state_differences(uninterrupted, load(run / "last.ckpt")) == []
 

@@ -47,7 +47,7 @@ def slurm_job_id() -> str:
 
 
 def requeue_slurm_job() -> None:
-    """`scontrol requeue <job>`: the job starts again with the same command (see cli.resume_requeued)."""
+    """`scontrol requeue <job>`: the job starts again with the same command, which then resumes (cli.BigGANCLI._parse_ckpt_path)."""
     job = slurm_job_id()
     try:
         status = subprocess.call(["scontrol", "requeue", job])
@@ -57,6 +57,17 @@ def requeue_slurm_job() -> None:
         rank_zero_info(f"requeued SLURM job {job}")
     else:
         rank_zero_warn(f"could not requeue SLURM job {job} (scontrol requeue: {status}); resume it by hand")
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """The command line `argv` that continues its run: any --ckpt_path replaced by `last`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
+            skip = arg == "--ckpt_path"
+            continue
+        kept.append(arg)
+    return [*kept, "--ckpt_path", "last"]
 
 
 class StopOnSignal(pl.Callback):
