@@ -134,6 +134,20 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path)
     assert torch.equal(torch.load(path)["weights"], torch.ones(1000)) and not partial_path(path).exists()
 
 
+def test_a_failed_checkpoint_write_says_so_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(10)}, path)
+
+    def disk_full(obj, f):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=f"could not write {path} .*file write failed.*; {path} is unchanged"):
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(10)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["weights"], torch.zeros(10)) and not partial_path(path).exists()
+
+
 def test_train_py_writes_checkpoints_atomically_unless_told_otherwise():
     assert [type(p) for p in with_atomic_checkpoints(None)] == [AtomicCheckpointIO]
     own = AtomicCheckpointIO()
