@@ -15,11 +15,19 @@ from typing import Iterator, Optional
 
 
 def temp_beside(final: Path) -> Path:
-    """A new empty temporary file in `final`'s directory (created if missing), hidden by a dot."""
+    """A new empty temporary file in `final`'s directory (created if missing), hidden by a dot, with
+    the permissions of any new file (mkstemp's are 0600: a shared cache would be the builder's alone)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}")
     os.close(handle)
+    os.chmod(name, 0o666 & ~current_umask())
     return Path(name)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 @contextmanager

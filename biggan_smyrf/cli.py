@@ -31,32 +31,68 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from biggan_smyrf.commands import script_command
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.errors import debug_requested, reported_errors
-from biggan_smyrf.inference.checkpoint import check_checkpoint_file
 from biggan_smyrf.metrics import MissingWeightsError
-from biggan_smyrf.parse_errors import command_line_error, option_strings
+from biggan_smyrf.inference.checkpoint import CheckpointError
+from biggan_smyrf.parse_errors import command_line_error, one_line, option_strings
 from biggan_smyrf.training import BigGAN
-from biggan_smyrf.training.callbacks import FinalCheckpoint, GIterationProgressBar, RunSummary, SampleGrid
-from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO
+from biggan_smyrf.training.callbacks import (
+    CleanFailedStart,
+    FinalCheckpoint,
+    GIterationProgressBar,
+    RunSummary,
+    SampleGrid,
+    SaveConfigWhenTraining,
+)
+from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, check_output_folder, checkpoint_bytes
 from biggan_smyrf.training.init_from import check_source
+from biggan_smyrf.training.preemption import StopOnSignal, requeued_slurm_job, resume_arguments
+from biggan_smyrf.training.resume_options import resume_file, resume_point, resumed_model_options, stated_keys
 
 SUBCOMMANDS = ("fit", "validate")
-LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values that Lightning resolves itself
+LIGHTNING_CKPT_KEYWORDS = ("best", "hpc")  # --ckpt_path values that Lightning resolves itself
 CHECKPOINT_ROOT = Path("checkpoints")
 
 
 class BigGANCLI(LightningCLI):
+    resumed_g_iters = None  # the G iteration of the checkpoint being resumed
+
     def parse_arguments(self, parser, args):
         """A parse error becomes one line naming the option or file (see parse_errors.py), not the usage."""
+        self.argv = list(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
-            argv = list(sys.argv[1:] if args is None else args)
+            argv = self.argv
             subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
             hint = f"all options: {script_command('train.py', *filter(None, [subcommand]), '--help')}"
             options = option_strings(parser, subcommand)
             raise command_line_error(str(error), options, argv, hint, SUBCOMMANDS) from error
-        check_ckpt_path(self.config)
         check_init_from(self.config)
+
+    def _parse_ckpt_path(self):
+        """Resuming: the architecture from the checkpoint, the rest as stated, for a file and for
+        `last` alike (training/resume_options.py). Replaces LightningCLI's, whose checkpoint
+        hyper-parameters override the whole command line when the path is a file."""
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        cfg = self.config[subcommand]
+        run_dir = CHECKPOINT_ROOT / cfg["run"]
+        if subcommand == "fit" and cfg.get("ckpt_path") is None and requeued_slurm_job() and (run_dir / "last.ckpt").is_file():
+            # The requeued job runs its script's command again: it continues the run it saved.
+            cfg["ckpt_path"] = "last"
+            print(f"requeued SLURM job: resuming {run_dir / 'last.ckpt'}", file=sys.stderr)
+        ckpt_path = cfg.get("ckpt_path")
+        if not isinstance(ckpt_path, str) or ckpt_path in LIGHTNING_CKPT_KEYWORDS or is_remote(ckpt_path):
+            return  # Lightning resolves and fetches these
+        path = resume_file(ckpt_path, run_dir)
+        hparams, self.resumed_g_iters = resume_point(path)
+        options = resumed_model_options(hparams, cfg, stated_keys(self.argv, subcommand), path)
+        try:
+            self.config = self.parser.parse_object({subcommand: options}, self.config)
+        except ArgumentError as error:  # e.g. an option this version no longer has
+            raise CheckpointError(f"{path} was written with options that do not parse here: {one_line(str(error))}") from error
+        self.config[subcommand]["ckpt_path"] = str(path)
 
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--run", default="default", help="run name: outputs go to checkpoints/<run>/")
@@ -97,9 +133,14 @@ class BigGANCLI(LightningCLI):
             val_check_interval=model.loop_cfg.val_every * batches_per_g,
             check_val_every_n_epoch=None,
         )
+        if self.subcommand == "fit":
+            check_output_folder(run_dir, checkpoint_bytes(model))
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
-        callbacks = list(trainer_cfg.get("callbacks") or [])
+            # A resumed run logs each G iteration after its checkpoint's again: TensorBoard drops the
+            # interrupted run's points from there on (one point per scalar per G iteration).
+            purge = None if self.resumed_g_iters is None else self.resumed_g_iters + 1
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", purge_step=purge)
+        callbacks = [CleanFailedStart(run_dir), *(trainer_cfg.get("callbacks") or [])]
         if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -116,6 +157,7 @@ class BigGANCLI(LightningCLI):
             FinalCheckpoint(run_dir / "last.ckpt"),
             SampleGrid(run_dir / "samples"),
             RunSummary(run_dir),
+            StopOnSignal(run_dir / "last.ckpt", script_command("train.py", *resume_arguments(self.argv))),
         ]
         kwargs["callbacks"] = callbacks
         kwargs["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
@@ -139,15 +181,9 @@ def cudnn_benchmark(benchmark: bool | None, deterministic) -> bool:
     return not deterministic  # True, or "warn"
 
 
-def check_ckpt_path(config) -> None:
-    """A --ckpt_path file must exist and be a torch.save file: Lightning reads it right after parsing,
-    and a text file fails deep inside torch.load with an unrelated-looking error."""
-    ckpt_path = config[config.subcommand].get("ckpt_path") if config.get("subcommand") else None
-    if not isinstance(ckpt_path, str) or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
-        return
-    if ckpt_path.startswith("registry") or "://" in ckpt_path:
-        return  # a model registry or remote file: Lightning fetches it
-    check_checkpoint_file(ckpt_path)
+def is_remote(ckpt_path: str) -> bool:
+    """A model registry or remote file: Lightning fetches it."""
+    return ckpt_path.startswith("registry") or "://" in ckpt_path
 
 
 def check_init_from(config) -> None:
@@ -230,6 +266,7 @@ def main(args=None):
             ImageDataModule,
             args=argv,
             seed_everything_default=0,
+            save_config_callback=SaveConfigWhenTraining,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0},
             # Errors are raised, not printed with the whole usage: parse_arguments words them.

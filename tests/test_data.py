@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -192,6 +194,43 @@ def test_cache_is_built_once_then_reused(dataset, cache_dir, monkeypatch):
     assert npy.stat().st_mtime_ns == mtime and list(cache_dir.glob("*.npy")) == [npy]
     np.testing.assert_array_equal(second.images, load_cache(npy))
     assert isinstance(second.images, np.memmap)
+
+
+def damage(path: Path, how: str) -> None:
+    sidecar = path.with_suffix(".json")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "other images":  # same shape and size, other pixels: only the checksum tells
+        np.save(path, np.zeros_like(load_cache(path)))
+    elif how == "corrupt record":
+        sidecar.write_text(sidecar.read_text()[:20])
+    elif how == "no record":
+        sidecar.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "other images", "corrupt record", "no record"])
+def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt(dataset, cache_dir, how):
+    root, _ = dataset
+    path = build_cache(root, RES, cache_dir, progress=False)
+    good = np.array(load_cache(path))
+    damage(path, how)
+    with pytest.warns(UserWarning, match=r"the cache .* is unusable \(.+\); rebuilding it from") as warned:
+        assert build_cache(root, RES, cache_dir, progress=False) == path
+    assert len(warned) == 1 and "\n" not in str(warned[0].message)
+    np.testing.assert_array_equal(load_cache(path), good)
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == [".json", ".npy"]
+
+
+def test_cache_files_follow_the_umask(dataset, cache_dir):
+    root, _ = dataset
+    previous = os.umask(0o022)
+    try:
+        path = build_cache(root, RES, cache_dir, progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == 0o644
 
 
 def test_cache_key_follows_the_dataset_and_resolution(dataset, cache_dir):

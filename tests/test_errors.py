@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,3 +156,92 @@ def test_printed_commands_use_this_interpreter(monkeypatch):
         assert Path(program[0]).samefile(beside)
     else:
         assert Path(program[0]).samefile(sys.executable) and program[1:3] == ["-m", "tensorboard.main"]
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: a malicious checkpoint."""
+
+    def __reduce__(self):
+        return os.system, ("touch pwned",)
+
+
+def checkpoint_of(path: Path, **generator) -> Path:
+    """A stand-in for a train.py checkpoint: what is read before any weights are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hparams = {"generator": {"resolution": 32, "ch": 8, **generator}, "loop": {"max_g_iters": 2}}
+    torch.save({"biggan_smyrf": {"g_iters": 2}, "hyper_parameters": hparams, "state_dict": {}}, path)
+    return path
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_nonpositive_learning_rates_and_batch_sizes(run_dir, capsys):
+    for option in ("--model.optim.lr_g", "--model.optim.lr_d"):
+        for value in ("-1", "0"):
+            fails_cleanly(train_cli.main, train_args(option, value), capsys, f"{option[8:]} must be > 0")
+    for value in ("-1", "0"):
+        fails_cleanly(train_cli.main, train_args("--data.batch_size", value), capsys, "batch_size must be at least 1")
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_unsafe_foreign_and_torn_checkpoints_are_refused_in_one_line(run_dir, capsys):
+    torch.save({"x": RunsCode()}, run_dir / "evil.ckpt")
+    torch.save({"weights": torch.zeros(3)}, run_dir / "foreign.pt")
+    torch.save({"weights": torch.zeros(10000)}, run_dir / "whole.ckpt")
+    run = run_dir / "checkpoints" / "r"
+    run.mkdir(parents=True)
+    (run / "last.ckpt").write_bytes((run_dir / "whole.ckpt").read_bytes()[:20000])  # cut short
+    for subcommand in ("fit", "validate"):
+        for path in ("evil.ckpt", "last"):
+            if path == "last":
+                (run / "last.ckpt").write_bytes((run_dir / "evil.ckpt").read_bytes())
+            tail = fails_cleanly(train_cli.main, [subcommand, *train_args("--run=r", "--ckpt_path", path)], capsys,
+                                 "is refused: loading it could run code", "posix.system")
+            assert "weights_only=False" not in "\n".join(tail)
+        fails_cleanly(train_cli.main, [subcommand, *train_args("--ckpt_path", "foreign.pt")], capsys,
+                      "foreign.pt is not a train.py checkpoint")
+    (run / "last.ckpt").write_bytes((run_dir / "whole.ckpt").read_bytes()[:20000])
+    fails_cleanly(train_cli.main, train_args("--run=r", "--ckpt_path", "last"), capsys,
+                  "last.ckpt is not a PyTorch checkpoint")
+    assert not (run_dir / "pwned").exists()
+
+
+def test_resume_with_another_architecture_is_refused_and_changes_nothing(run_dir, capsys):
+    run = run_dir / "checkpoints" / "r"
+    checkpoint_of(run / "last.ckpt")
+    (run / "tb").mkdir()
+    (run / "tb" / "config.yaml").write_text("the run's own config\n")
+    before = files_of(run)
+    for path in ("last", str(run / "last.ckpt")):
+        fails_cleanly(train_cli.main, train_args("--run=r", "--ckpt_path", path, "--model.generator.ch", "32"), capsys,
+                      "--model.generator.ch 32 differs from the run being resumed (8 in")
+    (run_dir / "wide.yaml").write_text("model:\n  generator: {ch: 16}\n")
+    fails_cleanly(train_cli.main, train_args("--config", "wide.yaml", "--run=r", "--ckpt_path", "last"), capsys,
+                  "--model.generator.ch 16 differs")
+    assert files_of(run) == before
+
+
+def test_ckpt_path_last_without_a_checkpoint_lists_the_runs(run_dir, capsys):
+    checkpoint_of(run_dir / "checkpoints" / "demo" / "last.ckpt")
+    checkpoint_of(run_dir / "checkpoints" / "other" / "last.ckpt")
+    fails_cleanly(train_cli.main, train_args("--run=dmeo", "--ckpt_path", "last"), capsys,
+                  "checkpoints/dmeo/last.ckpt does not exist", "demo, other")
+    assert not (run_dir / "checkpoints" / "dmeo").exists()
+
+
+def test_read_only_or_full_output_folder_is_refused_before_training(run_dir, capsys, monkeypatch):
+    (run_dir / "checkpoints").symlink_to("/proc/self")  # a folder no one may create runs in
+    fails_cleanly(train_cli.main, train_args("--run=r"), capsys, "cannot write to checkpoints/r")
+    (run_dir / "checkpoints").unlink()
+    monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
+    fails_cleanly(train_cli.main, train_args("--run=r"), capsys, "free on the disk of checkpoints/r", "checkpoint needs")
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_failed_start_leaves_no_run_folder(run_dir, capsys):
+    """Metrics without their weights fail in setup, after Lightning made its logger."""
+    with pytest.raises(SystemExit, match="metrics.weights_path=missing.pth does not exist"):
+        train_cli.main(train_args("--run=r", "--model.metrics.enabled=true", "--model.metrics.weights_path=missing.pth"))
+    assert not (run_dir / "checkpoints" / "r").exists()

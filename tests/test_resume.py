@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
@@ -133,6 +136,20 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path)
     assert torch.equal(torch.load(path)["weights"], torch.ones(1000)) and not partial_path(path).exists()
 
 
+def test_a_failed_checkpoint_write_says_so_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(10)}, path)
+
+    def disk_full(obj, f):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=f"could not write {path} .*file write failed.*; {path} is unchanged"):
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(10)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["weights"], torch.zeros(10)) and not partial_path(path).exists()
+
+
 def test_train_py_writes_checkpoints_atomically_unless_told_otherwise():
     assert [type(p) for p in with_atomic_checkpoints(None)] == [AtomicCheckpointIO]
     own = AtomicCheckpointIO()
@@ -159,10 +176,12 @@ def test_run_stopped_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_
 
 @pytest.mark.slow
 def test_ten_kills_lose_nothing(tmp_path):
-    """benchmarks/checks/faults.py at a small size: 10 SIGKILLs, some mid-write, each resumed; the end
-    state equals the uninterrupted run's and no checkpoint was ever unreadable."""
+    """benchmarks/checks/faults.py at a small size: 10 SIGKILLs, some mid-write, then a SIGTERM and a SIGINT,
+    each resumed; the end state equals the uninterrupted run's, no checkpoint was ever unreadable
+    and the signals lost no G iteration."""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.checks.faults", "--kills=10", "--g-iters=30", "--ckpt-every=1",
+        [sys.executable, "-m", "benchmarks.checks.faults", "--kills=10", "--sigterms=1", "--sigints=1",
+         "--g-iters=30", "--ckpt-every=1",
          f"--workdir={tmp_path / 'runs'}", f"--results-dir={tmp_path}"],
         capture_output=True, text=True, timeout=1500, cwd=ROOT,
     )
@@ -171,6 +190,7 @@ def test_ten_kills_lose_nothing(tmp_path):
     assert results["kills"] == 10 and results["unreadable_checkpoints"] == 0
     assert results["kills_during_a_write"] >= 1
     assert results["final_g_iters"] == 30 and results["values_different_from_uninterrupted"] == 0
+    assert results["signal_stops"] == 2 and results["signal_stops_not_ok"] == 0 and results["g_iters_lost_to_signals"] == 0
 
 
 def test_deterministic_mode_trains_smyrf_without_a_nondeterministic_op(tmp_path):
@@ -211,3 +231,47 @@ def test_run_resumed_after_an_attention_switch_with_adaptive_augmentation_ends_b
     printed = yaml.safe_load(train(tmp_path, *recipe, "--print_config").stdout)["model"]
     assert printed["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 6}]
     assert printed["augment"]["policy"] == ["color", "translation", "cutout"] and printed["augment"]["adaptive"] is True
+
+
+def scalar_steps(tb: Path) -> dict[str, list[int]]:
+    """The steps TensorBoard shows for each scalar (it drops points a resumed run purged)."""
+    events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """A run checkpointed at G iteration 2 and continued to 4, then as if that continuation had been
+    killed before its next checkpoint: resumed from the iteration-2 checkpoint again, to 5, once with
+    `--ckpt_path last` and once, in a copy, with the checkpoint's path."""
+    by_last, by_file = tmp_path_factory.mktemp("by_last"), tmp_path_factory.mktemp("by_file")
+    common = ["--run=r", "--model.loop.ckpt_every=1000", "--model.loop.sample_every=1000", "--model.loop.val_every=1000"]
+    train(by_last, *common, "--model.loop.max_g_iters=2")
+    run = by_last / "checkpoints" / "r"
+    shutil.copytree(run, by_file / "checkpoints" / "r")
+    shutil.copy(run / "last.ckpt", by_last / "at2.ckpt")
+    train(by_last, *common, "--ckpt_path=last", "--model.loop.max_g_iters=4")
+    shutil.copy(by_last / "at2.ckpt", run / "last.ckpt")
+    train(by_last, *common, "--ckpt_path=last", "--model.loop.max_g_iters=5")
+    path = by_file / "checkpoints" / "r" / "last.ckpt"
+    train(by_file, *common, f"--ckpt_path={path}", "--model.loop.max_g_iters=5")
+    return run, by_file / "checkpoints" / "r"
+
+
+@pytest.mark.slow
+def test_ckpt_path_file_and_last_resume_alike_with_the_command_line_applied(resumed_runs):
+    by_last, by_file = (load(run / "last.ckpt") for run in resumed_runs)
+    assert by_file["biggan_smyrf"]["g_iters"] == by_last["biggan_smyrf"]["g_iters"] == 5  # the new length applies
+    assert by_file["hyper_parameters"]["loop"]["max_g_iters"] == 5
+    assert training_state_differences(by_last, by_file) == []
+
+
+@pytest.mark.slow
+def test_resumed_run_shows_one_point_per_scalar_and_g_iteration(resumed_runs):
+    run, _ = resumed_runs
+    steps = scalar_steps(run / "tb")
+    assert "train/lr_g" in steps and len(list((run / "tb").glob("events.*"))) == 3
+    for tag, seen in steps.items():
+        if tag.startswith("train/"):
+            assert seen == [1, 2, 3, 4, 5], (tag, seen)

@@ -1,19 +1,26 @@
-"""Faults lose nothing: a training run killed with SIGKILL again and again ends as if never killed.
+"""Faults lose nothing: a training run killed with SIGKILL again and again, and stopped by SIGTERM
+and Ctrl-C (SIGINT), ends as if never interrupted.
 
-    python -m benchmarks.checks.faults                        # 10 kills, demo config at ch 8, 30 G iterations
-    python -m benchmarks.checks.faults--kills 20 --g-iters 60 --ckpt-every 2
+    python -m benchmarks.checks.faults # 10 kills, 3 SIGTERMs, 3 SIGINTs; demo at ch 8, 40 G iterations
+    python -m benchmarks.checks.faults --kills 20 --g-iters 60 --ckpt-every 2
 
 Trains the demo config once without interruption (the reference), then the same run again,
 killing it `--kills` times in a row and resuming it with `--ckpt_path last` after each kill. Every
 kill comes after the attempt has written at least one new checkpoint (so each resume makes
 progress); odd kills land at a random moment up to one checkpoint interval later, even ones the
 moment a checkpoint write has begun (the `.partial` file of `AtomicCheckpointIO` appears). After
-every kill `last.ckpt` must load; at the end the run's training state (every tensor, counters, data
-position: `biggan_smyrf.training.resume_check`) must equal the reference's bit for bit.
+every kill `last.ckpt` must load. Then `--sigterms` SIGTERM and `--sigints` SIGINT rounds, in turn:
+each resumes with no checkpoint interval of its own (only the signal writes one) and a sample grid
+per G iteration (which shows how many are done), and gets its signal at a random moment up to one
+checkpoint interval after its first new G iteration; it must exit with 128 + the signal number,
+with last.ckpt at a whole G iteration no earlier than the last one done when the signal was sent.
+At the end the run's training state (every tensor, counters, data position:
+`biggan_smyrf.training.resume_check`) must equal the reference's bit for bit.
 Results: `results/faults-cpu.json` and `.md`.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -35,20 +42,21 @@ from biggan_smyrf.training.resume_check import training_state, training_state_di
 POLL_S = 0.0  # a write in progress is looked for without pause: a small checkpoint is written in a few ms
 
 
-def train_command(args, run: str, resume: bool) -> list[str]:
+def train_command(args, run: str, resume: bool, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.yaml"), f"--run={run}",
         f"--model.generator.ch={args.ch}", f"--model.discriminator.ch={args.ch}", f"--data.batch_size={args.batch_size}",
         "--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--seed_everything={args.seed}", f"--model.loop.max_g_iters={args.g_iters}",
         f"--model.loop.ckpt_every={args.ckpt_every}", "--model.loop.sample_every=1000000",
-        "--model.loop.val_every=1000000", *(["--ckpt_path=last"] if resume else []),
+        "--model.loop.val_every=1000000", *(["--ckpt_path=last"] if resume else []), *extra,
     ]
 
 
-def start(args, workdir: Path, run: str, resume: bool, log) -> subprocess.Popen:
+def start(args, workdir: Path, run: str, resume: bool, log, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(train_command(args, run, resume), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(train_command(args, run, resume, extra), cwd=workdir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def mtime(path: Path) -> int:
@@ -128,14 +136,53 @@ def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -
             row.update(readable=False, error=f"{type(err).__name__}: {err}")
         rows.append(row)
         print(row, flush=True)
+    rows += signalled_runs(args, workdir, ckpt, interval, log, rng)
     proc = start(args, workdir, "faulty", True, log)
     return ckpt, rows, proc.wait()
+
+
+# Signal rounds: only the signal writes a checkpoint, and a sample grid per G iteration shows which are done.
+SIGNAL_ROUND = ("--model.loop.ckpt_every=1000000", "--model.loop.sample_every=1")
+
+
+def done_g_iters(run: Path) -> int:
+    grids = sorted((run / "samples").glob("G_ema_*.png"))
+    return int(grids[-1].stem.rsplit("_", 1)[1]) if grids else 0
+
+
+def signalled_runs(args, workdir: Path, ckpt: Path, interval: float, log, rng: random.Random) -> list[dict]:
+    """SIGTERM and SIGINT rounds, alternating; each resumes the run and is stopped by its signal."""
+    pairs = itertools.zip_longest([signal.SIGTERM] * args.sigterms, [signal.SIGINT] * args.sigints)
+    rows = []
+    for signum in [s for pair in pairs for s in pair if s is not None]:
+        resumed_from = load(ckpt)["biggan_smyrf"]["g_iters"]
+        proc, started = start(args, workdir, "faulty", True, log, SIGNAL_ROUND), time.monotonic()
+        while done_g_iters(ckpt.parent) <= resumed_from:  # training runs: one new G iteration done
+            if proc.poll() is not None:
+                raise SystemExit(f"a {signum.name} round: train.py exited ({proc.returncode}) early; see {log.name}")
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, interval))
+        done = done_g_iters(ckpt.parent)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        code = proc.wait()
+        state = load(ckpt)["biggan_smyrf"]
+        row = {"kill": args.kills + len(rows) + 1, "mode": signum.name, "seconds_alive": round(sent - started, 2),
+               "seconds_to_exit": round(time.monotonic() - sent, 2), "exit_code": code,
+               "done_at_signal": done, "resumes_from_g_iter": state["g_iters"],
+               "whole_g_iteration": state["micro_step"] == 0, "readable": True, "write_interrupted": False,
+               "ok": code == 128 + signum and state["micro_step"] == 0 and state["g_iters"] >= done}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def build_parser():
     parser = benchmark_parser(__doc__, device=False, threads=False)
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--g-iters", type=int, default=30, help="run length in G iterations")
+    parser.add_argument("--sigterms", type=int, default=3, help="SIGTERM rounds after the kills")
+    parser.add_argument("--sigints", type=int, default=3, help="SIGINT (Ctrl-C) rounds after the kills")
+    parser.add_argument("--g-iters", type=int, default=40, help="run length in G iterations")
     parser.add_argument("--ckpt-every", type=int, default=1, help="G iterations between checkpoints")
     parser.add_argument("--ch", type=int, default=8, help="G and D width")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -157,10 +204,15 @@ def main(argv=None) -> None:
         reference, interval = reference_run(args, workdir, log)
         faulty, rows, final_exit = killed_runs(args, workdir, interval, log, random.Random(args.seed))
     differences = training_state_differences(load(reference), load(faulty)) if final_exit == 0 else ["(no final checkpoint)"]
+    signalled = [r for r in rows if "ok" in r]
     summary = {
-        "kills": len(rows),
+        "kills": len(rows) - len(signalled),
         "kills_during_a_write": sum(r["write_interrupted"] for r in rows),
         "unreadable_checkpoints": sum(not r["readable"] for r in rows),
+        "signal_stops": len(signalled),
+        "signal_stops_not_ok": sum(not r["ok"] for r in signalled),
+        "g_iters_lost_to_signals": sum(max(0, r["done_at_signal"] - r["resumes_from_g_iter"]) for r in signalled),
+        "max_seconds_from_signal_to_exit": max((r["seconds_to_exit"] for r in signalled), default=None),
         "final_run_exit_code": final_exit,
         "final_g_iters": load(faulty)["biggan_smyrf"]["g_iters"] if final_exit == 0 else None,
         "values_compared": len(training_state(load(reference))),
@@ -172,14 +224,20 @@ def main(argv=None) -> None:
     print(summary)
     table = markdown_table(rows, [("kill", "kill"), ("mode", "when"), ("seconds_alive", "s after start"),
                                   ("write_interrupted", "interrupted a write"), ("readable", "last.ckpt loads"),
-                                  ("resumes_from_g_iter", "resumes from G iter")])
+                                  ("done_at_signal", "G iters done at the signal"), ("exit_code", "exit code"),
+                                  ("seconds_to_exit", "s from signal to exit"), ("resumes_from_g_iter", "resumes from G iter")])
     text = (f"{summary['kills']} SIGKILLs of one demo run (ch {args.ch}, batch {args.batch_size}, {args.g_iters} G iterations, "
             f"a checkpoint every {args.ckpt_every}), {summary['kills_during_a_write']} of them during a checkpoint write; "
-            f"unreadable checkpoints: {summary['unreadable_checkpoints']}; final run exit code {final_exit}; "
+            f"unreadable checkpoints: {summary['unreadable_checkpoints']}. Then {summary['signal_stops']} stops by "
+            f"SIGTERM/SIGINT, each resumed with only the signal writing a checkpoint: G iterations lost "
+            f"{summary['g_iters_lost_to_signals']}, stops with a wrong exit code or a partial G iteration "
+            f"{summary['signal_stops_not_ok']}, at most {summary['max_seconds_from_signal_to_exit']} s from signal to exit. "
+            f"Final run exit code {final_exit}; "
             f"values of the final training state (tensors, counters, data position) that differ from the "
             f"uninterrupted run's: {summary['values_different_from_uninterrupted']} of {summary['values_compared']}.\n\n{table}")
     write_results(args.name, torch.device("cpu"), rows, text, {**vars(args), "workdir": str(workdir), "results_dir": str(args.results_dir), **summary})
-    ok = final_exit == 0 and not differences and not summary["unreadable_checkpoints"] and len(rows) == args.kills
+    ok = (final_exit == 0 and not differences and not summary["unreadable_checkpoints"] and summary["kills"] == args.kills
+          and summary["signal_stops"] == args.sigterms + args.sigints and not summary["signal_stops_not_ok"])
     sys.exit(0 if ok else 1)
 
 

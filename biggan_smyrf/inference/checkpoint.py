@@ -6,6 +6,7 @@ architecture comes from the file itself, so users never repeat the model options
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,7 @@ from biggan_smyrf.models.swap import Setting
 from biggan_smyrf.typed import coerce
 
 EXPORT_FORMAT = "biggan_smyrf.generator/1"
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch.load(weights_only=True) names what it refused
 WHAT_TO_PASS = "pass a train.py checkpoint (last.ckpt, best-fid.ckpt) or a file written by export_generator"
 
 
@@ -52,6 +54,12 @@ def read_checkpoint(path: Union[str, Path], what_to_pass: str = WHAT_TO_PASS) ->
     # Whatever torch.load raises on a damaged or foreign file (UnpicklingError, RuntimeError, but also
     # IndexError or KeyError from its unpickler) says the file is unusable, not that our code is wrong.
     except Exception as err:
+        unsafe = UNSAFE_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if unsafe:  # torch's own message advises weights_only=False, which would run that code
+            raise CheckpointError(
+                f"{path} is refused: loading it could run code (its pickle calls {unsafe[1]}; a checkpoint holds "
+                f"only tensors and plain data); {what_to_pass}"
+            ) from None
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint that loads safely with weights_only=True "
             f"({type(err).__name__}); {what_to_pass}"

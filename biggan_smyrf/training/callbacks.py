@@ -1,10 +1,13 @@
-"""Callbacks that work in G iterations: sample grids, run summary, the final checkpoint."""
+"""Callbacks that work in G iterations (sample grids, run summary, the final checkpoint) and keep a
+run directory clean of failed starts."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 from torchvision.io import write_png
 from torchvision.utils import make_grid
@@ -144,3 +147,45 @@ class FinalCheckpoint(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         # A full checkpoint (optimisers, loops, callbacks) for exact resumes; written atomically.
         trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class SaveConfigWhenTraining(SaveConfigCallback):
+    """LightningCLI's config.yaml, written when training starts rather than at setup: a start that
+    fails (data, weights, devices) leaves the config of the run it tried to resume as it was."""
+
+    def setup(self, trainer, pl_module, stage):
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module):
+        super().setup(trainer, pl_module, "fit")
+
+
+class CleanFailedStart(pl.Callback):
+    """Removes what a start that fails before training wrote into the run directory (Lightning makes
+    its logger, hence the folder and an event file, before the data and model are set up): the
+    folder of a new run, or the new files of a resumed one. Existing files are never touched."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.existed = self.run_dir.exists()
+        self.before = set(self.run_dir.rglob("*")) if self.existed else set()
+        self.training = False
+
+    def on_train_start(self, trainer, pl_module):
+        self.training = True
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.training or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.finalize("failed")  # closes the event file before it goes
+        if not self.existed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        new = sorted(set(self.run_dir.rglob("*")) - self.before, key=lambda p: len(p.parts), reverse=True)
+        for path in new:  # deepest first: files, then the folders they emptied
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()

@@ -33,6 +33,13 @@ class OptimConfig:
     loss: LossName = "hinge"  # hinge (BigGAN, the paper) or logistic (non-saturating); see training/losses.py
 
     def __post_init__(self):
+        # Adam would refuse these too, but only once the data is prepared and the model built.
+        for name in ("lr_g", "lr_d", "eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.num_d_steps < 1 or self.accumulate < 1:
             raise ValueError(f"num_d_steps and accumulate must be >= 1, got {self.num_d_steps}, {self.accumulate}")
         gan_loss(self.loss)  # fails with the valid names
