@@ -45,13 +45,36 @@ def assert_close(got, want, dtype):
         assert error < TOLERANCE[dtype], f"relative error {error:.2e} >= {TOLERANCE[dtype]:.0e}"
 
 
+# At the production block sizes (forward 128 queries x 64 keys, backward 64 x 64): 168 queries and
+# 88 keys give every kernel several query and key blocks per cluster with ragged tails (40, 24), so
+# the online softmax's rescale across key blocks runs as at BigGAN's sizes on a GPU.
+PRODUCTION = (2, 168, 88, 12, 48)
+
+
+def blocks_per_cluster(length: int, largest: int) -> tuple[int, int]:
+    """(blocks, rows in the last one) of a cluster of `length` rows at the kernels' block size."""
+    block = triton_kernels._block(length, largest)
+    return -(-length // block), length - (length - 1) // block * block
+
+
 parametrize = pytest.mark.parametrize
 cases = [
     pytest.param(shape, dtype, masked, id=f"{name}-{str(dtype)[6:]}-{'mask' if masked else 'nomask'}")
     for name, shape in SHAPES.items()
     for dtype in TOLERANCE
     for masked in (False, True)
+] + [
+    pytest.param(PRODUCTION, dtype, masked, id=f"production blocks-{str(dtype)[6:]}-{'mask' if masked else 'nomask'}")
+    for dtype in (torch.float32, torch.bfloat16)
+    for masked in (False, True)
 ]
+
+
+def test_production_shape_has_several_ragged_blocks():
+    _, Lq, Lk, _, _ = PRODUCTION
+    for length, largest in ((Lq, 128), (Lq, 64), (Lk, 64)):
+        blocks, last = blocks_per_cluster(length, largest)
+        assert blocks >= 2 and last < triton_kernels._block(length, largest), (length, largest)
 
 
 @parametrize("shape, dtype, masked", cases)
@@ -133,7 +156,8 @@ ROUTE_TOLERANCE = {torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 1.5
 
 
 def smyrf_with_grads(kernel, q, k, v, mask, dtype, settings):
-    leaves = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    # Fresh leaves: x.to(float32) is x itself for fp32 inputs, whose .grad a second run would add to.
+    leaves = [x.detach().to(dtype).clone().requires_grad_() for x in (q, k, v)]
     out = smyrf_attention(*leaves, seed=4, key_padding_mask=mask, kernel=kernel, **settings)
     (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     return out, [out.detach().float()] + [x.grad.float() for x in leaves]
@@ -151,6 +175,35 @@ def test_permuted_rounds_match_the_gathered_route(recipe, masked, dtype):
     mask = torch.rand(2, M, generator=g) > 0.2 if masked else None
     out, got = smyrf_with_grads("triton", q, k, v, mask, dtype, settings)
     assert type(out.grad_fn).__name__ == "_PermutedRoundsBackward"
+    _, want = smyrf_with_grads("chunked", q, k, v, mask, dtype, settings)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        error = ((a - b).norm() / b.norm()).item()
+        assert error < ROUTE_TOLERANCE[dtype], f"{name}: relative error {error:.1e}"
+
+
+# The permuted route at its production blocks (triton_rounds.BLOCKS), batch 1: 160 queries and
+# 80 + 5 summary keys per cluster are 2 forward / 3 backward query blocks and 2 key blocks, all ragged.
+PRODUCTION_RECIPES = {
+    "defaults": (320, 160, dict(n_hashes=2, q_cluster_size=160, n_summaries=5)),
+    "paper": (320, 160, dict(n_hashes=2, q_cluster_size=160, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
+}
+
+
+@parametrize("recipe", list(PRODUCTION_RECIPES))
+@parametrize("masked", [False, True], ids=["nomask", "mask"])
+@parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_permuted_rounds_at_production_blocks(recipe, masked, dtype):
+    from biggan_smyrf.attention.triton_rounds import BLOCKS
+
+    N, M, settings = PRODUCTION_RECIPES[recipe]
+    Cq, Lk = settings["q_cluster_size"], M * settings["q_cluster_size"] // N + settings["n_summaries"]
+    for length, largest in ((Cq, BLOCKS["forward"][0]), (Cq, BLOCKS["backward"][0]), (Lk, BLOCKS["forward"][1])):
+        blocks, last = blocks_per_cluster(length, largest)
+        assert blocks >= 2 and last < triton_kernels._block(length, largest), (length, largest)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, n, d, generator=g) for n, d in ((N, 12), (M, 12), (M, 48)))
+    mask = torch.rand(1, M, generator=g) > 0.2 if masked else None
+    _, got = smyrf_with_grads("triton", q, k, v, mask, dtype, settings)
     _, want = smyrf_with_grads("chunked", q, k, v, mask, dtype, settings)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
         error = ((a - b).norm() / b.norm()).item()
