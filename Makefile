@@ -13,7 +13,7 @@ XLA_STAMP := $(XLA_VENV)/.installed
 TRITON36_VENV := .venv-triton36
 TRITON36_STAMP := $(TRITON36_VENV)/.installed
 
-.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench gpu-goals gpu-preflight xla-check
+.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench gpu-plan gpu-goals gpu-preflight xla-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(foreach c,$(BENCH_CKPTS),$(PY) benchmarks/sample_effect.py --ckpt $(c) --name sample_effect_$(notdir $(patsubst %/,%,$(dir $(c))));)
 	$(PY) benchmarks/profile_smyrf.py
 	$(PY) benchmarks/memory_model.py
+	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/step_ops.py
 	$(PY) benchmarks/models.py --table model --threads 1
 	$(PY) benchmarks/models.py --table step --threads 1
@@ -47,9 +48,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/faults.py
 
-# GPU check (issue #13): run on a CUDA machine that has torch, Lightning, torchvision, tensorboard
-# and scikit-image (our device machines: Python 3.12, no internet). `make gpu-wheels` first, on a
-# machine with internet, downloads what those lack into .whl/ (git-ignored; carry it along).
+# GPU check: run on a CUDA machine that has torch, Lightning, torchvision, tensorboard and
+# scikit-image (e.g. Python 3.12 without internet). `make gpu-wheels` first, on a machine with
+# internet, downloads what those lack into .whl/ (git-ignored; copy it along).
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 WHEELS := torch-fidelity==0.4.0 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
 gpu-wheels:
@@ -67,6 +68,10 @@ gpu-check: gpu-site
 # Profile, 10k-sample validation, kernel block sizes and torch.compile rows (after gpu-check).
 gpu-bench: gpu-site
 	PYTHONPATH=/tmp/site:$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --bench $(GPU_ARGS)
+
+# Anywhere, no GPU: every gpu-check and gpu-bench step's rows, cold compiles and estimated H100 time.
+gpu-plan: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --plan --with-bench $(GPU_ARGS)
 
 # Issues #13/#14's goals from the *-cuda.json results (anywhere; reads JSON only): met, missed, not measured.
 gpu-goals:

@@ -50,21 +50,29 @@ METHODS = {
 NAIVE_LIMIT_BYTES = 12 * 2**30
 
 
+def method_config(method: dict):
+    """The AttentionConfig a SMYRF method runs (None for dense): "ours" is the library default
+    (`attend` with this config), the others the paper's recipe."""
+    if method["kind"] == "ours":
+        return AttentionConfig(kind="smyrf", n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"])
+    if method["kind"] == "smyrf":
+        return AttentionConfig.paper(n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"],
+                                     hashing=method.get("hashing", "xbox"))
+    return None
+
+
 def attention_fn(method: dict, kernel: str = "auto"):
     if method["kind"] == "naive":
         return lambda q, k, v: dense_attention(q, k, v, scale=1.0, backend="math")
     if method["kind"] == "sdpa":
         return lambda q, k, v: dense_attention(q, k, v, scale=1.0)
+    config = method_config(method)
     if method["kind"] == "ours":
-        # What the model's blocks run (`attend` with this config), with the cluster kernel chosen.
-        config = AttentionConfig(kind="smyrf", n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"])
+        # What the model's blocks run, with the cluster kernel chosen.
         return lambda q, k, v: smyrf_attention(
             q, k, v, config, scale=1.0, generator=torch.Generator().manual_seed(0), kernel=kernel
         )
-    return lambda q, k, v: smyrf_attention(
-        q, k, v, AttentionConfig.paper(), n_hashes=method["n_hashes"], q_cluster_size=method["q_cluster_size"], scale=1.0, seed=0,
-        hashing=method.get("hashing", "xbox"), kernel=kernel,
-    )
+    return lambda q, k, v: smyrf_attention(q, k, v, config, scale=1.0, seed=0, kernel=kernel)
 
 
 def run_case(case: dict) -> dict:
@@ -143,6 +151,11 @@ def cases(device: torch.device, quick: bool, methods: list[str], dtypes: list[st
                 yield case
 
 
+def plan_cases(args) -> list[dict]:
+    """The rows `main` runs for these arguments, in order (what gpu_plan.py reads without running them)."""
+    return list(cases(torch.device(args.device), args.quick, args.methods, args.dtype, args.kernel, args.sizes, args.batches))
+
+
 def add_ratios(rows: list[dict]) -> None:
     """fwd+bwd time and peak memory relative to dense SDPA at the same N, batch and dtype."""
     dense = {(r["n"], r["batch"], r["dtype"]): r for r in rows if r["method"] == "dense SDPA" and "fwd_bwd_ms" in r}
@@ -181,7 +194,7 @@ def main():
 
     device = torch.device(args.device)
     rows = []
-    for case in cases(device, args.quick, args.methods, args.dtype, args.kernel, args.sizes, args.batches):
+    for case in plan_cases(args):
         if "skipped" not in case:
             case = run_case_in_subprocess(__file__, case) if device.type == "cpu" else run_cuda_case(case)
         rows.append(case)

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main():
     args = build_parser().parse_args()
-    from biggan_smyrf.attention.triton_kernels import INTERPRETED
+    from biggan_smyrf.attention.triton.blocks import INTERPRETED
     if not INTERPRETED:
         sys.exit("error: run with TRITON_INTERPRET=1 set before triton is imported (this script sets it unless overridden)")
     hub_cap = 3 * hashing.HUB_SCORES * 4  # logits, softmax and its nan_to_num, float32, at any batch

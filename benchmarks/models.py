@@ -3,7 +3,7 @@
     python benchmarks/models.py --table model     # G fwd+bwd  -> results/models-<dev>.{json,md}
     python benchmarks/models.py --table step      # train step -> results/train_step-<dev>.{json,md}
     python benchmarks/models.py --table step --quick          # ch=16, batch 2: a sanity run
-    python benchmarks/models.py --table step --device cuda    # in-process, batches 16 and 32
+    python benchmarks/models.py --table step --device cuda    # in-process, batches 16 and 32 (--batches)
     python benchmarks/models.py --table step --variants "dense@128 flash" "smyrf@128 ours 4x2048" \
         --batches 4 --reps 5 --name train_step_flash_vs_smyrf    # a subset, more reps
     python benchmarks/models.py --table step --device cuda --variants dense@64 --dtypes bf16 \
@@ -85,6 +85,8 @@ VARIANTS = {
     "dense@256 flash": (256, 256, "dense", False),
 }
 STEP_VARIANTS = ["dense@64", "dense@128 naive", "dense@128 flash", "smyrf@128 paper 4x2048", "smyrf@128 ours 4x2048"]
+# On CUDA also SMYRF through the previous CUDA route (gathered copies, chunked matmuls).
+CUDA_STEP_VARIANTS = [*STEP_VARIANTS, "smyrf@128 ours 4x2048 chunked"]
 BASE_TIME, BASE_MEM = "dense@64", "dense@128 naive"  # the ratio columns' references
 TIMEOUT_S = 1500  # a G256 train step on 2 cores takes minutes
 CPU_MEMORY_LIMIT = 16 * 2**30  # address space per case: a case that needs more fails, not the machine
@@ -93,26 +95,39 @@ CPU_MEMORY_LIMIT = 16 * 2**30  # address space per case: a case that needs more 
 SPEEDS = ("plain", "nhwc", "compile", "nhwc+compile", "sn per layer")
 
 
-def cases(table: str, device: str, quick: bool, reps: int, threads: int, speeds=("plain",)):
+def cases(table: str, device: str, quick: bool, reps: int, threads: int, speeds=("plain",), batches=None):
+    """Every row of a table. `batches` (default: CPU 4 and 8, CUDA 16 and 32) are the plan's own:
+    each mixed-precision row exists at every CUDA batch, so `--batches 32` gets its bf16 and fp16 rows."""
     ch = 16 if quick else 96
     if table == "model":
-        batches = [2] if quick else [4] if device == "cpu" else [4, 16]
+        batches = [2] if quick else batches or ([4] if device == "cpu" else [4, 16])
         plan = [(v, b, "fp32") for b in batches for v in VARIANTS]
     else:
-        batches = [2] if quick else [4, 8] if device == "cpu" else [16, 32]
-        plan = [(v, b, "fp32") for b in batches for v in STEP_VARIANTS]
+        batches = [2] if quick else batches or ([4, 8] if device == "cpu" else [16, 32])
+        step_variants = STEP_VARIANTS if device == "cpu" else CUDA_STEP_VARIANTS
+        plan = [(v, b, "fp32") for b in batches for v in step_variants]
         if device == "cpu" and not quick:  # time: batch 8 only for the target's references and SMYRF
             plan = [(v, b, d) for v, b, d in plan if b == 4 or v in (BASE_TIME, BASE_MEM, "smyrf@128 paper 4x2048")]
         plan += [("smyrf@256 ours 4x4096", batches[0], "fp32")]
-        # CPU bf16 only where the question is (flash dense vs SMYRF); on CUDA the whole set.
-        bf16 = ["dense@128 flash", "smyrf@128 paper 4x2048"] if device == "cpu" else STEP_VARIANTS
-        plan += [(v, batches[0], "bf16") for v in bf16]
-        if device == "cuda":  # 16-mixed: fp16 autocast with GradScaler, as Lightning runs it on CUDA
-            plan += [(v, batches[0], "fp16") for v in STEP_VARIANTS]
+        # CPU: bf16 only where the question is (flash dense vs SMYRF), at the first batch; CUDA: the
+        # whole set at every batch, and 16-mixed (fp16 autocast with GradScaler, as Lightning runs it).
+        if device == "cpu":
+            plan += [(v, batches[0], "bf16") for v in ["dense@128 flash", "smyrf@128 paper 4x2048"]]
+        else:
+            plan += [(v, b, d) for d in ("bf16", "fp16") for b in batches for v in step_variants]
     for variant, batch, dtype in plan:
         for speed in speeds:
             yield {"table": table, "device": device, "variant": variant, "batch": batch, "dtype": dtype, "ch": ch,
                    "reps": 1 if quick else reps, "threads": threads, "speed": speed}
+
+
+def plan_cases(args) -> list[dict]:
+    """The rows `main` runs for these arguments, in order: the table's cases that --variants,
+    --dtypes and --batches select (what gpu_plan.py reads without running them)."""
+    return [
+        case for case in cases(args.table, args.device, args.quick, args.reps, args.threads, args.speeds, args.batches)
+        if (not args.variants or case["variant"] in args.variants) and (not args.dtypes or case["dtype"] in args.dtypes)
+    ]
 
 
 def use_naive_dense(naive: bool) -> None:
@@ -259,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per CPU case")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these rows (every dtype)")
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "fp16"], help="only these dtypes")
-    parser.add_argument("--batches", nargs="+", type=int, help="only these batch sizes")
+    parser.add_argument("--batches", nargs="+", type=int,
+                        help="batch sizes (default: CPU 4 8, CUDA 16 32; --quick: 2)")
     add_cuda_options(parser)
     parser.add_argument("--speeds", nargs="+", default=["plain"], choices=SPEEDS,
                         help="step variants: plain, nhwc (channels_last), compile, nhwc+compile")
@@ -278,24 +294,25 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
 
+    plan = plan_cases(args)
+    if not plan:
+        parser.error("no rows: --variants, --dtypes and --batches select none of the table's cases")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # what the case subprocesses use; the results' header names it
+    meta = {"table": args.table, "ch": plan[0]["ch"], "quick": args.quick, "reps": plan[0]["reps"],
+            "threads": args.threads, "timeout_s": TIMEOUT_S}
     rows = []
-    for case in cases(args.table, args.device, args.quick, args.reps, args.threads, args.speeds):
-        if (args.variants and case["variant"] not in args.variants) or (args.batches and case["batch"] not in args.batches):
-            continue
-        if args.dtypes and case["dtype"] not in args.dtypes:
-            continue
+    for case in plan:
         rows.append(run_cpu_case(case) if device.type == "cpu" else run_cuda_case(case))
         print(json.dumps(rows[-1]), flush=True)
-    meta = {"table": args.table, "ch": rows[0]["ch"], "quick": args.quick, "reps": rows[0]["reps"],
-            "threads": args.threads, "timeout_s": TIMEOUT_S}
+        save(args.table, device, rows, meta, args.name, quiet=True)  # a run stopped part-way keeps its rows
     save(args.table, device, rows, meta, args.name)
     failed = [r for r in rows if "error" in r and r["error"] != "CUDA out of memory"]
     sys.exit(1 if failed else 0)
 
 
-def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None) -> None:
+def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, name: Optional[str] = None,
+         quiet: bool = False) -> None:
     add_ratios(rows)
     what = "G fwd+bwd ms" if table_name == "model" else "step ms"
     columns = [
@@ -305,10 +322,11 @@ def save(table_name: str, device: torch.device, rows: list[dict], meta: dict, na
         ("mem_vs_naive128", "mem vs naive@128"), ("error", "note"),
     ]
     table = markdown_table(rows, columns)
-    print(table)
     name = name or ("models" if table_name == "model" else "train_step")
     stem = write_results(name, device, rows, table, meta)
-    print(f"wrote {stem}.json and {stem}.md")
+    if not quiet:
+        print(table)
+        print(f"wrote {stem}.json and {stem}.md")
 
 
 if __name__ == "__main__":

@@ -110,13 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plan_cases(args) -> list[dict]:
+    """The cases `main` profiles, in order (what gpu_plan.py reads without running them)."""
+    ch, batch, iters = (16, 2, 1) if args.quick else (96, args.batch, args.iters)
+    return [{"variant": v, "dtype": d, "speed": s, "batch": batch, "ch": ch, "iters": iters}
+            for v in args.variants for d in args.dtypes for s in args.speeds]
+
+
 def main():
     args = parse_device_args(build_parser())
     device = torch.device(args.device)
-    ch, batch, iters = (16, 2, 1) if args.quick else (96, args.batch, args.iters)
     rows = []
-    for variant, dtype, speed in ((v, d, s) for v in args.variants for d in args.dtypes for s in args.speeds):
-        rows.append(profile_case(variant, dtype, speed, batch, ch, iters, device))
+    for case in plan_cases(args):
+        rows.append(profile_case(**case, device=device))
         print({k: v for k, v in rows[-1].items() if k != "top"}, flush=True)
     columns = [("variant", "G attention"), ("dtype", "dtype"), ("speed", "speed"), ("batch", "batch"),
                ("wall_ms", "wall ms"), ("busy_ms", "busy ms"), ("busy_fraction", "busy/wall"),
@@ -125,7 +131,8 @@ def main():
     table = markdown_table(rows, columns)
     print(table)
     what = "device kernels (busy = their total time)" if device.type == "cuda" else "aten ops' self CPU time"
-    stem = write_results(args.name, device, rows, table, {"ch": ch, "iters": iters, "grouped": what})
+    meta = {"ch": 16 if args.quick else 96, "iters": 1 if args.quick else args.iters, "grouped": what}
+    stem = write_results(args.name, device, rows, table, meta)
     print(f"wrote {stem}.json and {stem}.md")
 
 

@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
-from biggan_smyrf.attention import AttentionConfig, kernels, smyrf, smyrf_attention
+from biggan_smyrf.attention import AttentionConfig, cluster_attention, plan, smyrf_attention
 
 D_QK, D_V = 12, 48  # BigGAN's heads: C/8 and C/2 at ch 96 (benchmarks/attention.py)
 RECIPES = {
@@ -136,9 +136,9 @@ def recording(capabilities: tuple[int, ...]) -> Iterator[dict[int, list[Launch]]
 def as_on_cuda():
     """The launch code's device-dependent choices made as for CUDA tensors: the triton kernel
     accepted without the interpreter, the hub round split into CUDA's number of query runs."""
-    check = kernels._check_triton_usable
-    parts = smyrf.HUB_QUERY_PARTS
-    with mock.patch.object(kernels, "_check_triton_usable", lambda device, *a: check(torch.device("cuda"), *a)), \
+    check = cluster_attention._check_triton_usable
+    parts = plan.HUB_QUERY_PARTS
+    with mock.patch.object(cluster_attention, "_check_triton_usable", lambda device, *a: check(torch.device("cuda"), *a)), \
             mock.patch.dict(parts, {"cpu": parts["cuda"]}):
         yield
 

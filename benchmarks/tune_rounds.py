@@ -1,4 +1,4 @@
-"""Block sizes of SMYRF's permuted-round Triton kernels (attention/triton_rounds.py), by measurement.
+"""Block sizes of SMYRF's permuted-round Triton kernels (attention/triton/rounds.py), by measurement.
 
     python benchmarks/tune_rounds.py                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
     python benchmarks/tune_rounds.py --dtypes bfloat16 --n 65536 --batch 8
@@ -7,7 +7,7 @@ For each pass ("forward", "backward") every candidate (BLOCK_M, BLOCK_N, num_war
 the other pass at its current setting: the whole smyrf_attention call with the library default
 (4 x 2048 at 16,384 tokens), under no_grad for the forward, forward + backward for the backward;
 median of 10 after a warm-up (which compiles). The fastest candidate of each pass is printed, to
-put in triton_rounds.BLOCKS.
+put in triton/rounds.py's BLOCKS.
 Writes benchmarks/results/tune_rounds-cuda.{json,md}.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_cuda_options, apply_cuda_options, markdown_table, median_seconds, write_results  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
-from biggan_smyrf.attention import triton_rounds  # noqa: E402
+from biggan_smyrf.attention.triton import rounds as triton_rounds  # noqa: E402
 
 CANDIDATES = {
     "forward": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_cuda_options(parser)
     parser.add_argument("--q-cluster-size", type=int, default=2048)
     return parser
+
+
+def plan_cases(args) -> list[dict]:
+    """Every (dtype, pass, blocks) `main` times, in order (what gpu_plan.py reads without running them)."""
+    return [{"dtype": dtype, "pass": pass_name, "blocks": blocks, "n": args.n, "batch": args.batch,
+             "q_cluster_size": args.q_cluster_size}
+            for dtype in args.dtypes for pass_name, candidates in CANDIDATES.items() for blocks in candidates]
 
 
 def main():

@@ -37,7 +37,27 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shard", metavar="I/N", help="run the I-th of N interleaved shares of the selected tests "
+                     "(I from 1), so that N processes can run a suite side by side")
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: shares of what would run
 def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if shard:
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+            assert 1 <= index <= count
+        except (ValueError, AssertionError):
+            raise pytest.UsageError(f"--shard takes I/N with 1 <= I <= N, e.g. 2/4; got {shard!r}")
+        mine = [i % count == index - 1 for i in range(len(items))]
+        config.hook.pytest_deselected(items=[item for item, keep in zip(items, mine) if not keep])
+        items[:] = [item for item, keep in zip(items, mine) if keep]
+    skip_cuda_without_gpu(items)
+
+
+def skip_cuda_without_gpu(items):
     """`cuda` tests are collected everywhere and run only where a GPU is."""
     if torch.cuda.is_available():
         return

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from biggan_smyrf.attention import smyrf_attention
-from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel, triton_available
+from biggan_smyrf.attention.cluster_attention import attention_backward, attention_forward, pick_kernel
+from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "tests" / "triton_interpreted.py"
@@ -76,12 +77,12 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, masked):
 @needs_triton
 @pytest.mark.parametrize("dtype, recipe", [("bf16", "default"), ("tf32", "paper")])
 def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
-    """The same for SMYRF's permuted-round kernels (triton_rounds.py), launched by smyrf_attention
+    """The same for SMYRF's permuted-round kernels (triton/rounds.py), launched by smyrf_attention
     at 4,096 tokens in clusters of 2,048 (the default recipe's logit bias on, the paper's off)."""
     import triton_launches
 
     launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]
-    rounds = [x for x in launches if x.module == "triton_rounds"]
+    rounds = [x for x in launches if x.module == "rounds"]
     assert {x.constants["HAS_BIAS"] for x in rounds} == {recipe == "default"}
     _compile_for_hopper(rounds, {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel"})
 

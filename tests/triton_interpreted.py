@@ -12,12 +12,12 @@ import pytest
 import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-triton_kernels = pytest.importorskip("biggan_smyrf.attention.triton_kernels")
-if not triton_kernels.INTERPRETED:
+triton_blocks = pytest.importorskip("biggan_smyrf.attention.triton.blocks")
+if not triton_blocks.INTERPRETED:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
 from biggan_smyrf.attention import smyrf_attention  # noqa: E402
-from biggan_smyrf.attention.kernels import attention_backward, attention_forward, pick_kernel  # noqa: E402
+from biggan_smyrf.attention.cluster_attention import attention_backward, attention_forward, pick_kernel  # noqa: E402
 
 SHAPES = {"tails": (3, 40, 24, 12, 48), "powers of two": (2, 64, 32, 16, 32)}
 # Relative error (norm) allowed against the chunked kernel, which computes in fp32 from the same
@@ -53,7 +53,7 @@ PRODUCTION = (2, 168, 88, 12, 48)
 
 def blocks_per_cluster(length: int, largest: int) -> tuple[int, int]:
     """(blocks, rows in the last one) of a cluster of `length` rows at the kernels' block size."""
-    block = triton_kernels._block(length, largest)
+    block = triton_blocks.block_size(length, largest)
     return -(-length // block), length - (length - 1) // block * block
 
 
@@ -74,7 +74,7 @@ def test_production_shape_has_several_ragged_blocks():
     _, Lq, Lk, _, _ = PRODUCTION
     for length, largest in ((Lq, 128), (Lq, 64), (Lk, 64)):
         blocks, last = blocks_per_cluster(length, largest)
-        assert blocks >= 2 and last < triton_kernels._block(length, largest), (length, largest)
+        assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
 
 
 @parametrize("shape, dtype, masked", cases)
@@ -143,7 +143,7 @@ def test_smyrf_end_to_end_matches_chunked(masked):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# SMYRF recipes for the permuted route (triton_rounds.py): (N, M, settings).
+# SMYRF recipes for the permuted route (cuda_route.py, triton/rounds.py): (N, M, settings).
 RECIPES = {
     "defaults": (512, 128, dict(n_hashes=2, q_cluster_size=128)),
     "paper": (512, 128, dict(n_hashes=3, q_cluster_size=128, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
@@ -181,7 +181,7 @@ def test_permuted_rounds_match_the_gathered_route(recipe, masked, dtype):
         assert error < ROUTE_TOLERANCE[dtype], f"{name}: relative error {error:.1e}"
 
 
-# The permuted route at its production blocks (triton_rounds.BLOCKS), batch 1: 160 queries and
+# The permuted route at its production blocks (triton/rounds.py BLOCKS), batch 1: 160 queries and
 # 80 + 5 summary keys per cluster are 2 forward / 3 backward query blocks and 2 key blocks, all ragged.
 PRODUCTION_RECIPES = {
     "defaults": (320, 160, dict(n_hashes=2, q_cluster_size=160, n_summaries=5)),
@@ -193,13 +193,13 @@ PRODUCTION_RECIPES = {
 @parametrize("masked", [False, True], ids=["nomask", "mask"])
 @parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
 def test_permuted_rounds_at_production_blocks(recipe, masked, dtype):
-    from biggan_smyrf.attention.triton_rounds import BLOCKS
+    from biggan_smyrf.attention.triton.rounds import BLOCKS
 
     N, M, settings = PRODUCTION_RECIPES[recipe]
     Cq, Lk = settings["q_cluster_size"], M * settings["q_cluster_size"] // N + settings["n_summaries"]
     for length, largest in ((Cq, BLOCKS["forward"][0]), (Cq, BLOCKS["backward"][0]), (Lk, BLOCKS["forward"][1])):
         blocks, last = blocks_per_cluster(length, largest)
-        assert blocks >= 2 and last < triton_kernels._block(length, largest), (length, largest)
+        assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
     g = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, n, d, generator=g) for n, d in ((N, 12), (M, 12), (M, 48)))
     mask = torch.rand(1, M, generator=g) > 0.2 if masked else None
@@ -258,5 +258,5 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
         tracker.reset()
         out.sum().backward()
         backward = [made for made in tracker.made if made[1:3] == ("float32", (2, N, 48))]
-    assert [made[-1].split(":")[0] for made in forward] == ["triton_rounds.forward"], forward
+    assert [made[-1].split(":")[0] for made in forward] == ["rounds.forward"], forward
     assert backward == [], backward

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Optional
 
-from .kernels import Kernel
+from .cluster_attention import Kernel
 
 AttentionKind = Literal["dense", "smyrf"]
 Hashing = Literal["kd", "xbox", "random"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_qkv, default_scale
-from .kernels import pad_features
+from .cluster_attention import pad_features
 
 
 def dense_attention(

@@ -1,4 +1,6 @@
-"""Batched attention inside clusters that also returns the logsumexp, forward and backward.
+"""Per-cluster attention, the step both SMYRF routes and the hub round are made of: batched
+attention inside clusters that also returns the logsumexp, forward and backward, with the choice
+among its implementations. A module of its own because it knows nothing of hashing or rounds.
 
 q: (G, Lq, d), k: (G, Lk, d), v: (G, Lk, dv) for G independent clusters -> o: (G, Lq, dv) and
 lse: (G, Lq) float32. The backward takes `out`, the tensor whose row-dot with the output gradient
@@ -9,11 +11,11 @@ logsumexp weights (see `smyrf.py`), which is why no kernel here needs a gradient
 Three implementations:
 - "flash": PyTorch's fused CPU flash-attention kernels (aten ops behind F.scaled_dot_product_attention).
   Never materialises scores. CPU only; no masks.
-- "triton": FlashAttention-2 style Triton kernels (`triton_kernels.py`). Never materialises scores;
+- "triton": FlashAttention-2 style Triton kernels (`triton/clusters.py`). Never materialises scores;
   key masks; d_qk and d_v kept apart; float16/bfloat16/float32. CUDA, or CPU tensors under
   Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported; slow, for tests).
-  SMYRF with kernel "triton" runs its hashed rounds through `triton_rounds.py` instead (kernels
-  that read q, k, v through the sort orders, no gathered copies) and only its hub round here.
+  SMYRF with kernel "triton" runs its hashed rounds through `cuda_route.py` instead (kernels that
+  read q, k, v through the sort orders, no gathered copies) and only its hub round here.
 - "chunked": plain matmuls over chunks of clusters with recomputation in the backward. Works on
   any device, dtype (float64 for gradcheck) and with key masks; memory O(chunk * Lq * Lk) for the scores.
 
@@ -23,20 +25,15 @@ considered (CUDA), so the package works where it is not installed.
 """
 from __future__ import annotations
 
-import functools
-import importlib
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .triton import TRITON_DTYPES, TRITON_MAX_HEAD_DIM, triton_available
+
 Kernel = Literal["auto", "flash", "triton", "chunked"]
 KERNELS = ("flash", "triton", "chunked")
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Largest head dim of the triton kernel: one program holds a block of rows at the padded width in
-# registers, and past 256 they would spill (BigGAN: d_qk = C/8, d_v = C/2, 12 and 48 at ch 96, 128 px).
-TRITON_MAX_HEAD_DIM = 256
-
 # Scores held at once by the chunked kernel: 2^24 float32 = 64 MiB.
 CHUNK_SCORES = 1 << 24
 
@@ -60,15 +57,6 @@ def pick_kernel(
     return kernel
 
 
-@functools.cache
-def triton_available() -> bool:
-    try:
-        importlib.import_module("triton")
-    except ImportError:
-        return False
-    return True
-
-
 def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
     if not triton_available():
         raise ValueError("kernel='triton' needs the triton package (pip install triton); use kernel='chunked'")
@@ -88,10 +76,10 @@ def _check_triton_usable(device: torch.device, dtype: torch.dtype, head_dim: int
 
 
 def _triton():
-    """The Triton kernels, imported on first use (triton is optional)."""
-    from . import triton_kernels
+    """The Triton cluster kernels, imported on first use (triton is optional: see triton/__init__.py)."""
+    from .triton import clusters
 
-    return triton_kernels
+    return clusters
 
 
 def attention_forward(q, k, v, scale: float, kernel: str, key_mask: Optional[torch.Tensor] = None):

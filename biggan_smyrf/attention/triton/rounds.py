@@ -1,14 +1,14 @@
 """Triton kernels for SMYRF's hashed rounds, read through the sort permutation and combined in place.
 
-The "triton" route of `smyrf.py` on CUDA. Unlike the cluster kernels of `triton_kernels.py`, which
-take gathered per-round copies (G, L, d) and return per-round outputs, these read q, k, v in token
-order through each round's index lists and merge every round's output straight into one
-token-order accumulator. Nothing of size (rounds x tokens x d) exists: no sorted copies of q, k or v,
-no per-round outputs, no un-sorting.
+The kernels of `cuda_route.py` (SMYRF's permuted route, the CUDA default). Unlike the cluster
+kernels of `clusters.py`, which take gathered per-round copies (G, L, d) and return per-round
+outputs, these read q, k, v in token order through each round's index lists and merge every
+round's output straight into one token-order accumulator. Nothing of size (rounds x tokens x d)
+exists: no sorted copies of q, k or v, no per-round outputs, no un-sorting.
 
 Inputs, for B batch elements, H rounds, n_clusters clusters per round:
   q (B, N, d_qk), k (B, M', d_qk), v (B, M', d_v)   token order, feature dim contiguous; M' = the
-        keys plus every round's summary keys appended after them (smyrf.py builds this)
+        keys plus every round's summary keys appended after them (cuda_route.py builds this)
   bias (B, M') float32 or None   added to the logits: -1e4 on hub keys, -inf on padding, log(count)
         on summary keys
   q_order (B, H, N)   round r's cluster c is q_order[:, r, c*Cq:(c+1)*Cq] (token indices)
@@ -19,7 +19,7 @@ logsumexp lse_r (online softmax over the cluster's keys) and merges o_r into the
 combination of the rounds so far in token order -- a running max and sum of the lse and an
 accumulator rescaled like FlashAttention's across key blocks, here across rounds. The result is
 the rounds weighted softmax_r(lse_r); lse (B, H, N) is kept for the backward and for the hub
-round's share, which the caller adds (smyrf.py).
+round's share, which the caller adds (cuda_route.py).
 
 The backward needs only the combined output's gradient g and D = rowsum(g * out) in token order:
 with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),  dQ_r = scale dS_r K,
@@ -43,9 +43,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import (
-    INTERPRETED, LOG2E, _block, _dot, _fp32_dot_precision, _head_block, _online_softmax_result, _online_softmax_step,
-    check_inputs,
+from .blocks import (
+    INTERPRETED, LOG2E, block_size, check_inputs, dot, fp32_dot_precision, head_block, online_softmax_result,
+    online_softmax_step,
 )
 
 
@@ -97,7 +97,7 @@ def _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLO
 def _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2,
                  HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits (scale q.k + bias) times log2(e); -inf past the cluster's keys."""
-    s = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
+    s = dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
     if HAS_BIAS:
         bias = tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=float("-inf"))
         s = s + bias[None, :] * LOG2E
@@ -129,10 +129,10 @@ def _forward_kernel(
         kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
         v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
-        m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
     # This round's o_r and lse_r (base 2 here, base e in LSE); a cluster of masked keys only gives
     # o_r = 0 and lse_r = -inf, which the merge below gives weight 0.
-    o, lse = _online_softmax_result(m_i, l_i, acc)
+    o, lse = online_softmax_result(m_i, l_i, acc)
     tl.store(LSE + b * stride_lb + tok, lse / LOG2E, mask=rows)
     # Merge: rescale the rounds so far to the new max (base 2 in registers, base e in RUN_MAX).
     run_max = tl.load(RUN_MAX + b * stride_rb + tok, mask=rows, other=float("-inf")) * LOG2E
@@ -175,9 +175,9 @@ def _backward_kv_kernel(
         delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         p = tl.math.exp2(s - norm_log2[:, None])
-        dv += _dot(tl.trans(p.to(g.dtype)), g, UPCAST, PRECISION)
-        ds = p * (_dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
+        dv += dot(tl.trans(p.to(g.dtype)), g, UPCAST, PRECISION)
+        ds = p * (dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
+        dk += dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
     _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
     _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
 
@@ -205,8 +205,8 @@ def _backward_q_kernel(
         v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         p = tl.math.exp2(s - norm_log2[:, None])
-        ds = p * (_dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
+        ds = p * (dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
+        dq += dot(ds.to(k.dtype), k, UPCAST, PRECISION)
     _add_rows(DQ_ACC + b * stride_dqb, tok, rows, D_QK, D_QK, dq * scale, BLOCK_DQK)
 
 
@@ -216,8 +216,6 @@ def _backward_q_kernel(
 # FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
 # benchmarks/tune_rounds.py times the alternatives.
 BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4)}
-
-
 
 
 class Rounds:
@@ -241,8 +239,8 @@ class Rounds:
         self.q, self.k, self.v, self.bias = q, k, v, bias
         self.q_order, self.k_index, self.scale = q_order, k_index, scale
         self.constants = dict(
-            HAS_BIAS=bias is not None, BLOCK_DQK=_head_block(self.d_qk), BLOCK_DV=_head_block(self.d_v),
-            UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
+            HAS_BIAS=bias is not None, BLOCK_DQK=head_block(self.d_qk), BLOCK_DV=head_block(self.d_v),
+            UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
         )
 
     def _inputs(self, r: int):
@@ -257,7 +255,7 @@ class Rounds:
 
     def _blocks(self, kernel: str) -> tuple[int, int, int]:
         block_m, block_n, warps = BLOCKS[kernel]
-        return _block(self.Cq, block_m), _block(self.Lk, block_n), warps
+        return block_size(self.Cq, block_m), block_size(self.Lk, block_n), warps
 
     def _grid(self, length: int, block: int):
         return (self.B * self.n_clusters * triton.cdiv(length, block),)

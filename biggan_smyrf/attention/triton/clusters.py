@@ -1,8 +1,9 @@
 """Triton kernels for attention inside clusters (FlashAttention-2 style), forward and backward.
 
-The "triton" kernel of `kernels.py`: same interface, same numbers as the "chunked" kernel up to
-rounding. SMYRF uses it for its hub round; its hashed rounds use `triton_rounds.py`, which builds
-on the helpers here. q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
+The "triton" kernel of `cluster_attention.py`: same interface, same numbers as the "chunked" kernel
+up to rounding. SMYRF uses it for its hub round; its hashed rounds use `rounds.py`, which reads
+through the sort permutation instead of gathered clusters; both build on `blocks.py`.
+q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
 
 Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots,
 the backward 7 (S and dP recomputed in both backward kernels; dV, dK, dQ once). Memory
@@ -46,33 +47,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
-from .kernels import TRITON_DTYPES, TRITON_MAX_HEAD_DIM
-
-# log2(e): the kernels work in base 2 (exp2, log2), the host's scale and lse in base e.
-LOG2E = tl.constexpr(1.4426950408889634)
-
-
-def _block(length: int, largest: int) -> int:
-    return max(16, min(largest, triton.next_power_of_2(length)))
-
-
-def _head_block(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in TRITON_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(
-            f"the 'triton' cluster kernel takes float16, bfloat16 or float32 q, k, v of one dtype, got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}; use kernel='chunked' (e.g. for float64 gradcheck)"
-        )
-    if max(q.shape[-1], v.shape[-1]) > TRITON_MAX_HEAD_DIM:
-        raise ValueError(
-            f"the 'triton' cluster kernel supports head dims up to {TRITON_MAX_HEAD_DIM}, got d_qk={q.shape[-1]}, "
-            f"d_v={v.shape[-1]}; use kernel='chunked'"
-        )
+from .blocks import (
+    INTERPRETED, LOG2E, block_size, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block,
+    online_softmax_result, online_softmax_step, row_dot,
+)
 
 
 def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
@@ -85,17 +64,6 @@ def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b accumulated in fp32; PRECISION ("ieee" or "tf32") matters for fp32 inputs only.
-    UPCAST (only under the interpreter, whose tl.dot multiplies bfloat16's raw bit patterns in
-    triton 3.8: triton-lang/triton#11584) feeds it fp32 copies instead: products of half values
-    are exact in fp32, so this is the tensor-core result up to summation order."""
-    if UPCAST:
-        a, b = a.to(tl.float32), b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
 def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
     """The (rows, cols) tile of a strided matrix at `ptr`, zeros outside [0, n_r) x [0, n_c): the
     tails of a cluster and the head-dim padding (12 -> 16, 48 -> 64) live only in registers."""
@@ -104,49 +72,15 @@ def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
 
 
 @triton.jit
-def _cluster_and_block(length, BLOCK: tl.constexpr):
-    """(cluster, block) of this program in a flat grid, the blocks of one cluster consecutive (so
-    they run together and share its keys in L2; a flat grid also has no 65,535 limit on the number
-    of clusters). The cluster index is int64 so that its offsets cannot overflow."""
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(length, BLOCK)
-    return (pid // n_blocks).to(tl.int64), pid % n_blocks
-
-
-@triton.jit
 def _scores_log2(q, k, offs_n, Lk, mask_ptr, stride_mg, stride_mn, g, scale_log2,
                  HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits times log2(e), -inf for keys past Lk and masked keys."""
-    s = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
+    s = dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
     keep = offs_n < Lk
     if HAS_MASK:
         attend = tl.load(mask_ptr + g * stride_mg + offs_n * stride_mn, mask=keep, other=0)
         keep = keep & (attend != 0)
     return tl.where(keep[None, :], s, float("-inf"))
-
-
-@triton.jit
-def _online_softmax_step(m_i, l_i, acc, s, v, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """Fold one block of base-2 logits s and its values v into the running max m_i, sum l_i and
-    output acc of a block of query rows (FlashAttention's online softmax)."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps
-    # exp2(-inf - max) = 0 rather than NaN.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _online_softmax_result(m_i, l_i, acc):
-    """(out, lse in base 2) of the rows; a row that saw only masked keys gets out = 0, lse = -inf."""
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    return out, lse
 
 
 @triton.jit
@@ -161,7 +95,7 @@ def _forward_kernel(
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    g, block = _cluster_and_block(Lq, BLOCK_M)
+    g, block = cluster_and_block(Lq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -175,32 +109,14 @@ def _forward_kernel(
         k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
         v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
-        m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
-    out, lse_log2 = _online_softmax_result(m_i, l_i, acc)
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
+    out, lse_log2 = online_softmax_result(m_i, l_i, acc)
     lse = lse_log2 / LOG2E
     tl.store(
         OUT + g * stride_og + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
         out.to(OUT.dtype.element_ty), mask=rows[:, None] & (offs_dv[None, :] < D_V),
     )
     tl.store(LSE + g * Lq + offs_m, lse, mask=rows)
-
-
-@triton.jit
-def _row_dot_kernel(
-    DO, OUT, DELTA,
-    stride_dg, stride_dm, stride_dd,
-    stride_og, stride_om, stride_od,
-    Lq, D_V,
-    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    """DELTA[g, i] = sum_d dO[g, i, d] * out[g, i, d] in fp32 (FlashAttention's D)."""
-    g, block = _cluster_and_block(Lq, BLOCK_M)
-    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    inside = (offs_m[:, None] < Lq) & (offs_dv[None, :] < D_V)
-    do = tl.load(DO + g * stride_dg + offs_m[:, None] * stride_dm + offs_dv[None, :] * stride_dd, mask=inside, other=0.0)
-    o = tl.load(OUT + g * stride_og + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, mask=inside, other=0.0)
-    tl.store(DELTA + g * Lq + offs_m, tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1), mask=offs_m < Lq)
 
 
 @triton.jit
@@ -223,7 +139,7 @@ def _backward_kv_kernel(
 ):
     """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks.
     DK and DV are contiguous (G, Lk, d)."""
-    g, block = _cluster_and_block(Lk, BLOCK_N)
+    g, block = cluster_and_block(Lk, BLOCK_N)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -244,10 +160,10 @@ def _backward_kv_kernel(
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
-        dv += _dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
-        dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
+        dv += dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
+        dp = dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
+        dk += dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
     tl.store(DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :], (dk * scale).to(DK.dtype.element_ty), mask=k_inside)
     tl.store(DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=v_inside)
 
@@ -265,7 +181,7 @@ def _backward_q_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ = scale · dS K for one block of queries, over all key blocks. DQ is contiguous (G, Lq, d_qk)."""
-    g, block = _cluster_and_block(Lq, BLOCK_M)
+    g, block = cluster_and_block(Lq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -282,17 +198,10 @@ def _backward_q_kernel(
         v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
-        dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
+        dp = dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
+        dq += dot(ds.to(k.dtype), k, UPCAST, PRECISION)
     tl.store(DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_inside)
-
-
-def _fp32_dot_precision() -> str:
-    """TF32 for fp32 dots where PyTorch's CUDA matmuls use it too (torch.set_float32_matmul_precision
-    "high"/"medium", or torch.backends.cuda.matmul.fp32_precision = "tf32"), so that this kernel and
-    the chunked one round alike; IEEE fp32 otherwise, and always under the interpreter."""
-    return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" and not INTERPRETED else "ieee"
 
 
 def _strides(x: torch.Tensor):
@@ -306,38 +215,26 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     out = q.new_empty(G, Lq, d_v)
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
-    block_m, block_n = _block(Lq, 128), _block(Lk, 64)
+    block_m, block_n = block_size(Lq, 128), block_size(Lk, 64)
     _forward_kernel[(G * triton.cdiv(Lq, block_m),)](
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
         Lq, Lk, d_qk, d_v, scale * LOG2E.value,
         HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_DQK=_head_block(d_qk), BLOCK_DV=_head_block(d_v),
-        UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
+        BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
+        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
     return out, lse
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(G, L) float32 sum over the last dim of a * b, for (G, L, d) inputs of any float dtype and
-    strides, without float32 copies of them (FlashAttention's D = rowsum(dO * O))."""
-    G, L, d = a.shape
-    delta = torch.empty(G, L, dtype=torch.float32, device=a.device)
-    block_rows = _block(L, 128)
-    _row_dot_kernel[(G * triton.cdiv(L, block_rows),)](
-        a, b, delta, *_strides(a), *_strides(b), L, d, BLOCK_M=block_rows, BLOCK_DV=_head_block(d),
-    )
-    return delta
-
-
 def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Tensor] = None):
     """-> dq, dk, dv (contiguous, the inputs' dtype). `out` is the tensor whose row-dot with grad
-    enters dS (see the module docstring of kernels.py)."""
+    enters dS (see the module docstring of cluster_attention.py)."""
     check_inputs(q, k, v)
     (G, Lq, d_qk), Lk, d_v = q.shape, k.shape[1], v.shape[-1]
     lse = lse.to(torch.float32).contiguous()
     grad = grad.to(q.dtype)
-    block_dqk, block_dv = _head_block(d_qk), _head_block(d_v)
+    block_dqk, block_dv = head_block(d_qk), head_block(d_v)
     delta = row_dot(grad, out)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
     dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
@@ -347,16 +244,11 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), stride_mg, stride_mn,
         Lq, Lk, d_qk, d_v, scale, scale * LOG2E.value,
     )
-    block_m, block_n = _block(Lq, 64), _block(Lk, 64)
+    block_m, block_n = block_size(Lq, 64), block_size(Lk, 64)
     sizes = dict(
         HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
-        UPCAST=INTERPRETED, PRECISION=_fp32_dot_precision(),
+        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
     _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
     _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
     return dq, dk, dv
-
-
-# Whether triton.jit ran under TRITON_INTERPRET=1 when this module was imported: then the kernels
-# run on CPU tensors in Triton's (slow, numpy-based) interpreter, and on nothing else.
-INTERPRETED = isinstance(_forward_kernel, InterpretedFunction)
