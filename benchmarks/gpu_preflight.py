@@ -134,7 +134,8 @@ def worker(batch: int, sizes, recipes, dtypes, capabilities, jobs: int, only=())
                         if only and f"{launch.module}.{launch.name}" not in only:
                             continue
                         entry = found.setdefault((capability, launch.key()), (launch, dtype, []))
-                        entry[2].append(f"{recipe}@{n}")
+                        if f"{recipe}@{n}" not in entry[2]:
+                            entry[2].append(f"{recipe}@{n}")
     _WORK[:] = found.items()
     if jobs > 1:
         import multiprocessing
@@ -193,6 +194,9 @@ def goals(rows: list[dict]) -> list[dict]:
     def label(r):
         return f"{r['kernel']} {r['dtype']}"
 
+    def unique(labels):
+        return list(dict.fromkeys(labels))
+
     checks = [
         ("zero spills in bf16, fp16 and TF32", [label(r) for r in scope if r["spill_stores"] or r["spill_loads"]]),
         (">= 3 blocks (or >= 12 warps) per SM, forward and dK/dV kernels",
@@ -201,7 +205,7 @@ def goals(rows: list[dict]) -> list[dict]:
          [f"{label(r)}: {r['loads'].get('16', 0) + r['loads'].get('16 async', 0)}" for r in half
           if r["loads"].get("16", 0) or r["loads"].get("16 async", 0)]),
     ]
-    return [dict(goal=goal, met=not failing and bool(scope), failing=failing) for goal, failing in checks]
+    return [dict(goal=goal, met=not failing and bool(scope), failing=unique(failing)) for goal, failing in checks]
 
 
 def loads_cell(loads: dict) -> str:
@@ -211,7 +215,7 @@ def loads_cell(loads: dict) -> str:
 COLUMNS = [
     ("kernel", "kernel"), ("dtype", "dtype"), ("variant", "bias/mask"), ("blocks", "BLOCK_M x N, warps, stages"),
     ("registers", "regs"), ("spills", "spill st/ld B"), ("shared_kib", "smem KiB"), ("occupancy", "blocks/SM (warps)"),
-    ("loads_cell", "global loads (count x bits)"),
+    ("loads_cell", "global loads (count x bits)"), ("launched", "launched by"),
 ]
 
 
@@ -221,6 +225,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
         blocks=f"{r.get('block_m', '-')} x {r.get('block_n', '-')}, {r['num_warps']}, {r['num_stages']}",
         spills=f"{r['spill_stores']}/{r['spill_loads']}", shared_kib=round(r["shared"] / 1024, 1),
         occupancy=f"{r['blocks_per_sm']} ({r['warps_per_sm']}) {r['limiter']}", loads_cell=loads_cell(r["loads"]),
+        launched=", ".join(r["cases"]),
     ) for r in rows]
 
 
@@ -229,7 +234,7 @@ def comparison(before: list[dict], after: list[dict]) -> str:
     from common import markdown_table
 
     def index(rows):
-        return {(r["kernel"], r["dtype"], r.get("has_bias", r.get("has_mask"))): r for r in rows
+        return {(r["kernel"], r["dtype"], r.get("has_bias", r.get("has_mask")), ", ".join(r["cases"])): r for r in rows
                 if r["triton"] == GOAL_TRITON and r["arch"] == GOAL_ARCH}
 
     old, new = index(before), index(after)
@@ -239,7 +244,7 @@ def comparison(before: list[dict], after: list[dict]) -> str:
         if a is None:
             continue
         lines.append(dict(
-            kernel=key[0], dtype=key[1], variant="yes" if key[2] else "no",
+            kernel=key[0], dtype=key[1], variant="yes" if key[2] else "no", launched=key[3],
             registers=f"{a['registers']} -> {b['registers']}",
             spills=f"{a['spill_stores']}/{a['spill_loads']} -> {b['spill_stores']}/{b['spill_loads']}",
             occupancy=f"{a['blocks_per_sm']} ({a['warps_per_sm']}) -> {b['blocks_per_sm']} ({b['warps_per_sm']})",
@@ -247,7 +252,7 @@ def comparison(before: list[dict], after: list[dict]) -> str:
         ))
     return markdown_table(lines, [("kernel", "kernel"), ("dtype", "dtype"), ("variant", "bias/mask"),
                                   ("registers", "regs"), ("spills", "spill st/ld B"), ("occupancy", "blocks/SM (warps)"),
-                                  ("loads_cell", "global loads")])
+                                  ("loads_cell", "global loads"), ("launched", "launched by")])
 
 
 def write(rows: list[dict], meta: dict, baseline: list[dict]) -> Path:
@@ -261,7 +266,7 @@ def write(rows: list[dict], meta: dict, baseline: list[dict]) -> Path:
              "## Goals (Triton 3.6.0, sm_90)\n"]
     parts += [f"- {'met' if g['met'] else 'MISSED'}: {g['goal']}" + (f" -- {', '.join(g['failing'])}" if g["failing"] else "")
               for g in met]
-    if baseline:
+    if baseline and baseline != rows:
         parts += ["", "## Before -> after (Triton 3.6.0, sm_90)\n", comparison(baseline, rows)]
     for version in sorted({r["triton"] for r in rows}):
         for arch in ("sm_90", "sm_80"):
@@ -288,8 +293,13 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     parser.add_argument("--new-baseline", action="store_true", help="record this run as the 'before' of later runs")
     parser.add_argument("--check-batch", action="store_true", help="also check batch 1 and --batch specialise alike")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the saved JSON")
     parser.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = saved_results()
+        print(write(saved["rows"], saved["meta"], saved["baseline"]).with_suffix(".md").read_text())
+        return 0
     if args.worker:
         rows = worker(args.batch, args.sizes, args.recipes, args.dtypes, args.capabilities, args.jobs, args.only)
         Path(args.worker).write_text(json.dumps(rows))
@@ -305,7 +315,7 @@ def main(argv=None) -> int:
             return 1
     start = time.perf_counter()
     rows = run_worker(side, args) + run_worker(None, args)
-    previous = triton_launches_results()
+    previous = saved_results()
     baseline = rows if args.new_baseline or not previous.get("baseline") else previous["baseline"]
     meta = dict(batch=args.batch, sizes=args.sizes, recipes=args.recipes, dtypes=args.dtypes,
                 seconds=round(time.perf_counter() - start), date=time.strftime("%Y-%m-%d"))
@@ -314,7 +324,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def triton_launches_results() -> dict:
+def saved_results() -> dict:
     from common import RESULTS
 
     path = RESULTS / "gpu_preflight-cpu.json"
