@@ -4,7 +4,9 @@ Not collected by the suite (no test_ prefix): the interpreter must be on before 
 imported, so `test_triton_kernel.py::test_kernels_under_triton_interpreter` runs this file in a
 fresh pytest process with TRITON_INTERPRET=1. Sizes are small because the interpreter runs every
 block operation through numpy; tails (40 queries, 24 keys), head dims 12 and 48 (padded to 16 and
-64 in registers) and a power-of-two case cover the kernels' masking paths.
+64 in registers) and a power-of-two case cover the kernels' masking paths; the "production blocks"
+cases are the smallest lengths that give every kernel several ragged query and key blocks at the
+block sizes the GPU runs (batch 1).
 """
 import os
 
@@ -45,9 +47,9 @@ def assert_close(got, want, dtype):
         assert error < TOLERANCE[dtype], f"relative error {error:.2e} >= {TOLERANCE[dtype]:.0e}"
 
 
-# At the production block sizes (forward 128 queries x 64 keys, backward 64 x 64): 168 queries and
-# 88 keys give every kernel several query and key blocks per cluster with ragged tails (40, 24), so
-# the online softmax's rescale across key blocks runs as at BigGAN's sizes on a GPU.
+# At the production block sizes (triton/clusters.py BLOCKS): 168 queries and 88 keys give every
+# kernel several query and key blocks per cluster with ragged tails, so the online softmax's
+# rescale across key blocks runs as at BigGAN's sizes on a GPU.
 PRODUCTION = (2, 168, 88, 12, 48)
 
 
@@ -71,10 +73,13 @@ cases = [
 
 
 def test_production_shape_has_several_ragged_blocks():
+    from biggan_smyrf.attention.triton.clusters import BLOCKS
+
     _, Lq, Lk, _, _ = PRODUCTION
-    for length, largest in ((Lq, 128), (Lq, 64), (Lk, 64)):
-        blocks, last = blocks_per_cluster(length, largest)
-        assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
+    for block_m, block_n, *_ in BLOCKS.values():
+        for length, largest in ((Lq, block_m), (Lk, block_n)):
+            blocks, last = blocks_per_cluster(length, largest)
+            assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
 
 
 @parametrize("shape, dtype, masked", cases)
@@ -181,11 +186,11 @@ def test_permuted_rounds_match_the_gathered_route(recipe, masked, dtype):
         assert error < ROUTE_TOLERANCE[dtype], f"{name}: relative error {error:.1e}"
 
 
-# The permuted route at its production blocks (triton/rounds.py BLOCKS), batch 1: 160 queries and
-# 80 + 5 summary keys per cluster are 2 forward / 3 backward query blocks and 2 key blocks, all ragged.
+# The permuted route at its production blocks (triton/rounds.py BLOCKS), batch 1: 144 queries and
+# 72 + 12 summary keys per cluster give every kernel several query and key blocks, all ragged.
 PRODUCTION_RECIPES = {
-    "defaults": (320, 160, dict(n_hashes=2, q_cluster_size=160, n_summaries=5)),
-    "paper": (320, 160, dict(n_hashes=2, q_cluster_size=160, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
+    "defaults": (288, 144, dict(n_hashes=2, q_cluster_size=144, n_summaries=12)),
+    "paper": (288, 144, dict(n_hashes=2, q_cluster_size=144, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
 }
 
 
@@ -197,9 +202,10 @@ def test_permuted_rounds_at_production_blocks(recipe, masked, dtype):
 
     N, M, settings = PRODUCTION_RECIPES[recipe]
     Cq, Lk = settings["q_cluster_size"], M * settings["q_cluster_size"] // N + settings["n_summaries"]
-    for length, largest in ((Cq, BLOCKS["forward"][0]), (Cq, BLOCKS["backward"][0]), (Lk, BLOCKS["forward"][1])):
-        blocks, last = blocks_per_cluster(length, largest)
-        assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
+    for block_m, block_n, *_ in BLOCKS.values():
+        for length, largest in ((Cq, block_m), (Lk, block_n)):
+            blocks, last = blocks_per_cluster(length, largest)
+            assert blocks >= 2 and last < triton_blocks.block_size(length, largest), (length, largest)
     g = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, n, d, generator=g) for n, d in ((N, 12), (M, 12), (M, 48)))
     mask = torch.rand(1, M, generator=g) > 0.2 if masked else None

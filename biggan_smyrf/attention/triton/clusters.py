@@ -36,9 +36,12 @@ Design, and why:
   input's precision). fp32 inputs use IEEE fp32 dots unless PyTorch's CUDA matmuls are set to TF32
   (torch.set_float32_matmul_precision("high")): then TF32, like the chunked kernel's matmuls.
   fp64 is rejected: use the "chunked" kernel (gradcheck).
-- Block sizes are fixed per call from the lengths (at most 128 queries x 64 keys, at least 16),
-  not autotuned: no GPU has measured them yet. Small lengths get small blocks, which also keeps
-  Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run without a GPU) fast.
+- d_qk and d_v are compile-time constants too, so the column masks are constant over whole
+  vectors and rows with 16-byte aligned strides (d_v = 48) load in 16-byte pieces.
+- Block sizes (BLOCKS) are fixed per call, capped by the lengths (at least 16), not autotuned: the
+  largest whose registers keep >= 3 blocks or >= 12 warps per SM without spills on the device's
+  Triton (`make gpu-preflight`); no GPU has timed them yet. Small lengths get small blocks, which
+  also keeps Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run without a GPU) fast.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ import triton
 import triton.language as tl
 
 from .blocks import (
-    INTERPRETED, LOG2E, block_size, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block,
+    INTERPRETED, LOG2E, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block, launch_sizes,
     online_softmax_result, online_softmax_step, row_dot,
 )
 
@@ -64,7 +67,7 @@ def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
 
 
 @triton.jit
-def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c: tl.constexpr):
     """The (rows, cols) tile of a strided matrix at `ptr`, zeros outside [0, n_r) x [0, n_c): the
     tails of a cluster and the head-dim padding (12 -> 16, 48 -> 64) live only in registers."""
     inside = (offs_r[:, None] < n_r) & (offs_c[None, :] < n_c)
@@ -91,7 +94,7 @@ def _forward_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_og, stride_om, stride_od,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale_log2,
+    Lq, Lk, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -133,7 +136,7 @@ def _backward_kv_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale, scale_log2,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -176,7 +179,7 @@ def _backward_q_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale, scale_log2,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -204,6 +207,10 @@ def _backward_q_kernel(
     tl.store(DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_inside)
 
 
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the lengths.
+BLOCKS = {"forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2)}
+
+
 def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -215,14 +222,13 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     out = q.new_empty(G, Lq, d_v)
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
-    block_m, block_n = block_size(Lq, 128), block_size(Lk, 64)
-    _forward_kernel[(G * triton.cdiv(Lq, block_m),)](
+    sizes = launch_sizes(BLOCKS["forward"], Lq, Lk)
+    _forward_kernel[(G * triton.cdiv(Lq, sizes["BLOCK_M"]),)](
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale * LOG2E.value,
-        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
-        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
+        Lq, Lk, scale * LOG2E.value, D_QK=d_qk, D_V=d_v,
+        HAS_MASK=has_mask, BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
+        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(), **sizes,
     )
     return out, lse
 
@@ -242,13 +248,15 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     dv = torch.empty(G, Lk, d_v, dtype=v.dtype, device=v.device)
     shared = (
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale, scale * LOG2E.value,
+        Lq, Lk, scale, scale * LOG2E.value,
     )
-    block_m, block_n = block_size(Lq, 64), block_size(Lk, 64)
-    sizes = dict(
-        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
+    constants = dict(
+        D_QK=d_qk, D_V=d_v, HAS_MASK=has_mask, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
         UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
-    _backward_kv_kernel[(G * triton.cdiv(Lk, block_n),)](q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
-    _backward_q_kernel[(G * triton.cdiv(Lq, block_m),)](q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
+    kv_sizes, q_sizes = launch_sizes(BLOCKS["backward_kv"], Lq, Lk), launch_sizes(BLOCKS["backward_q"], Lq, Lk)
+    _backward_kv_kernel[(G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),)](
+        q, k, v, mask, grad, lse, delta, dk, dv, *shared, **constants, **kv_sizes)
+    _backward_q_kernel[(G * triton.cdiv(Lq, q_sizes["BLOCK_M"]),)](
+        q, k, v, mask, grad, lse, delta, dq, *shared, **constants, **q_sizes)
     return dq, dk, dv
