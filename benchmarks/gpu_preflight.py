@@ -42,7 +42,7 @@ CAPABILITIES = (90, 80)
 SM_LIMITS = {90: (65536, 64, 32, 228 * 1024, 1024), 80: (65536, 64, 32, 164 * 1024, 1024)}
 # The goals, checked on the device's Triton at sm_90: the kernels of the forward and the dK/dV pass.
 GOAL_TRITON, GOAL_ARCH, GOAL_DTYPES = "3.6.0", "sm_90", ("bf16", "fp16", "tf32")
-HOT_KERNELS = ("_forward_kernel", "_backward_kv_kernel")
+HOT_KERNELS = ("_forward_kernel", "_backward_kv_kernel", "_backward_one_pass_kernel")
 CONSTANTS = ("HAS_BIAS", "HAS_MASK", "BLOCK_M", "BLOCK_N")
 
 
@@ -200,7 +200,7 @@ def goals(rows: list[dict]) -> list[dict]:
 
     checks = [
         ("zero spills in bf16, fp16 and TF32", [label(r) for r in scope if r["spill_stores"] or r["spill_loads"]]),
-        (">= 3 blocks (or >= 12 warps) per SM, forward and dK/dV kernels",
+        (">= 3 blocks (or >= 12 warps) per SM, forward and dK/dV (two-kernel and one-pass) kernels",
          [f"{label(r)}: {r['blocks_per_sm']}" for r in hot if r["blocks_per_sm"] < 3 and r["warps_per_sm"] < 12]),
         ("q/k rows in 16-byte loads (no scalar 16-bit loads), bf16/fp16",
          [f"{label(r)}: {r['loads'].get('16', 0) + r['loads'].get('16 async', 0)}" for r in half

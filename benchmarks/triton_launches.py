@@ -159,15 +159,29 @@ def smyrf_launches(
     recipe: str, n_queries: int, batch: int, dtype: str, capabilities: tuple[int, ...] = (90,)
 ) -> dict[int, list[Launch]]:
     """Every launch of one SMYRF forward + backward through the CUDA route at (batch, N queries,
-    N/4 keys as BigGAN's 2x2-pooled keys, d_qk 12, d_v 48), per capability, in launch order."""
+    N/4 keys as BigGAN's 2x2-pooled keys, d_qk 12, d_v 48), per capability, in launch order: the
+    default one-pass backward, then deterministic mode's two-kernel one."""
     torch_dtype, precision = DTYPES[dtype]
     g = torch.Generator().manual_seed(0)
     shapes = ((n_queries, D_QK), (n_queries // 4, D_QK), (n_queries // 4, D_V))
     q, k, v = (torch.randn(batch, n, d, generator=g).to(torch_dtype).requires_grad_() for n, d in shapes)
     with as_on_cuda(), fp32_dots(precision), recording(capabilities) as launches:
         out = smyrf_attention(q, k, v, RECIPES[recipe], kernel="triton", seed=0)
-        out.backward(torch.ones_like(out))
+        out.backward(torch.ones_like(out), retain_graph=True)
+        with deterministic():  # the two-kernel backward that deterministic mode runs
+            out.backward(torch.ones_like(out))
     return launches
+
+
+@contextlib.contextmanager
+def deterministic():
+    """PyTorch's deterministic mode (Lightning's --trainer.deterministic true)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def unique(launches: list[Launch]) -> list[Launch]:

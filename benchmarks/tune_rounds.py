@@ -3,9 +3,10 @@
     python benchmarks/tune_rounds.py                       # CUDA: bf16 and fp32, 16,384 tokens, batch 32
     python benchmarks/tune_rounds.py --dtypes bfloat16 --n 65536 --batch 8
 
-For each pass ("forward"; "backward": its dK/dV and dQ kernels alike) every candidate (BLOCK_M,
-BLOCK_N, num_warps, num_stages) is timed with the other pass at its current setting: the whole smyrf_attention call with the library default
-(4 x 2048 at 16,384 tokens), under no_grad for the forward, forward + backward for the backward;
+For each pass ("forward", "backward" -- the two-kernel backward of deterministic mode -- and
+"one pass", the default backward) every candidate (BLOCK_M, BLOCK_N, num_warps, num_stages) is timed with the
+others at their current setting: the whole smyrf_attention call with the library default
+(4 x 2048 at 16,384 tokens), under no_grad for the forward, forward + backward for the backwards;
 median of 10 after a warm-up (which compiles). The fastest candidate of each pass is printed, to
 put in triton/rounds.py's BLOCKS.
 Writes benchmarks/results/tune_rounds-cuda.{json,md}.
@@ -24,23 +25,30 @@ from common import add_cuda_options, apply_cuda_options, markdown_table, median_
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.triton import rounds as triton_rounds  # noqa: E402
 
-# Each within the registers `make gpu-preflight` checks, but the last: FlashAttention-2's shapes.
 CANDIDATES = {
     "forward": [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 1), (128, 64, 4, 3)],
     "backward": [(32, 64, 8, 1), (32, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 1), (64, 64, 4, 3)],
+    "one pass": [(16, 64, 4, 1), (32, 64, 4, 1), (32, 64, 4, 3), (64, 64, 4, 3)],
 }
-KERNELS = {"forward": ("forward",), "backward": ("backward_kv", "backward_q")}  # BLOCKS entries a pass sets
+# The BLOCKS entries a pass sets: the two-kernel backward's candidates go to both its kernels.
+KERNELS = {"forward": ("forward",), "backward": ("backward_kv", "backward_q"), "one pass": ("one pass",)}
 
 
 def timing(pass_name: str, q, k, v, config: AttentionConfig) -> float:
     def call():
         return smyrf_attention(q, k, v, config, scale=1.0, seed=0)
 
-    if pass_name == "backward":
+    if pass_name in ("backward", "one pass"):
         def forward_backward():
             call().sum().backward()
 
-        return 1e3 * median_seconds(forward_backward, q.device, 10)
+        # The two-kernel backward runs in deterministic mode (warn_only: the ops around it may have
+        # no deterministic CUDA implementation, and are timed alike either way).
+        torch.use_deterministic_algorithms(pass_name == "backward", warn_only=True)
+        try:
+            return 1e3 * median_seconds(forward_backward, q.device, 10)
+        finally:
+            torch.use_deterministic_algorithms(False)
     with torch.no_grad():
         return 1e3 * median_seconds(call, q.device, 10)
 
@@ -86,7 +94,7 @@ def main():
                     rows.append({"dtype": dtype_name, "pass": pass_name, "blocks": str(blocks), "error": str(error)[:80]})
                     continue
                 rows.append({"dtype": dtype_name, "pass": pass_name, "blocks": str(blocks), "ms": ms,
-                             "timed": "fwd+bwd" if pass_name == "backward" else "fwd"})
+                             "timed": "fwd" if pass_name == "forward" else "fwd+bwd"})
                 print(rows[-1], flush=True)
             timed = [r for r in rows if r["dtype"] == dtype_name and r["pass"] == pass_name and "ms" in r]
             best[(dtype_name, pass_name)] = min(timed, key=lambda r: r["ms"])["blocks"] if timed else None

@@ -6,8 +6,10 @@ fresh pytest process and the rest of the suite never sees the interpreter. The `
 the compiled kernels where a GPU is (skipped elsewhere, see conftest.py).
 """
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,15 +65,20 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, masked):
     """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
     cluster kernel for sm_90 through ptxas, as launched at BigGAN's sizes -- the specialisation
     (argument types, divisibility, constexprs, warps, stages) is Triton's own binder's, taken from
-    the real launch (benchmarks/triton_launches.py) -- which needs no GPU."""
+    the real launch (benchmarks/triton_launches.py), the two-kernel backward's in deterministic
+    mode -- which needs no GPU."""
     import triton_launches
 
     torch_dtype, precision = triton_launches.DTYPES[dtype]
     q, k, v, mask = biggan_clusters(torch_dtype, G=2, device="cpu")
+    mask = mask if masked else None
     with triton_launches.fp32_dots(precision), triton_launches.recording((90,)) as launches:
-        out, lse = attention_forward(q, k, v, 1.0, "triton", mask if masked else None)
-        attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask if masked else None)
-    _compile_for_hopper(launches[90], {"_forward_kernel", "_row_dot_kernel", "_backward_kv_kernel", "_backward_q_kernel"})
+        out, lse = attention_forward(q, k, v, 1.0, "triton", mask)
+        attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
+        with triton_launches.deterministic():
+            attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
+    kernels = {"_forward_kernel", "_row_dot_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(launches[90], kernels))
 
 
 @needs_triton
@@ -81,20 +88,46 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
     at 4,096 tokens in clusters of 2,048 (the default recipe's logit bias on, the paper's off)."""
     import triton_launches
 
-    launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]
+    launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]  # both backwards
     rounds = [x for x in launches if x.module == "rounds"]
     assert {x.constants["HAS_BIAS"] for x in rounds} == {recipe == "default"}
-    _compile_for_hopper(rounds, {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel"})
+    kernels = {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(rounds, kernels))
 
 
-def _compile_for_hopper(launches, kernels: set) -> None:
+def _compile_for_hopper(launches, kernels: set):
+    """Every specialisation of `launches` compiled for sm_90; -> the one-pass backward's compiled
+    kernel and its (BLOCK_M, BLOCK_N, num_warps)."""
     from triton.backends.compiler import GPUTarget
     import triton_launches
 
     unique = triton_launches.unique(launches)
     assert {x.name for x in unique} == kernels
     for launch in unique:
-        assert launch.compile(GPUTarget("cuda", 90, 32)).asm["cubin"], launch.name
+        compiled = launch.compile(GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], launch.name
+        if launch.name == "_backward_one_pass_kernel":
+            one_pass = compiled, launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.options["num_warps"]
+    return one_pass
+
+
+def _assert_one_exp2_per_score_without_spills(compiled, block_m: int, block_n: int, warps: int) -> None:
+    """What the one-pass backward is for, read from its SASS: each of its 32 x warps threads runs
+    every exp2 instruction (MUFU.EX2) once per (query block, key block), so one exponential per score
+    means block_m x block_n of them -- the compiler can recompute P in a second register layout,
+    which doubles them; and no local memory (spilled registers) in the key loop."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    per_score = sass.count("MUFU.EX2") * 32 * warps / (block_m * block_n)
+    assert per_score == 1, f"{per_score} exp2 per score"
+    resources = {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", usage)}
+    assert resources["STACK"] == 0 and resources["LOCAL"] == 0, f"spills: {resources}"
 
 
 # --- CUDA: the compiled kernels at BigGAN ch=96's sizes ------------------------------------------

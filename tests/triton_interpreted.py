@@ -8,6 +8,7 @@ block operation through numpy; tails (40 queries, 24 keys), head dims 12 and 48 
 cases are the smallest lengths that give every kernel several ragged query and key blocks at the
 block sizes the GPU runs (batch 1).
 """
+import contextlib
 import os
 
 import pytest
@@ -186,11 +187,11 @@ def test_permuted_rounds_match_the_gathered_route(recipe, masked, dtype):
         assert error < ROUTE_TOLERANCE[dtype], f"{name}: relative error {error:.1e}"
 
 
-# The permuted route at its production blocks (triton/rounds.py BLOCKS), batch 1: 144 queries and
-# 72 + 12 summary keys per cluster give every kernel several query and key blocks, all ragged.
+# The permuted route at its production blocks (triton/rounds.py BLOCKS), batch 1: 152 queries and
+# 76 + 8 summary keys per cluster give every kernel several query and key blocks, all ragged.
 PRODUCTION_RECIPES = {
-    "defaults": (288, 144, dict(n_hashes=2, q_cluster_size=144, n_summaries=12)),
-    "paper": (288, 144, dict(n_hashes=2, q_cluster_size=144, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
+    "defaults": (304, 152, dict(n_hashes=2, q_cluster_size=152, n_summaries=8)),
+    "paper": (304, 152, dict(n_hashes=2, q_cluster_size=152, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
 }
 
 
@@ -217,8 +218,9 @@ def test_permuted_rounds_at_production_blocks(recipe, masked, dtype):
 
 
 def test_permuted_rounds_keep_nothing_per_round_and_are_deterministic():
-    """What the backward keeps is O(N d + H N): no (rounds x tokens x d) copy or output; and two
-    runs give bitwise the same output and gradients (rounds add in a fixed order, no atomics)."""
+    """What the backward keeps is O(N d + H N): no (rounds x tokens x d) copy or output; and in
+    deterministic mode two runs give bitwise the same output and gradients (rounds add in a fixed
+    order, the two-kernel backward has no atomics)."""
     N, M, settings = RECIPES["defaults"]
     g = torch.Generator().manual_seed(6)
     q, k, v = (torch.randn(2, n, d, generator=g) for n, d in ((N, 12), (M, 12), (M, 48)))
@@ -227,8 +229,9 @@ def test_permuted_rounds_keep_nothing_per_round_and_are_deterministic():
     assert type(out.grad_fn).__name__ == "_PermutedRoundsBackward"
     largest = max(t.numel() for t in out.grad_fn.saved_tensors if t is not None)
     assert largest == out.numel(), largest  # the combined output (B, N, d_v); per-round ones would be H times that
-    _, first = smyrf_with_grads("triton", q, k, v, None, torch.float32, settings)
-    _, second = smyrf_with_grads("triton", q, k, v, None, torch.float32, settings)
+    with deterministic_algorithms(True):
+        _, first = smyrf_with_grads("triton", q, k, v, None, torch.float32, settings)
+        _, second = smyrf_with_grads("triton", q, k, v, None, torch.float32, settings)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -266,3 +269,149 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
         backward = [made for made in tracker.made if made[1:3] == ("float32", (2, N, 48))]
     assert [made[-1].split(":")[0] for made in forward] == ["rounds.forward"], forward
     assert backward == [], backward
+
+
+# --- the two backwards: one pass (dQ by atomics) and two kernels (deterministic mode) ------------
+# Shapes past the production backward blocks (64 queries x 64 keys): 3 query and 3 key blocks per
+# cluster with ragged tails (150 = 64 + 64 + 22, 140 = 64 + 64 + 12), so every dQ row gets atomic
+# additions from 3 programs and dK/dV sum over 3 query blocks.
+BACKWARDS = {"one pass": ("_backward_one_pass_kernel",), "two kernels": ("_backward_kv_kernel", "_backward_q_kernel")}
+BLOCKS_DTYPES = parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool):
+    """torch.use_deterministic_algorithms(on) inside the block (what --trainer.deterministic sets)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+class _Recorded:
+    """A kernel whose launches (`kernel[grid](...)`) add its name to `seen`."""
+
+    def __init__(self, kernel, name: str, seen: set):
+        self.kernel, self.name, self.seen = kernel, name, seen
+
+    def __getitem__(self, grid):
+        self.seen.add(self.name)
+        return self.kernel[grid]
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The backward kernels launched, as "clusters.<kernel>" / "rounds.<kernel>"."""
+    from biggan_smyrf.attention.triton import clusters, rounds
+
+    seen: set = set()
+    for module in (clusters, rounds):
+        for name in sum(BACKWARDS.values(), ()):
+            short = module.__name__.rsplit(".", 1)[-1]
+            monkeypatch.setattr(module, name, _Recorded(getattr(module, name), f"{short}.{name}", seen))
+    return seen
+
+
+def kernels_of(path: str, *modules: str) -> set:
+    return {f"{module}.{name}" for module in modules for name in BACKWARDS[path]}
+
+
+def both_backwards(launched, module: str, backward):
+    """{path: backward()} run with deterministic mode off ("one pass") and on ("two kernels"),
+    each checked to have launched its own kernels and no other."""
+    results = {}
+    for path, deterministic in (("one pass", False), ("two kernels", True)):
+        launched.clear()
+        with deterministic_algorithms(deterministic):
+            results[path] = backward()
+        assert launched == kernels_of(path, module), (path, launched)
+    return results
+
+
+def assert_backwards_agree(results, want, dtype):
+    """Both paths against the float64 reference, and against each other element by element: the
+    same products, summed in another order (dQ) and rounded to the output dtype at another place
+    (the cluster kernels' bfloat16 dQ: in the kernel or by PyTorch), so at most one bfloat16 ulp apart."""
+    for name, one, two, reference in zip(("dq", "dk", "dv"), results["one pass"], results["two kernels"], want):
+        for got in (one, two):
+            assert got.shape == reference.shape and torch.isfinite(got).all(), name
+            assert_close(got, reference.to(got.dtype), dtype)
+        # fp32: the file's fp32 tolerance -- the two paths sum over query blocks of other sizes
+        # (triton/rounds.py BLOCKS), a few 1e-6 apart on the smallest elements.
+        rtol, atol = (1e-4, 1e-5) if dtype == torch.float32 else (2**-7, 1e-6)
+        torch.testing.assert_close(one, two, rtol=rtol, atol=atol, msg=lambda m: f"{name}, one pass vs two kernels: {m}")
+
+
+@BLOCKS_DTYPES
+def test_cluster_backwards_at_production_blocks(dtype, launched):
+    from biggan_smyrf.attention.triton import clusters
+
+    q, k, v, _ = inputs((2, 150, 140, 12, 48), dtype, masked=False, seed=8)
+    mask = torch.rand(2, 140, generator=torch.Generator().manual_seed(9)) > 0.3
+    leaves = [x.double().clone().requires_grad_() for x in (q, k, v)]
+    s = (SCALE * leaves[0] @ leaves[1].mT).masked_fill(~mask[:, None], float("-inf"))
+    out = torch.softmax(s, -1) @ leaves[2]
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(10)).to(dtype)
+    out.backward(grad.double())
+    lse = torch.logsumexp(s, -1).detach().float()
+    results = both_backwards(
+        launched, "clusters", lambda: clusters.backward(grad, q, k, v, out.detach().to(dtype), lse, SCALE, mask)
+    )
+    assert_backwards_agree(results, [x.grad for x in leaves], dtype)
+
+
+def rounds_reference(q, k, v, bias, q_order, k_index, q_cluster_size: int):
+    """The rounds combined as the permuted kernels combine them (weights softmax_r(lse_r)): one
+    softmax over every round's keys side by side, a key counted once per round it meets the query."""
+    (B, H, N), M = q_order.shape, k.shape[1]
+    n_clusters = N // q_cluster_size
+    s = SCALE * q @ k.mT + bias[:, None, :]
+    logits = []
+    for r in range(H):
+        q_cluster = torch.empty_like(q_order[:, r]).scatter_(1, q_order[:, r], (torch.arange(N) // q_cluster_size).expand(B, N))
+        k_cluster = torch.empty_like(k_index[:, r]).scatter_(1, k_index[:, r], (torch.arange(M) // (M // n_clusters)).expand(B, M))
+        logits.append(s.masked_fill(q_cluster[:, :, None] != k_cluster[:, None, :], float("-inf")))
+    return torch.softmax(torch.cat(logits, -1), -1) @ v.repeat(1, H, 1)
+
+
+@BLOCKS_DTYPES
+def test_round_backwards_at_production_blocks(dtype, launched):
+    """2 rounds of 2 clusters of 150 queries and 140 keys (also past the forward's 128 x 64 blocks),
+    with a logit bias (padding -inf included), through triton.rounds.Rounds."""
+    from biggan_smyrf.attention.triton.rounds import Rounds
+
+    B, H, Cq, Lk, n_clusters = 2, 2, 150, 140, 2
+    N, M = Cq * n_clusters, Lk * n_clusters
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(B, n, d, generator=g).to(dtype) for n, d in ((N, 12), (M, 12), (M, 48)))
+    bias = torch.rand(B, M, generator=g) - 0.5
+    bias[torch.rand(B, M, generator=g) < 0.1] = float("-inf")
+    q_order, k_index = (torch.stack([torch.randperm(n, generator=g) for _ in range(B * H)]).view(B, H, n) for n in (N, M))
+    leaves = [x.double().clone().requires_grad_() for x in (q, k, v)]
+    want_out = rounds_reference(*leaves, bias.double(), q_order, k_index, Cq)
+    grad = torch.randn(want_out.shape, generator=g).to(dtype)
+    want_out.backward(grad.double())
+
+    rounds = Rounds(q, k, v, bias, q_order, k_index, Cq, SCALE)
+    out, lse = rounds.forward()
+    assert_close(out, want_out.detach().float(), dtype)
+    norm = torch.logsumexp(lse, dim=1, keepdim=True).expand(B, H, N).contiguous()  # weights softmax_r(lse_r)
+    delta = (grad.float() * out).sum(-1)
+    results = both_backwards(launched, "rounds", lambda: rounds.backward(grad, norm, delta))
+    assert_backwards_agree(results, [x.grad for x in leaves], dtype)
+
+
+@parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+def test_deterministic_mode_picks_the_two_kernel_backward_when_it_runs(deterministic, launched):
+    """SMYRF through the CUDA route (hashed rounds and the hub round): the forward runs outside
+    deterministic mode, the backward inside it or not, and the backward kernels follow the latter."""
+    N, M, settings = RECIPES["one round"]
+    g = torch.Generator().manual_seed(12)
+    leaves = [torch.randn(1, n, d, generator=g).requires_grad_() for n, d in ((N, 12), (M, 12), (M, 48))]
+    out = smyrf_attention(*leaves, seed=4, kernel="triton", **settings)
+    launched.clear()
+    with deterministic_algorithms(deterministic):
+        out.sum().backward()
+    assert launched == kernels_of("two kernels" if deterministic else "one pass", "clusters", "rounds")

@@ -2,11 +2,12 @@
 
 Device functions (`triton.jit`, called from inside kernels): `dot` (a @ b accumulated in fp32),
 `online_softmax_step` / `online_softmax_result` (FlashAttention's online softmax over key blocks),
-`cluster_and_block` (a program's place in a flat grid). Host side: `block_size` / `head_block`
-(compile-time block widths), `check_inputs` (dtypes and head dims the kernels take),
-`fp32_dot_precision` (IEEE or TF32, as PyTorch's matmuls), `row_dot` (FlashAttention's
-D = rowsum(dO * O), which both backwards need), `LOG2E`, and `INTERPRETED` (whether triton runs
-under its CPU interpreter). A module of their own so that the cluster kernels and the permuted-round
+`cluster_and_block` (a program's place in a flat grid), `atomic_accumulate` (the one-pass
+backwards' dQ). Host side: `block_size` / `head_block` (compile-time block widths), `check_inputs`
+(dtypes and head dims the kernels take), `fp32_dot_precision` (IEEE or TF32, as PyTorch's
+matmuls), `row_dot` (FlashAttention's D = rowsum(dO * O), which both backwards need),
+`one_pass_backward` (which backward runs), `LOG2E`, and `INTERPRETED` (whether triton runs under
+its CPU interpreter). A module of their own so that the cluster kernels and the permuted-round
 kernels build on one copy and neither reaches into the other.
 """
 from __future__ import annotations
@@ -102,6 +103,15 @@ def online_softmax_result(m_i, l_i, acc):
 
 
 @triton.jit
+def atomic_accumulate(ptrs, value, inside):
+    """*ptrs += value (float32) where several programs add to the same rows at once: the one-pass
+    backwards' dQ, added by every key block of a cluster. Relaxed ordering: nothing reads the sums
+    before the kernel ends. The order of the additions, hence the sums' last bits, varies from run
+    to run, which is why deterministic mode runs the two-kernel backward (`one_pass_backward`)."""
+    tl.atomic_add(ptrs, value, mask=inside, sem="relaxed")
+
+
+@triton.jit
 def _row_dot_kernel(
     DO, OUT, DELTA,
     stride_dg, stride_dm, stride_dd,
@@ -124,6 +134,17 @@ def fp32_dot_precision() -> str:
     "high"/"medium", or torch.backends.cuda.matmul.fp32_precision = "tf32"), so that this kernel and
     the chunked one round alike; IEEE fp32 otherwise, and always under the interpreter."""
     return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" and not INTERPRETED else "ieee"
+
+
+def one_pass_backward() -> bool:
+    """Which backward the kernels run, decided when the backward runs. One pass (the default):
+    P and dS recomputed once per score, by one program per key block that adds its share of dQ
+    with `atomic_accumulate`: one exponential per score, five dots per (query block, key block).
+    Two kernels where PyTorch is told to be deterministic (`torch.use_deterministic_algorithms`,
+    which Lightning's `--trainer.deterministic true` sets): one for dK and dV, one for dQ, each
+    gradient row written by a single program, bit for bit repeatable, for two exponentials per
+    score and seven dots per block pair."""
+    return not torch.are_deterministic_algorithms_enabled()
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,21 +5,27 @@ up to rounding. SMYRF uses it for its hub round; its hashed rounds use `rounds.p
 through the sort permutation instead of gathered clusters; both build on `blocks.py`.
 q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
 
-Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots,
-the backward 7 (S and dP recomputed in both backward kernels; dV, dK, dQ once). Memory
+Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots
+and one exp per score; the one-pass backward 5 dots (S, dP, dV, dK, dQ) and one exp per score
+(2 in all), the two-kernel backward 7 dots (S and dP in both kernels) and two (3 in all). Memory
 O(G·(Lq + Lk)·(d_qk + d_v)) for inputs, outputs and gradients plus O(G·Lq) for the logsumexp
-and D. No score tensor exists anywhere: scores live in registers, one block at a time.
+and D, and O(G·Lq·d_qk) float32 for the one-pass backward's dQ. No score tensor exists
+anywhere: scores live in registers, one block at a time.
 
 Design, and why:
 - Forward: one program per (block of queries, cluster) with an online softmax over key blocks
   (running max m, running sum l, rescaled fp32 accumulator), so a query block's scores never
   leave the chip. Writes out (input dtype) and lse = m + log(l) (fp32) for the backward and for
   SMYRF's round weights.
-- Backward, the standard FlashAttention-2 split: a preprocess computes D = rowsum(dO ∘ out);
-  one kernel per (block of keys, cluster) loops over query blocks and accumulates dK and dV,
-  another per (block of queries, cluster) loops over key blocks and accumulates dQ. Each output
-  block has exactly one writer, so no atomics and no zero-initialised fp32 buffers; the price is
-  computing P = exp(S - lse) and dP twice, cheap at BigGAN's tiny head dims.
+- Backward: a preprocess computes D = rowsum(dO ∘ out); then, chosen when the backward runs
+  (`blocks.one_pass_backward`), one of two schemes. One pass (FlashAttention-2's): one program
+  per (block of keys, cluster) loops over query blocks, accumulates dK and dV in registers and
+  adds each query block's share of dQ to a zeroed float32 buffer with atomics -- P = exp(S - lse)
+  and dP computed once, but the order of the dQ additions varies from run to run. Two kernels,
+  in deterministic mode (`torch.use_deterministic_algorithms(True)`): the same dK/dV kernel
+  without dQ, and another per (block of queries, cluster) that loops over key blocks for dQ;
+  each output block has exactly one writer (no atomics, no float32 buffer, bit for bit
+  repeatable), for P and dP computed twice.
   `out` is whatever the caller passes (SMYRF passes the combined multi-round output, which
   folds in the gradient through its logsumexp round weights; see smyrf.py).
 - d_qk and d_v are separate compile-time block widths, each the next power of two >= 16 (tl.dot
@@ -36,12 +42,9 @@ Design, and why:
   input's precision). fp32 inputs use IEEE fp32 dots unless PyTorch's CUDA matmuls are set to TF32
   (torch.set_float32_matmul_precision("high")): then TF32, like the chunked kernel's matmuls.
   fp64 is rejected: use the "chunked" kernel (gradcheck).
-- d_qk and d_v are compile-time constants too, so the column masks are constant over whole
-  vectors and rows with 16-byte aligned strides (d_v = 48) load in 16-byte pieces.
-- Block sizes (BLOCKS) are fixed per call, capped by the lengths (at least 16), not autotuned: the
-  largest whose registers keep >= 3 blocks or >= 12 warps per SM without spills on the device's
-  Triton (`make gpu-preflight`); no GPU has timed them yet. Small lengths get small blocks, which
-  also keeps Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run without a GPU) fast.
+- Block sizes are fixed per call from the lengths (at most 128 queries x 64 keys, at least 16),
+  not autotuned: no GPU has measured them yet. Small lengths get small blocks, which also keeps
+  Triton's CPU interpreter (TRITON_INTERPRET=1, how the tests run without a GPU) fast.
 """
 from __future__ import annotations
 
@@ -52,8 +55,8 @@ import triton
 import triton.language as tl
 
 from .blocks import (
-    INTERPRETED, LOG2E, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block, launch_sizes,
-    online_softmax_result, online_softmax_step, row_dot,
+    INTERPRETED, LOG2E, atomic_accumulate, check_inputs, cluster_and_block, dot, fp32_dot_precision,
+    head_block, launch_sizes, one_pass_backward, online_softmax_result, online_softmax_step, row_dot,
 )
 
 
@@ -207,8 +210,64 @@ def _backward_q_kernel(
     tl.store(DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_inside)
 
 
-# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the lengths.
-BLOCKS = {"forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2)}
+@triton.jit
+def _backward_one_pass_kernel(
+    Q, K, V, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
+    stride_qg, stride_qm, stride_qd,
+    stride_kg, stride_kn, stride_kd,
+    stride_vg, stride_vn, stride_vd,
+    stride_dog, stride_dom, stride_dod,
+    stride_mg, stride_mn,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dV, dK and dQ from one P and dS per score, for one block of keys over all query blocks:
+    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed) +=
+    scale · dS K, added atomically since every key block of the cluster adds to every query."""
+    g, block = cluster_and_block(Lk, BLOCK_N)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    cols = offs_n < Lk
+    keep = cols
+    if HAS_MASK:
+        keep = keep & (tl.load(MASK + g * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
+    key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
+    k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+    v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start_m in range(0, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = offs_m < Lq
+        q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
+        do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
+        # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite, dS = 0 and nothing is added.
+        lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
+        delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
+        # Key-major tiles, so that Pᵀ and dSᵀ feed the dV and dK dots as computed (why: rounds.py).
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - tl.where(lse_log2 == float("-inf"), 0.0, lse_log2)[None, :])
+        dv += dot(p_t.to(do.dtype), do, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(do), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
+        dq_ptrs = DQ_ACC + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :]
+        atomic_accumulate(dq_ptrs, dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale, rows[:, None] & (offs_dqk[None, :] < D_QK))
+    dk_ptrs = DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :]
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=cols[:, None] & (offs_dqk[None, :] < D_QK))
+    dv_ptrs = DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=cols[:, None] & (offs_dv[None, :] < D_V))
+
+
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the lengths: as the
+# rounds' kernels (triton/rounds.py BLOCKS, chosen with `make gpu-preflight`). The one-pass backward
+# holds dK, dV, P, dP and dS at once: 64 x 64 spills in TF32 and with 8 warps the compiler computes
+# P twice, in two layouts; 32 x 64 at 4 warps does neither but holds 2 blocks per SM on Triton 3.6
+# in TF32 (183-195 registers), 16 x 64 without pipelining stages 3 (120-139).
+BLOCKS = {
+    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+}
 
 
 def _strides(x: torch.Tensor):
@@ -235,7 +294,8 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
 
 def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Tensor] = None):
     """-> dq, dk, dv (contiguous, the inputs' dtype). `out` is the tensor whose row-dot with grad
-    enters dS (see the module docstring of cluster_attention.py)."""
+    enters dS (see the module docstring of cluster_attention.py). One kernel, or two in
+    deterministic mode (`blocks.one_pass_backward`)."""
     check_inputs(q, k, v)
     (G, Lq, d_qk), Lk, d_v = q.shape, k.shape[1], v.shape[-1]
     lse = lse.to(torch.float32).contiguous()
@@ -243,7 +303,6 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     block_dqk, block_dv = head_block(d_qk), head_block(d_v)
     delta = row_dot(grad, out)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
-    dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
     dk = torch.empty(G, Lk, d_qk, dtype=k.dtype, device=k.device)
     dv = torch.empty(G, Lk, d_v, dtype=v.dtype, device=v.device)
     shared = (
@@ -254,6 +313,14 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
         D_QK=d_qk, D_V=d_v, HAS_MASK=has_mask, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
         UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
+    if one_pass_backward():
+        sizes = launch_sizes(BLOCKS["one pass"], Lq, Lk)
+        dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
+        _backward_one_pass_kernel[(G * triton.cdiv(Lk, sizes["BLOCK_N"]),)](
+            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **constants, **sizes,
+        )
+        return dq_acc.to(q.dtype), dk, dv
+    dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
     kv_sizes, q_sizes = launch_sizes(BLOCKS["backward_kv"], Lq, Lk), launch_sizes(BLOCKS["backward_q"], Lq, Lk)
     _backward_kv_kernel[(G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),)](
         q, k, v, mask, grad, lse, delta, dk, dv, *shared, **constants, **kv_sizes)

@@ -26,14 +26,25 @@ with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),
 dK_r = scale dS_rᵀ Q -- the FlashAttention-2 backward with dO_r = w_r g and the combined output in
 D (which carries the gradient through the round weights, see smyrf.py).
 
-Each round is its own launch and updates float32 token-order accumulators (out, dq, dk, dv) by
-read-modify-write: within a round every query and every key is in exactly one cluster, so each row
-has one writer, and rounds follow in a fixed order -- deterministic, no atomics.
+Each round is its own launch (or two) and updates float32 token-order accumulators (out, dq, dk,
+dv): within a round every query and every key is in exactly one cluster, and rounds follow in a
+fixed order. Two backwards, `blocks.one_pass_backward` picks one when the backward runs:
+- one pass, the default: one program per (cluster, key block) loops over the cluster's query
+  blocks and computes P~ and dS once per score for all three gradients (FlashAttention-2's
+  backward). dK and dV rows have one writer (read-modify-write); every key block of a cluster
+  adds to its queries' dQ rows, so those additions are float32 atomics, whose order, and with it
+  the last bits of dq, varies from run to run.
+- two kernels, under `torch.use_deterministic_algorithms(True)` (`--trainer.deterministic
+  true`): the same dK/dV pass without dQ, then one program per (cluster, query block) that
+  recomputes P~ and dS over the cluster's keys for dQ alone. Every row has one writer and no
+  atomics: bit for bit repeatable.
 
-Cost per round: the forward does two dots per (query block, key block) and one exp per score, the
-backward five dots (S recomputed in the dK/dV and the dQ kernel), all at d_qk padded to 16 (q and
-k are stored so) and d_v to 64 in registers. Time O(H N Lk (d_qk + d_v)); memory O(B (N + M') (d_qk + d_v)) in float32
-accumulators, O(B H N) for lse and norm.
+Cost per round, per (query block, key block) pair, at d_qk padded to 16 and d_v to 64 in
+registers: the forward does 2 dots (S, P~V) and one exp per score; the one-pass backward 5 dots
+(S, dP, dV, dK, dQ) and one exp per score, 2 exps per score forward + backward; the two-kernel
+backward 7 dots (S and dP in both kernels) and 2 exps per score, 3 in all. Time
+O(H N Lk (d_qk + d_v)); memory O(B (N + M') (d_qk + d_v)) in float32 accumulators, O(B H N) for
+lse and norm.
 """
 from __future__ import annotations
 
@@ -45,8 +56,8 @@ import triton.language as tl
 
 from ..cluster_attention import pad_features
 from .blocks import (
-    INTERPRETED, LOG2E, check_inputs, dot, fp32_dot_precision, head_block, launch_sizes, online_softmax_result,
-    online_softmax_step,
+    INTERPRETED, LOG2E, atomic_accumulate, check_inputs, dot, fp32_dot_precision, head_block, launch_sizes,
+    one_pass_backward, online_softmax_result, online_softmax_step,
 )
 
 
@@ -212,15 +223,66 @@ def _backward_q_kernel(
     _add_rows(DQ_ACC + b * stride_dqb, tok, rows, D_QK, D_QK, dq * scale, BLOCK_DQK)
 
 
+@triton.jit
+def _backward_one_pass_kernel(
+    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC, DK_ACC, DV_ACC,
+    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
+    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb, stride_dkb, stride_dvb,
+    n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One round, one block of a cluster's keys, over the cluster's queries: all three gradients from
+    one P~ and dS per score. DK_ACC and DV_ACC as `_backward_kv_kernel` (one writer per key row);
+    DQ_ACC += scale dS K added atomically, since every key block of the cluster adds to its queries."""
+    b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
+    v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+    # The keys' logit offsets (log2 units): their bias, -inf past the cluster's keys.
+    key_offset = tl.where(cols, 0.0, float("-inf"))
+    if HAS_BIAS:
+        key_offset += tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=0.0) * LOG2E
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start_m in range(0, Cq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
+        g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
+        # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing (and write nothing).
+        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
+        delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
+        # Key-major (BLOCK_N, BLOCK_M) tiles, so that P~ᵀ and dSᵀ feed the dV and dK dots as they are
+        # computed: query-major, the compiler computes P~ again in the transposed layout at some block
+        # shapes (2 exp2 per score in the sm_90 SASS at 32 x 64), which this kernel exists to avoid.
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - norm_log2[None, :])
+        dv += dot(p_t.to(g.dtype), g, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(g), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
+        dq = dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale
+        dq_ptrs = DQ_ACC + b * stride_dqb + tok[:, None] * D_QK + offs_dqk[None, :]
+        atomic_accumulate(dq_ptrs, dq, rows[:, None] & (offs_dqk[None, :] < D_QK))
+    _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
+    _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
+
+
 # --- host side ---------------------------------------------------------------------------------
 
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the cluster sizes
-# (min 16). Chosen with `make gpu-preflight` (the device's Triton 3.6, sm_90): the shapes that keep
-# >= 3 blocks or >= 12 warps resident per SM without spills in bf16, fp16 and TF32 -- FlashAttention-2's
-# 128 x 64 at 4 warps needs 221-255 registers here (2 blocks per SM) and spills in the forward.
-# The dK/dV kernel's loads are gathered rows, which its 16 warps hide without pipelining stages.
-# Not yet timed on a GPU: benchmarks/tune_rounds.py times the alternatives.
-BLOCKS = {"forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2)}
+# (min 16). Chosen with `make gpu-preflight` (the device's Triton 3.6, sm_90): shapes that keep >= 3
+# blocks or >= 12 warps resident per SM without spills in bf16, fp16 and TF32 -- FlashAttention-2's
+# 128 x 64 at 4 warps needs 221-255 registers there (2 blocks per SM) and spills in the forward; the
+# dK/dV kernel's gathered loads are hidden by its 16 warps without pipelining stages. Not yet timed on
+# a GPU: benchmarks/tune_rounds.py times the alternatives. "backward_kv"/"backward_q" are the
+# two-kernel backward (deterministic mode), "one pass" the default one. That one holds dK, dV, P~, dP
+# and dS at once: 64 x 64 blocks spill at 4 warps and at 8 the compiler computes P~ twice, in two
+# layouts (2 exp2 per score); 32 x 64 at 4 warps does neither but needs 172-189 registers on Triton
+# 3.6 (2 blocks per SM), 16 x 64 without pipelining stages 138.
+BLOCKS = {
+    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+}
 
 
 class Rounds:
@@ -290,24 +352,32 @@ class Rounds:
 
     def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
         """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
-        inputs' dtype, norm (B, H, N) and delta = rowsum(grad * out) (B, N), float32."""
+        inputs' dtype, norm (B, H, N) and delta = rowsum(grad * out) (B, N), float32. One kernel
+        per round, or two in deterministic mode (`blocks.one_pass_backward`, see the module docstring)."""
         grad = grad.to(self.q.dtype).contiguous()
         delta = delta.to(torch.float32).contiguous()
         device = self.q.device
         dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
         dk = torch.zeros(self.B, self.k.shape[1], self.d_qk, dtype=torch.float32, device=device)
         dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
-        kv_sizes, q_sizes = self._sizes("backward_kv"), self._sizes("backward_q")
+        one_pass = one_pass_backward()
+        one_sizes, kv_sizes, q_sizes = self._sizes("one pass"), self._sizes("backward_kv"), self._sizes("backward_q")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
             shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
             lengths = (self.n_clusters, self.Cq, self.Lk, self.scale, self.scale * LOG2E.value)
-            _backward_kv_kernel[self._grid(self.Lk, kv_sizes["BLOCK_N"])](
-                *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
-            )
-            _backward_q_kernel[self._grid(self.Cq, q_sizes["BLOCK_M"])](
-                *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
-            )
+            if one_pass:
+                _backward_one_pass_kernel[self._grid(self.Lk, one_sizes["BLOCK_N"])](
+                    *pointers, norm_r, grad, delta, dq, dk, dv, *shared, dq.stride(0), dk.stride(0), dv.stride(0),
+                    *lengths, **one_sizes,
+                )
+            else:
+                _backward_kv_kernel[self._grid(self.Lk, kv_sizes["BLOCK_N"])](
+                    *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
+                )
+                _backward_q_kernel[self._grid(self.Cq, q_sizes["BLOCK_M"])](
+                    *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
+                )
         return dq, dk, dv
 
