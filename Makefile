@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine with Python 3.11: `make demo` and `make test`.
 # `make xla-check`: TPU readiness on XLA's CPU device, in its own venv (.venv-xla, torch_xla).
+# `make gpu-preflight`: the CUDA route's Triton kernels compiled for sm_90/sm_80 here, with the GPU's Triton too.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,10 @@ XLA_VENV := .venv-xla
 XLA_PY := $(XLA_VENV)/bin/python
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench gpu-plan gpu-goals xla-check
+TRITON36_VENV := .venv-triton36
+TRITON36_STAMP := $(TRITON36_VENV)/.installed
+
+.PHONY: demo test bench setup clean gpu-wheels gpu-site gpu-check gpu-bench gpu-plan gpu-goals gpu-preflight xla-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +80,18 @@ gpu-plan: $(STAMP)
 gpu-goals:
 	$(GPU_PYTHON) -m benchmarks.checks.gpu_goals
 
+# The GPU image's Triton (3.6.0) beside ours: only its compiler and tools are used, with our torch.
+$(TRITON36_STAMP): requirements-triton36.txt
+	test -x $(TRITON36_VENV)/bin/python || $(PYTHON) -m venv $(TRITON36_VENV)
+	$(TRITON36_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-triton36.txt
+	touch $(TRITON36_STAMP)
+
+# Every Triton specialisation the CUDA route launches at the goal shapes, compiled for sm_90 and sm_80
+# with both Tritons: registers, spills, shared memory, blocks per SM, load widths and the goals
+# (-> benchmarks/results/gpu_preflight-cpu.*). No GPU needed. PREFLIGHT_ARGS="--batch 1" is faster.
+gpu-preflight: $(STAMP) $(TRITON36_STAMP)
+	$(PY) -m benchmarks.gpu_preflight $(PREFLIGHT_ARGS)
+
 # torch_xla pins its own torch, so it gets a venv of its own and runs the work tree from PYTHONPATH.
 $(XLA_STAMP): requirements-xla.txt
 	test -x $(XLA_PY) || $(PYTHON) -m venv $(XLA_VENV)
@@ -89,4 +105,4 @@ xla-check: $(XLA_STAMP)
 	PJRT_DEVICE=CPU PYTHONPATH=$(CURDIR) $(XLA_PY) -m pytest -q -m xla tests/test_xla.py
 
 clean:
-	rm -rf $(VENV) $(XLA_VENV) .gpu-site build *.egg-info
+	rm -rf $(VENV) $(XLA_VENV) $(TRITON36_VENV) .gpu-site build *.egg-info

@@ -4,7 +4,7 @@
     python -m benchmarks.tune_rounds --dtypes bfloat16 --n 65536 --batch 8
 
 For each pass ("forward", "backward" -- the two-kernel backward of deterministic mode -- and
-"one pass", the default backward) every candidate (BLOCK_M, BLOCK_N, num_warps) is timed with the
+"one pass", the default backward) every candidate (BLOCK_M, BLOCK_N, num_warps, num_stages) is timed with the
 others at their current setting: the whole smyrf_attention call with the library default
 (4 x 2048 at 16,384 tokens), under no_grad for the forward, forward + backward for the backwards;
 median of 10 after a warm-up (which compiles). The fastest candidate of each pass is printed, to
@@ -24,10 +24,12 @@ from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E40
 from biggan_smyrf.attention.triton import rounds as triton_rounds  # noqa: E402
 
 CANDIDATES = {
-    "forward": [(64, 32, 4), (64, 64, 4), (128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
-    "backward": [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (128, 64, 8)],
-    "one pass": [(32, 64, 4), (32, 128, 8), (64, 64, 4), (64, 64, 8)],
+    "forward": [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 1), (128, 64, 4, 3)],
+    "backward": [(32, 64, 8, 1), (32, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 1), (64, 64, 4, 3)],
+    "one pass": [(16, 64, 4, 1), (32, 64, 4, 1), (32, 64, 4, 3), (64, 64, 4, 3)],
 }
+# The BLOCKS entries a pass sets: the two-kernel backward's candidates go to both its kernels.
+KERNELS = {"forward": ("forward",), "backward": ("backward_kv", "backward_q"), "one pass": ("one pass",)}
 
 
 def timing(pass_name: str, q, k, v, config: AttentionConfig) -> float:
@@ -83,7 +85,7 @@ def main():
         q, k, v = (torch.randn(args.batch, n, d, generator=g).to(device, dtype).requires_grad_() for n, d in shapes)
         for pass_name, candidates in CANDIDATES.items():
             for blocks in candidates:
-                triton_rounds.BLOCKS.update(default, **{pass_name: blocks})
+                triton_rounds.BLOCKS.update(default, **{kernel: blocks for kernel in KERNELS[pass_name]})
                 try:
                     ms = timing(pass_name, q, k, v, config)
                 except Exception as error:  # a shape the compiler or the register file rejects
@@ -95,7 +97,7 @@ def main():
             timed = [r for r in rows if r["dtype"] == dtype_name and r["pass"] == pass_name and "ms" in r]
             best[(dtype_name, pass_name)] = min(timed, key=lambda r: r["ms"])["blocks"] if timed else None
     triton_rounds.BLOCKS.update(default)
-    table = markdown_table(rows, [("dtype", "dtype"), ("pass", "pass"), ("blocks", "(BLOCK_M, BLOCK_N, warps)"),
+    table = markdown_table(rows, [("dtype", "dtype"), ("pass", "pass"), ("blocks", "(BLOCK_M, BLOCK_N, warps, stages)"),
                                   ("ms", "ms"), ("timed", "timed"), ("error", "note")])
     table += "\n\nFastest: " + "; ".join(f"{d} {p}: {b}" for (d, p), b in best.items())
     print(table)

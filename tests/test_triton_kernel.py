@@ -59,58 +59,55 @@ def test_explicit_triton_on_the_cpu_needs_the_interpreter():
 
 
 @needs_triton
-@pytest.mark.parametrize(
-    "dtype, precision, has_mask", [("bf16", "ieee", False), ("bf16", "ieee", True), ("fp32", "tf32", True)]
-)
-def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_mask):
+@pytest.mark.parametrize("dtype, masked", [("bf16", False), ("bf16", True), ("tf32", True)])
+def test_kernels_compile_for_hopper_without_a_gpu(dtype, masked):
     """The interpreter accepts code the compiler rejects (dot shapes, dtype mixes): compile every
-    kernel for sm_90 through ptxas at BigGAN's block sizes, which needs no GPU."""
-    from biggan_smyrf.attention.triton import blocks, clusters
+    cluster kernel for sm_90 through ptxas, as launched at BigGAN's sizes -- the specialisation
+    (argument types, divisibility, constexprs, warps, stages) is Triton's own binder's, taken from
+    the real launch (benchmarks/triton_launches.py), the two-kernel backward's in deterministic
+    mode -- which needs no GPU."""
+    from benchmarks import triton_launches
 
-    sizes = dict(HAS_MASK=has_mask, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
-    jobs = [
-        (clusters._forward_kernel, {**sizes, "BLOCK_M": 128}),
-        (blocks._row_dot_kernel, dict(BLOCK_M=128, BLOCK_DV=64)),
-        (clusters._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
-        (clusters._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
-        (clusters._backward_one_pass_kernel, {**sizes, "BLOCK_M": clusters.ONE_PASS_BLOCK_M}),
-    ]
-    compiled = _compile_for_hopper(jobs, dtype)
-    _assert_one_exp2_per_score_without_spills(compiled["_backward_one_pass_kernel"], clusters.ONE_PASS_BLOCK_M, 64, 4)
+    torch_dtype, precision = triton_launches.DTYPES[dtype]
+    q, k, v, mask = biggan_clusters(torch_dtype, G=2, device="cpu")
+    mask = mask if masked else None
+    with triton_launches.fp32_dots(precision), triton_launches.recording((90,)) as launches:
+        out, lse = attention_forward(q, k, v, 1.0, "triton", mask)
+        attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
+        with triton_launches.deterministic():
+            attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
+    kernels = {"_forward_kernel", "_row_dot_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(launches[90], kernels))
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype, precision, has_bias", [("bf16", "ieee", True), ("fp32", "tf32", False)])
-def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, precision, has_bias):
-    """The same for SMYRF's permuted-round kernels (triton/rounds.py) at BigGAN's sizes."""
-    from biggan_smyrf.attention.triton import rounds as kernels
+@pytest.mark.parametrize("dtype, recipe", [("bf16", "default"), ("tf32", "paper")])
+def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
+    """The same for SMYRF's permuted-round kernels (triton/rounds.py), launched by smyrf_attention
+    at 4,096 tokens in clusters of 2,048 (the default recipe's logit bias on, the paper's off)."""
+    from benchmarks import triton_launches
 
-    sizes = dict(HAS_BIAS=has_bias, BLOCK_N=64, BLOCK_DQK=16, BLOCK_DV=64, UPCAST=False, PRECISION=precision)
-    jobs = [
-        (kernels._forward_kernel, {**sizes, "BLOCK_M": 128}),
-        (kernels._backward_kv_kernel, {**sizes, "BLOCK_M": 64}),
-        (kernels._backward_q_kernel, {**sizes, "BLOCK_M": 64}),
-    ]
-    block_m, block_n, warps = kernels.BLOCKS["one pass"]
-    jobs.append((kernels._backward_one_pass_kernel, {**sizes, "BLOCK_M": block_m, "BLOCK_N": block_n}, warps))
-    compiled = _compile_for_hopper(jobs, dtype)
-    _assert_one_exp2_per_score_without_spills(compiled["_backward_one_pass_kernel"], block_m, block_n, warps)
+    launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]  # both backwards
+    rounds = [x for x in launches if x.module == "rounds"]
+    assert {x.constants["HAS_BIAS"] for x in rounds} == {recipe == "default"}
+    kernels = {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(rounds, kernels))
 
 
-def _compile_for_hopper(jobs, dtype: str) -> dict:
-    """{kernel name: compiled kernel} for jobs (kernel, constexprs[, num_warps if not Triton's 4])."""
+def _compile_for_hopper(launches, kernels: set):
+    """Every specialisation of `launches` compiled for sm_90; -> the one-pass backward's compiled
+    kernel and its (BLOCK_M, BLOCK_N, num_warps)."""
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile
+    from benchmarks import triton_launches
 
-    compiled = {}
-    for kernel, constants, *warps in jobs:
-        signature = {name: _argument_type(name, constants, dtype) for name in kernel.arg_names}
-        options = {"num_warps": warps[0]} if warps else {}
-        compiled[kernel.__name__] = compile(
-            ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32), options=options
-        )
-        assert compiled[kernel.__name__].asm["cubin"], kernel.__name__
-    return compiled
+    unique = triton_launches.unique(launches)
+    assert {x.name for x in unique} == kernels
+    for launch in unique:
+        compiled = launch.compile(GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], launch.name
+        if launch.name == "_backward_one_pass_kernel":
+            one_pass = compiled, launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.options["num_warps"]
+    return one_pass
 
 
 def _assert_one_exp2_per_score_without_spills(compiled, block_m: int, block_n: int, warps: int) -> None:
@@ -132,37 +129,14 @@ def _assert_one_exp2_per_score_without_spills(compiled, block_m: int, block_n: i
     assert resources["STACK"] == 0 and resources["LOCAL"] == 0, f"spills: {resources}"
 
 
-# Float32 buffers of both kernel families: logsumexps, row dots, norms, the bias and accumulators.
-FLOAT32_ARGUMENTS = {"LSE", "DELTA", "NORM", "BIAS", "OUT_ACC", "DQ_ACC", "DK_ACC", "DV_ACC", "RUN_MAX", "RUN_SUM"}
-INDEX_ARGUMENTS = {"QIDX", "KIDX"}
-SIZE_ARGUMENTS = {"Lq", "Lk", "Cq", "n_clusters", "D_QK", "D_V"}
-
-
-def _argument_type(name: str, constants: dict, dtype: str) -> str:
-    """Triton signature types of the kernels' arguments, by their naming convention."""
-    if name in constants:
-        return "constexpr"
-    if name in FLOAT32_ARGUMENTS:
-        return "*fp32"
-    if name in INDEX_ARGUMENTS:
-        return "*i64"
-    if name == "MASK":
-        return "*u8"
-    if name.startswith("scale"):
-        return "fp32"
-    if name.startswith("stride") or name in SIZE_ARGUMENTS:
-        return "i32"
-    return f"*{dtype}"
-
-
 # --- CUDA: the compiled kernels at BigGAN ch=96's sizes ------------------------------------------
 # 2048 queries and 512 keys + 32 summary keys per cluster, d_qk = 12, d_v = 48.
 
 
-def biggan_clusters(dtype, G=8, Lq=2048, Lk=544, seed=0):
+def biggan_clusters(dtype, G=8, Lq=2048, Lk=544, seed=0, device="cuda"):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(G, n, d, generator=g).to("cuda", dtype) for n, d in ((Lq, 12), (Lk, 12), (Lk, 48)))
-    mask = (torch.rand(G, Lk, generator=g) > 0.1).cuda()
+    q, k, v = (torch.randn(G, n, d, generator=g).to(device, dtype) for n, d in ((Lq, 12), (Lk, 12), (Lk, 48)))
+    mask = (torch.rand(G, Lk, generator=g) > 0.1).to(device)
     mask[0] = False
     return q, k, v, mask
 

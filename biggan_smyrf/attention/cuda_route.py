@@ -17,9 +17,10 @@ from typing import Optional
 
 import torch
 
+from .cluster_attention import pad_features
 from .plan import Plan, hub_round_backward, hub_round_forward, round_normalisers, weighted
 from .summaries import HUB_MASK_LOGIT, summarised, summary_features, summary_keys, unit_sums_through
-from .triton.blocks import row_dot
+from .triton.blocks import head_block, row_dot
 from .triton.rounds import Rounds
 
 
@@ -31,8 +32,12 @@ def permuted_rounds(q, k, v, plan: Plan):
     k_order, sizes = plan.k_order, plan.sizes
     B, H, M = k_order.shape
     n_clusters, k_cluster_size, n_summaries = sizes.n_clusters, sizes.k_cluster_size, sizes.n_summaries
+    # q and k padded to the kernels' 16 features (zeros change no logit; autograd slices the padding
+    # off their gradients): 32-byte rows in bf16 that every kernel, the hub round's too, reads in
+    # 16-byte vectors. It takes the place of the contiguous copy of BigGAN's channels-first views.
+    d_qk = head_block(q.shape[-1])
+    q, k, v = pad_features(q, d_qk), pad_features(k, d_qk), v.contiguous()
     hub_round = plan.hub_round(k, v)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     bias = _logit_bias(k, plan.hub, plan.key_padding_mask, with_summaries=bool(n_summaries))
     k_index = k_order.view(B, H, n_clusters, k_cluster_size)
     if n_summaries:

@@ -28,6 +28,14 @@ def block_size(length: int, largest: int) -> int:
     return max(16, min(largest, triton.next_power_of_2(length)))
 
 
+def launch_sizes(blocks: tuple[int, int, int, int], n_queries: int, n_keys: int) -> dict:
+    """A kernel's (BLOCK_M, BLOCK_N, num_warps, num_stages) as launch arguments, the blocks capped
+    by the lengths of its query and key runs."""
+    block_m, block_n, warps, stages = blocks
+    return dict(BLOCK_M=block_size(n_queries, block_m), BLOCK_N=block_size(n_keys, block_n),
+                num_warps=warps, num_stages=stages)
+
+
 def head_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 

@@ -55,17 +55,10 @@ import triton
 import triton.language as tl
 
 from .blocks import (
-    INTERPRETED, LOG2E, atomic_accumulate, block_size, check_inputs, cluster_and_block, dot, fp32_dot_precision,
-    head_block, one_pass_backward, online_softmax_result, online_softmax_step, row_dot,
+    INTERPRETED, LOG2E, atomic_accumulate, check_inputs, cluster_and_block, dot, fp32_dot_precision,
+    head_block, launch_sizes, one_pass_backward, online_softmax_result, online_softmax_step, row_dot,
 )
 from .launches import launch
-
-
-# Query block of the one-pass backward (keys: 64, warps: Triton's default 4). It holds dK, dV, P,
-# dP and dS at once: compiled for sm_90 (Triton 3.8) 64 x 64 spills in TF32 (192 bytes of stack),
-# and with 8 warps the compiler computes P twice, in two layouts; 32 x 64 does neither (246
-# registers in bf16, 247 in TF32).
-ONE_PASS_BLOCK_M = 32
 
 
 def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
@@ -78,7 +71,7 @@ def _mask_arguments(key_mask: Optional[torch.Tensor], like: torch.Tensor):
 
 
 @triton.jit
-def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c: tl.constexpr):
     """The (rows, cols) tile of a strided matrix at `ptr`, zeros outside [0, n_r) x [0, n_c): the
     tails of a cluster and the head-dim padding (12 -> 16, 48 -> 64) live only in registers."""
     inside = (offs_r[:, None] < n_r) & (offs_c[None, :] < n_c)
@@ -105,7 +98,7 @@ def _forward_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_og, stride_om, stride_od,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale_log2,
+    Lq, Lk, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -147,7 +140,7 @@ def _backward_kv_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale, scale_log2,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -190,7 +183,7 @@ def _backward_q_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale, scale_log2,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -226,7 +219,7 @@ def _backward_one_pass_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, D_QK, D_V, scale, scale_log2,
+    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -268,6 +261,16 @@ def _backward_one_pass_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=cols[:, None] & (offs_dv[None, :] < D_V))
 
 
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the lengths: as the
+# rounds' kernels (triton/rounds.py BLOCKS, chosen with `make gpu-preflight`). The one-pass backward
+# holds dK, dV, P, dP and dS at once: 64 x 64 spills in TF32 and with 8 warps the compiler computes
+# P twice, in two layouts; 32 x 64 at 4 warps does neither but holds 2 blocks per SM on Triton 3.6
+# in TF32 (183-195 registers), 16 x 64 without pipelining stages 3 (120-139).
+BLOCKS = {
+    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+}
+
+
 def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -279,14 +282,13 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     out = q.new_empty(G, Lq, d_v)
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
-    block_m, block_n = block_size(Lq, 128), block_size(Lk, 64)
-    launch(_forward_kernel, (G * triton.cdiv(Lq, block_m),))(
+    sizes = launch_sizes(BLOCKS["forward"], Lq, Lk)
+    launch(_forward_kernel, (G * triton.cdiv(Lq, sizes["BLOCK_M"]),))(
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale * LOG2E.value,
-        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
-        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
+        Lq, Lk, scale * LOG2E.value, D_QK=d_qk, D_V=d_v,
+        HAS_MASK=has_mask, BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
+        UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(), **sizes,
     )
     return out, lse
 
@@ -306,20 +308,23 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     dv = torch.empty(G, Lk, d_v, dtype=v.dtype, device=v.device)
     shared = (
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), stride_mg, stride_mn,
-        Lq, Lk, d_qk, d_v, scale, scale * LOG2E.value,
+        Lq, Lk, scale, scale * LOG2E.value,
     )
-    block_m, block_n = block_size(Lq, 64), block_size(Lk, 64)
-    sizes = dict(
-        HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
+    constants = dict(
+        D_QK=d_qk, D_V=d_v, HAS_MASK=has_mask, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
         UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
     )
     if one_pass_backward():
+        sizes = launch_sizes(BLOCKS["one pass"], Lq, Lk)
         dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
-        launch(_backward_one_pass_kernel, (G * triton.cdiv(Lk, block_n),))(
-            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **{**sizes, "BLOCK_M": block_size(Lq, ONE_PASS_BLOCK_M)},
+        launch(_backward_one_pass_kernel, (G * triton.cdiv(Lk, sizes["BLOCK_N"]),))(
+            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **constants, **sizes,
         )
         return dq_acc.to(q.dtype), dk, dv
     dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
-    launch(_backward_kv_kernel, (G * triton.cdiv(Lk, block_n),))(q, k, v, mask, grad, lse, delta, dk, dv, *shared, **sizes)
-    launch(_backward_q_kernel, (G * triton.cdiv(Lq, block_m),))(q, k, v, mask, grad, lse, delta, dq, *shared, **sizes)
+    kv_sizes, q_sizes = launch_sizes(BLOCKS["backward_kv"], Lq, Lk), launch_sizes(BLOCKS["backward_q"], Lq, Lk)
+    launch(_backward_kv_kernel, (G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),))(
+        q, k, v, mask, grad, lse, delta, dk, dv, *shared, **constants, **kv_sizes)
+    launch(_backward_q_kernel, (G * triton.cdiv(Lq, q_sizes["BLOCK_M"]),))(
+        q, k, v, mask, grad, lse, delta, dq, *shared, **constants, **q_sizes)
     return dq, dk, dv

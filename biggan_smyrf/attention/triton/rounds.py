@@ -55,8 +55,9 @@ import triton
 import triton.language as tl
 
 from ..config import SmyrfSizes
+from ..cluster_attention import pad_features
 from .blocks import (
-    INTERPRETED, LOG2E, atomic_accumulate, block_size, check_inputs, dot, fp32_dot_precision, head_block,
+    INTERPRETED, LOG2E, atomic_accumulate, check_inputs, dot, fp32_dot_precision, head_block, launch_sizes,
     one_pass_backward, online_softmax_result, online_softmax_step,
 )
 from .launches import launch
@@ -73,16 +74,17 @@ def _batch_cluster_block(n_clusters, length, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gathered_rows(ptr, index, valid, stride_row, n_cols, BLOCK_D: tl.constexpr):
+def _gathered_rows(ptr, index, valid, stride_row, n_cols: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows `index` of a row-major matrix (feature stride 1), zeros for invalid rows and for the
-    padding columns n_cols..BLOCK_D (12 -> 16, 48 -> 64 only in registers)."""
+    padding columns n_cols..BLOCK_D (48 -> 64 only in registers). n_cols is a compile-time
+    constant so that the mask is constant over whole vectors: rows load in 16-byte pieces."""
     offs_d = tl.arange(0, BLOCK_D)
     inside = valid[:, None] & (offs_d[None, :] < n_cols)
     return tl.load(ptr + index[:, None] * stride_row + offs_d[None, :], mask=inside, other=0.0)
 
 
 @triton.jit
-def _add_rows(ptr, index, valid, stride_row, n_cols, value, BLOCK_D: tl.constexpr):
+def _add_rows(ptr, index, valid, stride_row, n_cols: tl.constexpr, value, BLOCK_D: tl.constexpr):
     """ptr[index] += value for a float32 row-major accumulator (one writer per row, see above)."""
     offs_d = tl.arange(0, BLOCK_D)
     inside = valid[:, None] & (offs_d[None, :] < n_cols)
@@ -91,19 +93,19 @@ def _add_rows(ptr, index, valid, stride_row, n_cols, value, BLOCK_D: tl.constexp
 
 
 @triton.jit
-def _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK: tl.constexpr):
-    """Token indices, validity and q rows of query positions offs_m of cluster c."""
+def _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK: tl.constexpr):
+    """Token indices, validity and q rows (stored padded to BLOCK_DQK) of query positions offs_m of cluster c."""
     rows = offs_m < Cq
     tok = tl.load(QIDX + b * stride_qib + c * Cq + offs_m, mask=rows, other=0)
-    return tok, rows, _gathered_rows(Q + b * stride_qb, tok, rows, stride_qn, D_QK, BLOCK_DQK)
+    return tok, rows, _gathered_rows(Q + b * stride_qb, tok, rows, stride_qn, BLOCK_DQK, BLOCK_DQK)
 
 
 @triton.jit
-def _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK: tl.constexpr):
-    """Key indices, validity and k rows of key positions offs_n of cluster c."""
+def _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK: tl.constexpr):
+    """Key indices, validity and k rows (stored padded to BLOCK_DQK) of key positions offs_n of cluster c."""
     cols = offs_n < Lk
     kid = tl.load(KIDX + b * stride_kib + c * Lk + offs_n, mask=cols, other=0)
-    return kid, cols, _gathered_rows(K + b * stride_kb, kid, cols, stride_kn, D_QK, BLOCK_DQK)
+    return kid, cols, _gathered_rows(K + b * stride_kb, kid, cols, stride_kn, BLOCK_DQK, BLOCK_DQK)
 
 
 @triton.jit
@@ -122,7 +124,7 @@ def _forward_kernel(
     Q, K, V, BIAS, QIDX, KIDX, LSE, OUT_ACC, RUN_MAX, RUN_SUM,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
     stride_qib, stride_kib, stride_lb, stride_ob, stride_on, stride_rb,
-    n_clusters, Cq, Lk, D_QK, D_V, scale_log2,
+    n_clusters, Cq, Lk, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -133,13 +135,13 @@ def _forward_kernel(
     LSE (token order) keeps lse_r for the backward."""
     b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
         v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
@@ -167,7 +169,7 @@ def _backward_kv_kernel(
     Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DK_ACC, DV_ACC,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
     stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dkb, stride_dvb,
-    n_clusters, Cq, Lk, D_QK, D_V, scale, scale_log2,
+    n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -175,13 +177,13 @@ def _backward_kv_kernel(
     DV_ACC += P~ᵀ g (float32, token order of the keys; DK_ACC/DV_ACC rows have d_qk / d_v columns)."""
     b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
     v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Cq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
         g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
         # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing.
         norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
@@ -200,21 +202,21 @@ def _backward_q_kernel(
     Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
     stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb,
-    n_clusters, Cq, Lk, D_QK, D_V, scale, scale_log2,
+    n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One round, one block of a cluster's queries, over the cluster's keys: DQ_ACC += scale dS K."""
     b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
     g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
     norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
         v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         p = tl.math.exp2(s - norm_log2[:, None])
@@ -228,7 +230,7 @@ def _backward_one_pass_kernel(
     Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC, DK_ACC, DV_ACC,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
     stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb, stride_dkb, stride_dvb,
-    n_clusters, Cq, Lk, D_QK, D_V, scale, scale_log2,
+    n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -238,7 +240,7 @@ def _backward_one_pass_kernel(
     b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
-    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, D_QK, BLOCK_DQK)
+    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
     v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
     # The keys' logit offsets (log2 units): their bias, -inf past the cluster's keys.
     key_offset = tl.where(cols, 0.0, float("-inf"))
@@ -248,7 +250,7 @@ def _backward_one_pass_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Cq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, D_QK, BLOCK_DQK)
+        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
         g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
         # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing (and write nothing).
         norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
@@ -270,14 +272,19 @@ def _backward_one_pass_kernel(
 
 # --- host side ---------------------------------------------------------------------------------
 
-# (BLOCK_M queries, BLOCK_N keys, num_warps) per pass, capped by the cluster sizes (min 16).
-# FlashAttention-2's usual shapes for small head dims; not yet tuned on a GPU:
-# benchmarks/tune_rounds.py times the alternatives. "backward" is the two-kernel backward
-# (deterministic mode), "one pass" the default one. That one holds dK, dV, P~, dP and dS at once:
-# compiled for sm_90 (Triton 3.8), 64 x 64 blocks spill at 4 warps (104 bytes of stack in bf16, 264
-# in TF32) and at 8 the compiler computes P~ twice, in two layouts (2 exp2 per score); 32 x 64 at 4
-# warps neither spills nor repeats an exp2 (254 registers in bf16, 255 in TF32).
-BLOCKS = {"forward": (128, 64, 4), "backward": (64, 64, 4), "one pass": (32, 64, 4)}
+# (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the cluster sizes
+# (min 16). Chosen with `make gpu-preflight` (the device's Triton 3.6, sm_90): shapes that keep >= 3
+# blocks or >= 12 warps resident per SM without spills in bf16, fp16 and TF32 -- FlashAttention-2's
+# 128 x 64 at 4 warps needs 221-255 registers there (2 blocks per SM) and spills in the forward; the
+# dK/dV kernel's gathered loads are hidden by its 16 warps without pipelining stages. Not yet timed on
+# a GPU: benchmarks/tune_rounds.py times the alternatives. "backward_kv"/"backward_q" are the
+# two-kernel backward (deterministic mode), "one pass" the default one. That one holds dK, dV, P~, dP
+# and dS at once: 64 x 64 blocks spill at 4 warps and at 8 the compiler computes P~ twice, in two
+# layouts (2 exp2 per score); 32 x 64 at 4 warps does neither but needs 172-189 registers on Triton
+# 3.6 (2 blocks per SM), 16 x 64 without pipelining stages 138.
+BLOCKS = {
+    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+}
 
 
 class Rounds:
@@ -286,6 +293,8 @@ class Rounds:
     q (B, N, d_qk), k (B, M', d_qk), v (B, M', d_v): feature dim contiguous; bias (B, M') float32 or
     None; q_order (B, H, N) and k_index (B, H, n_clusters * Lk) int64; `sizes` the call's resolved
     sizes (Cq = q_cluster_size, Lk = keys_per_cluster: a cluster's keys and summary keys).
+    q and k are kept padded to BLOCK_DQK features (12 -> 16, a copy unless the caller padded them):
+    32-byte rows in bf16, which load in 16-byte vectors, where 24-byte rows load in 2-byte pieces.
     """
 
     def __init__(self, q, k, v, bias: Optional[torch.Tensor], q_order, k_index, sizes: SmyrfSizes, scale: float):
@@ -296,11 +305,13 @@ class Rounds:
         if bias is not None and (bias.dtype != torch.float32 or bias.stride(-1) != 1):
             raise ValueError("the logit bias must be a float32 (B, keys) tensor with contiguous keys")
         (self.B, self.N, self.d_qk), self.d_v = q.shape, v.shape[-1]
+        block_dqk = head_block(self.d_qk)
+        q, k = pad_features(q, block_dqk), pad_features(k, block_dqk)
         self.H, self.Cq, self.n_clusters, self.Lk = sizes.n_hashes, sizes.q_cluster_size, sizes.n_clusters, sizes.keys_per_cluster
         self.q, self.k, self.v, self.bias = q, k, v, bias
         self.q_order, self.k_index, self.scale = q_order, k_index, scale
         self.constants = dict(
-            HAS_BIAS=bias is not None, BLOCK_DQK=head_block(self.d_qk), BLOCK_DV=head_block(self.d_v),
+            HAS_BIAS=bias is not None, D_QK=self.d_qk, D_V=self.d_v, BLOCK_DQK=block_dqk, BLOCK_DV=head_block(self.d_v),
             UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(),
         )
 
@@ -314,9 +325,9 @@ class Rounds:
              0 if self.bias is None else self.bias.stride(0), qi.stride(0), ki.stride(0)),
         )
 
-    def _blocks(self, kernel: str) -> tuple[int, int, int]:
-        block_m, block_n, warps = BLOCKS[kernel]
-        return block_size(self.Cq, block_m), block_size(self.Lk, block_n), warps
+    def _sizes(self, kernel: str) -> dict:
+        """The kernel's block sizes and launch options, with the constants every kernel takes."""
+        return dict(launch_sizes(BLOCKS[kernel], self.Cq, self.Lk), **self.constants)
 
     def _grid(self, length: int, block: int):
         return (self.B * self.n_clusters * triton.cdiv(length, block),)
@@ -330,14 +341,13 @@ class Rounds:
         out = torch.zeros(B, N, self.d_v, dtype=torch.float32, device=device)
         run_max = torch.full((B, N), float("-inf"), dtype=torch.float32, device=device)
         run_sum = torch.zeros(B, N, dtype=torch.float32, device=device)
-        block_m, block_n, warps = self._blocks("forward")
+        sizes = self._sizes("forward")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             lse_r = lse[:, r]
-            launch(_forward_kernel, self._grid(self.Cq, block_m))(
+            launch(_forward_kernel, self._grid(self.Cq, sizes["BLOCK_M"]))(
                 *pointers, lse_r, out, run_max, run_sum, *strides, lse_r.stride(0), out.stride(0), out.stride(1),
-                run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale * LOG2E.value,
-                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants,
+                run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.scale * LOG2E.value, **sizes,
             )
         # run_sum is 0 only where every round's output is 0: any positive divisor keeps it 0.
         return out.div_(run_sum.clamp_min_(torch.finfo(torch.float32).tiny)[..., None]), lse
@@ -350,27 +360,26 @@ class Rounds:
         delta = delta.to(torch.float32).contiguous()
         device = self.q.device
         dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
-        dk = torch.zeros(*self.k.shape, dtype=torch.float32, device=device)
+        dk = torch.zeros(self.B, self.k.shape[1], self.d_qk, dtype=torch.float32, device=device)
         dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
         one_pass = one_pass_backward()
-        block_m, block_n, warps = self._blocks("one pass" if one_pass else "backward")
-        sizes = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **self.constants)
+        one_sizes, kv_sizes, q_sizes = self._sizes("one pass"), self._sizes("backward_kv"), self._sizes("backward_q")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
             shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
-            lengths = (self.n_clusters, self.Cq, self.Lk, self.d_qk, self.d_v, self.scale, self.scale * LOG2E.value)
+            lengths = (self.n_clusters, self.Cq, self.Lk, self.scale, self.scale * LOG2E.value)
             if one_pass:
-                launch(_backward_one_pass_kernel, self._grid(self.Lk, block_n))(
+                launch(_backward_one_pass_kernel, self._grid(self.Lk, one_sizes["BLOCK_N"]))(
                     *pointers, norm_r, grad, delta, dq, dk, dv, *shared, dq.stride(0), dk.stride(0), dv.stride(0),
-                    *lengths, **sizes,
+                    *lengths, **one_sizes,
                 )
             else:
-                launch(_backward_kv_kernel, self._grid(self.Lk, block_n))(
-                    *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **sizes,
+                launch(_backward_kv_kernel, self._grid(self.Lk, kv_sizes["BLOCK_N"]))(
+                    *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
                 )
-                launch(_backward_q_kernel, self._grid(self.Cq, block_m))(
-                    *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **sizes,
+                launch(_backward_q_kernel, self._grid(self.Cq, q_sizes["BLOCK_M"]))(
+                    *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
                 )
         return dq, dk, dv
 
