@@ -4,7 +4,7 @@ Every Triton specialisation that one forward + backward launches (`triton_launch
 launch code, Triton's own binder) at the goal shapes -- batch 32, 16,384 and 65,536 queries,
 N/4 keys, d_qk 12, d_v 48; the default and the paper recipe; bf16, fp16, fp32 with TF32 and with
 IEEE dots -- compiled ahead of time for sm_90 and sm_80 with the Triton imported here (3.8) and
-with the GPU image's Triton 3.6.0 (`.venv-triton36`, made by `make gpu-preflight`; its triton
+with Triton 3.6.0 (the CUDA machines' version) (`.venv-triton36`, made by `make gpu-preflight`; its triton
 shadows ours in a subprocess that borrows our torch). Per kernel, from the wheel's own tools:
 - registers, spill stores/loads and stack: `ptxas -v` on the PTX, with Triton's ptxas options;
 - shared memory, warps and stages: Triton's kernel metadata;

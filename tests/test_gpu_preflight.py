@@ -4,7 +4,7 @@ The fast form of `make gpu-preflight` (benchmarks/gpu_preflight.py): the SMYRF r
 kernel, launched by the real launch code at 16,384 tokens (the specialisation Triton's own binder
 makes, not a hand-written signature), compiled for sm_90 in bf16: no spills, at least 3 resident
 blocks (or 12 warps) per SM, and q/k rows read in vector loads (no 16-bit scalar load). With our
-Triton here, and with the GPU image's Triton 3.6 where `make gpu-preflight` has made its venv.
+Triton here, and with Triton 3.6 (the CUDA machines' version) where its venv exists (`make test` and `make gpu-preflight` make it).
 """
 from pathlib import Path
 
@@ -43,7 +43,7 @@ def test_round_forward_meets_the_goals_with_the_gpus_triton():
 
     side = gpu_preflight.side_site_packages()
     if side is None:
-        pytest.skip("no .venv-triton36 (the GPU image's Triton 3.6): `make gpu-preflight` makes it")
+        pytest.skip("no .venv-triton36 (Triton 3.6): `make gpu-preflight` makes it")
     options = ["--batch", "1", "--sizes", "16384", "--recipes", "default", "--dtypes", "bf16",
                "--capabilities", "90", "--jobs", "1", "--only", KERNEL]
     (row,) = gpu_preflight.worker_in_subprocess(side, options)

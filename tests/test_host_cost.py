@@ -12,8 +12,10 @@ from benchmarks import host_cost
 
 # Launches per forward + backward at batch 32. The paper's recipe meets the goal (48); the default
 # one (hub keys, summary keys, k-d hashing) does not yet: its budget is what it takes today, so that
-# it can only go down.
-BUDGET = {("paper", 16384): 48, ("paper", 65536): 48, ("default", 16384): 173, ("default", 65536): 180}
+# it can only go down. Both include q and k padded to 16 features (16-byte loads in the kernels):
+# two pads forward and their two slices backward (on BigGAN's channels-first views the pads replace
+# the contiguous copies the route made anyway, so there only the two slices are new).
+BUDGET = {("paper", 16384): 48, ("paper", 65536): 48, ("default", 16384): 177, ("default", 65536): 184}
 
 
 @pytest.mark.parametrize("recipe, n", list(BUDGET))
