@@ -32,7 +32,8 @@ class GradientProbe(pl.Callback):
             batches = [tuple(torch.cat(parts) for parts in zip(*group)) for group in zip(*(r["batches"] for r in ranks))]
             latents = [tuple(torch.cat(parts) for parts in zip(*group)) for group in zip(*(r["latents"] for r in ranks))]
             pl_module.training_step = lambda batch, batch_idx: training_step(batches.pop(0), batch_idx)
-            pl_module.sample_latents = lambda batch_size: latents.pop(0)
+            # Validation at the end draws its own.
+            pl_module.sample_latents = lambda batch_size: latents.pop(0) if latents else sample_latents(batch_size)
             return
 
         def recorded_latents(batch_size):

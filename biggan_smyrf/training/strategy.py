@@ -30,7 +30,6 @@ import os
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
-import torch
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
@@ -86,6 +85,12 @@ class GANDDPStrategy(DDPStrategy):
             dist.distributed_c10d._get_default_store().set_timeout(collectives)
             set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
             set_timeout(collectives, dist.group.WORLD)
+
+    def setup(self, trainer) -> None:
+        if self._layer_sync is not None and self.root_device.type == "cpu":
+            # torch's SyncBatchNorm runs on GPUs only; it would fail in the first training step.
+            raise ValueError("--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm); on the CPU leave it off")
+        super().setup(trainer)
 
     @staticmethod
     def networks_of(module: nn.Module) -> dict[str, nn.Module]:
