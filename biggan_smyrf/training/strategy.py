@@ -18,10 +18,12 @@ other network runs unwrapped (frozen, or under no_grad) and communicates nothing
 Everything else is Lightning's DDP: process launch and rendezvous, distributed samplers,
 SyncBatchNorm (`trainer.sync_batchnorm`; CUDA only), `all_gather` for metrics, rank-0 checkpoint
 writes. The wrappers are not submodules of the LightningModule, so state-dict keys (and old
-checkpoints) are unchanged. Buffers -- BN running statistics, spectral norm's u and v -- are not
-broadcast at every forward as DDP does by default; after each optimiser step the stepped network's
-buffers are broadcast from rank 0 once (BN statistics differ between ranks' batches; G_ema averages
-them, so every rank keeps the same G_ema), a few thousand floats per step.
+checkpoints) are unchanged. Buffers are not broadcast at every forward (DDP's default, which
+Lightning's manual optimisation skips anyway): spectral norm's u and v follow from the identical
+weights on every rank, and only batch-norm running statistics depend on each rank's batch. After
+each optimiser step the stepped network's BN statistics are broadcast from rank 0 once (G_ema
+averages them, so every rank keeps the same G_ema): 2 floats per channel of G's BN layers per G
+iteration, none with SyncBatchNorm.
 """
 from __future__ import annotations
 
@@ -131,16 +133,9 @@ class GANDDPStrategy(DDPStrategy):
     def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
         output = super().optimizer_step(optimizer, closure, model, **kwargs)
         name = self._stepped_by.get(id(getattr(optimizer, "_optimizer", optimizer)))
-        if name is not None and self.replicas:
-            self.align_buffers(self.replicas[name].module)
+        if name is not None and self.replicas and self._layer_sync is None:
+            align_batch_statistics(self.replicas[name].module)
         return output
-
-    @staticmethod
-    def align_buffers(net: nn.Module) -> None:
-        """`net`'s buffers as rank 0 has them, in one coalesced broadcast."""
-        buffers = [b for b in net.buffers()]
-        if buffers:
-            dist._broadcast_coalesced(dist.group.WORLD, buffers, BUFFER_BUCKET_BYTES, 0)
 
     def on_exception(self, exception: BaseException) -> None:
         if not self.replicas:
@@ -152,6 +147,13 @@ class GANDDPStrategy(DDPStrategy):
             module.replicas = {}
         self.replicas = {}
         super().teardown()
+
+
+def align_batch_statistics(net: nn.Module) -> None:
+    """`net`'s batch-norm running statistics as rank 0 has them, in one coalesced broadcast."""
+    buffers = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+    if buffers:
+        dist._broadcast_coalesced(dist.group.WORLD, buffers, BUFFER_BUCKET_BYTES, 0)
 
 
 def check_launch(environment, num_nodes: int) -> None:
