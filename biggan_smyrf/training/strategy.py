@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
-from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry, XLAStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -194,8 +194,8 @@ def check_strategy(strategy) -> Optional[str]:
     """A warning for Lightning's own DDP on a GAN module, None otherwise. With
     `find_unused_parameters=True` it trains correctly but all-reduces both networks' gradients in
     every backward; without it the first step fails deep inside DDP, so that is refused here."""
-    if not isinstance(strategy, DDPStrategy) or isinstance(strategy, GANDDPStrategy):
-        return None
+    if not isinstance(strategy, DDPStrategy) or isinstance(strategy, (GANDDPStrategy, XLAStrategy)):
+        return None  # XLAStrategy wraps nothing: each optimiser step reduces its own parameters' gradients
     if strategy._ddp_kwargs.get("find_unused_parameters"):
         return (
             f"{type(strategy).__name__}(find_unused_parameters=True) all-reduces G's and D's gradients in every "
