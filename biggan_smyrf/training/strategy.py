@@ -46,12 +46,13 @@ BUFFER_BUCKET_BYTES = 250 * 2**20  # as DDP broadcasts module states
 # the others wait).
 RENDEZVOUS_TIMEOUT_S = 300.0
 
-# Newer torch renames DDP's per-forward buffer broadcast (`broadcast_buffers`, now deprecated).
-_FORWARD_SYNC_ARG = (
-    "forward_sync_buffers"
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-    else "broadcast_buffers"
-)
+# No per-forward buffer broadcast (newer torch renames `broadcast_buffers`), and no second broadcast
+# of the states `_sync_module_states` has just sent (`init_sync`, where torch has it).
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
+WRAPPER_DEFAULTS = {
+    "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers": False,
+    **({"init_sync": False} if "init_sync" in _DDP_ARGS else {}),
+}
 
 
 class GANDDPStrategy(DDPStrategy):
@@ -105,9 +106,9 @@ class GANDDPStrategy(DDPStrategy):
             return super().configure_ddp()
         # Once for the whole module (G_ema and fixed buffers included), as DDP would at wrapping.
         _sync_module_states(module)
-        kwargs = {_FORWARD_SYNC_ARG: False, **self._ddp_kwargs}
+        kwargs = {**WRAPPER_DEFAULTS, **self._ddp_kwargs}
         self.replicas = {
-            name: DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), init_sync=False, **kwargs)
+            name: DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), **kwargs)
             for name, net in networks.items()
         }
         if self.root_device.type == "cuda":  # as Lightning: DDP communication hooks need NCCL
