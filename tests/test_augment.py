@@ -224,16 +224,17 @@ def test_two_process_ddp_adapts_one_p_from_both_ranks(tmp_path):
     from conftest import train
 
     train(tmp_path, "--run=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
-          "--trainer.strategy=ddp_find_unused_parameters_true", "--model.loop.max_g_iters=3",
+          "--trainer.strategy=gan_ddp", "--model.loop.max_g_iters=3",
           "--model.loop.val_every=100", "--model.loop.sample_every=100",
           "--model.augment.policy=[translation, cutout, color]", "--model.augment.adaptive=true",
           "--model.augment.p=0.5", "--model.augment.interval=2", "--model.augment.speed_kimg=1",
-          "--trainer.callbacks+=ddp_probe.SaveRankWeights", f"--trainer.callbacks.out_dir={tmp_path}")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+          "--trainer.callbacks+=ddp_probe.GradientProbe", f"--trainer.callbacks.out_dir={tmp_path}",
+          "--trainer.callbacks.freeze_bn=false")
+    ranks = [torch.load(tmp_path / f"run-rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["augment"]["p"] == ranks[1]["augment"]["p"] != 0.5
     assert torch.equal(ranks[0]["augment"]["signs"], ranks[1]["augment"]["signs"]) and ranks[0]["augment"]["signs"][1] == 2 * 2 * 8
-    for key, value in ranks[0]["G"].items():
-        torch.testing.assert_close(value, ranks[1]["G"][key], msg=key)
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(value, ranks[1]["state"][key], msg=key)
 
 
 def test_train_py_refuses_adaptive_augmentation_without_a_policy_in_one_line(run_dir, capsys):

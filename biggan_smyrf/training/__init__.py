@@ -2,5 +2,8 @@
 from .config import AttentionSchedule, AugmentConfig, EMAConfig, LoopConfig, OptimConfig, SpeedConfig
 from .losses import LOSSES, gan_loss
 from .module import BigGAN
+from .strategy import GANDDPStrategy, register
 
-__all__ = ["LOSSES", "AttentionSchedule", "AugmentConfig", "BigGAN", "EMAConfig", "LoopConfig", "OptimConfig", "SpeedConfig", "gan_loss"]
+register()  # `gan_ddp`, and `ddp` for --trainer.strategy ddp and for several devices with strategy auto
+
+__all__ = ["LOSSES", "AttentionSchedule", "AugmentConfig", "BigGAN", "GANDDPStrategy", "EMAConfig", "LoopConfig", "OptimConfig", "SpeedConfig", "gan_loss"]

@@ -19,7 +19,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.data.report import first_names
@@ -42,7 +42,8 @@ from .ema import make_ema, update_ema
 from .evaluation import Evaluator, log_diagnostics
 from .init_from import initialise_from
 from .losses import gan_loss
-from .state import attention_generators, restore_rng_state, rng_state
+from .state import attention_generators, gathered, restore_rank_rng_state, restore_rng_state, rng_state, split_stream
+from .strategy import check_strategy
 
 
 def kinds_of(configs: dict[str, AttentionConfig]) -> str:
@@ -58,6 +59,9 @@ def on_host(metrics: dict[str, "float | torch.Tensor"]) -> dict[str, torch.Tenso
 class BigGAN(pl.LightningModule):
     """BigGAN G + D + G_ema with dense or SMYRF attention.
 
+    Under data parallelism each rank draws its own z and labels, and the steps run G and D through
+    the per-network DistributedDataParallel wrappers of `training/strategy.py` (`trained`).
+
     Args:
         generator, discriminator: architecture (resolution, width, where attention sits, its kind).
         optim: learning rates, Adam betas, D steps per G step, accumulation, ortho reg, GAN loss.
@@ -72,6 +76,8 @@ class BigGAN(pl.LightningModule):
             (fine-tuning: fresh optimizers and counters; attention settings free, attention blocks
             may be added). Ignored when resuming. See training/init_from.py.
     """
+
+    trained_networks = ("G", "D")  # what each optimiser steps: GANDDPStrategy wraps each apart
 
     def __init__(
         self,
@@ -120,6 +126,7 @@ class BigGAN(pl.LightningModule):
         self.register_buffer("fixed_z", torch.randn(loop.n_samples, generator.dim_z, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("fixed_y", torch.arange(loop.n_samples) % generator.n_classes)
 
+        self.replicas: dict[str, torch.nn.Module] = {}  # per-network DDP wrappers, set by GANDDPStrategy
         self.g_iters = 0  # completed G updates: the unit of every length and interval
         self._micro_step = 0  # D micro-batches since the last G update
         self._last_log = (time.perf_counter(), 0)
@@ -221,6 +228,16 @@ class BigGAN(pl.LightningModule):
         y = torch.randint(self.G.config.n_classes, (batch_size,), device=self.device)
         return z, y
 
+    def trained(self, name: str, sync: bool = True) -> torch.nn.Module:
+        """G or D, to run in a step that updates it: its DistributedDataParallel under GANDDPStrategy,
+        whose backward all-reduces this network's gradients -- unless `sync` is False (DDP's no_sync,
+        for accumulation micro-steps before the last) -- and the network itself elsewhere."""
+        replica = self.replicas.get(name)
+        if replica is None:
+            return getattr(self, name)
+        replica.require_backward_grad_sync = sync
+        return replica
+
     def training_step(self, batch, batch_idx):
         real, y_real = batch
         real = self.in_layout(real)
@@ -248,9 +265,10 @@ class BigGAN(pl.LightningModule):
         with torch.no_grad():
             z, y_fake = self.sample_latents(real.shape[0])
             fake = self.G(z, y_fake)
+        last = self._micro_step % o.accumulate == o.accumulate - 1
         self.toggle_optimizer(opt_d)
         images = self.augmented(torch.cat([real, fake]), D_STEP, self._micro_step)
-        scores = self.D(images, torch.cat([y_real, y_fake]))
+        scores = self.trained("D", sync=last)(images, torch.cat([y_real, y_fake]))
         d_real, d_fake = scores.split(real.shape[0])
         self.augmentation.observe(d_real)
         loss = self.gan_loss.discriminator(d_real, d_fake)
@@ -260,7 +278,7 @@ class BigGAN(pl.LightningModule):
         # logging them later starts no graph of its own.
         stats = loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
         self.manual_backward(loss / o.accumulate)
-        if self._micro_step % o.accumulate == o.accumulate - 1:
+        if last:
             opt_d.step()
             opt_d.zero_grad(set_to_none=True)
         self.untoggle_optimizer(opt_d)
@@ -283,9 +301,11 @@ class BigGAN(pl.LightningModule):
     def g_step(self, batch_size, opt_g):
         o = self.optim_cfg
         self.toggle_optimizer(opt_g)
-        for i in range(o.accumulate):
+        for micro_step in range(o.accumulate):
             z, y = self.sample_latents(batch_size)
-            loss = self.gan_loss.generator(self.D(self.augmented(self.G(z, y), G_STEP, i), y))
+            fake = self.trained("G", sync=micro_step == o.accumulate - 1)(z, y)
+            # D frozen: no gradients, no communication
+            loss = self.gan_loss.generator(self.D(self.augmented(fake, G_STEP, micro_step), y))
             if o.ortho_reg > 0:
                 loss = loss + o.ortho_reg * orthogonal_regularization(self.G)
             self.manual_backward(loss / o.accumulate)
@@ -366,6 +386,9 @@ class BigGAN(pl.LightningModule):
         return [phase for phase in ("eval", "compare") if phase in self.phase_configs]
 
     def setup(self, stage: str) -> None:
+        warning = check_strategy(self.trainer.strategy) if stage == "fit" else None
+        if warning:
+            rank_zero_warn(warning)
         if self.metrics_cfg.enabled and stage in ("fit", "validate"):
             self.evaluator.check_weights()  # at start-up, not after hours of training
         self.check_classes(getattr(self.trainer, "datamodule", None))
@@ -399,13 +422,17 @@ class BigGAN(pl.LightningModule):
     # --- checkpoint state ---------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint):
+        rng = rng_state(attention_generators(self))
         checkpoint["biggan_smyrf"] = {
             "g_iters": self.g_iters,
             "micro_step": self._micro_step,
             "attention_stages": {phase: self.schedule.stage_index(phase, self.g_iters) for phase in ("train", "eval")},
-            "rng": rng_state(attention_generators(self)),
+            "rng": rng,
             "augment": self.augmentation.state_dict(),
         }
+        per_rank = gathered(rng)  # every rank's own z stream, for an exact resume of all of them
+        if per_rank is not None:
+            checkpoint["biggan_smyrf"]["rng_ranks"] = per_rank
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("biggan_smyrf")
@@ -413,7 +440,7 @@ class BigGAN(pl.LightningModule):
             raise ValueError("this checkpoint was not written by biggan_smyrf's BigGAN module")
         self.g_iters = state["g_iters"]
         self._micro_step = state["micro_step"]
-        self._pending_rng = state["rng"]
+        self._pending_rng = state["rng"], state.get("rng_ranks")
         if "augment" in state:
             self.augmentation.load_state_dict(state["augment"])
 
@@ -431,8 +458,10 @@ class BigGAN(pl.LightningModule):
         # continues the exact random stream of the interrupted one.
         pending = getattr(self, "_pending_rng", None)
         if pending is not None:
-            restore_rng_state(pending, attention_generators(self))
+            restore_rank_rng_state(*pending, self.global_rank, attention_generators(self))
             self._pending_rng = None
+        else:
+            split_stream(self.global_rank)
         # A finished run resumed with the same length: training_step would run one more step
         # before it checks the length, so stop before the first one.
         if self.g_iters >= self.loop_cfg.max_g_iters:

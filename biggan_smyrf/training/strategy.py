@@ -1,0 +1,208 @@
+"""Data-parallel GAN training that communicates each network's gradients only when it steps.
+
+Lightning's `DDPStrategy` wraps the whole LightningModule in one `DistributedDataParallel`. A GAN
+step updates one network while the other is frozen, so with manual optimisation that needs
+`find_unused_parameters=True`, and then every backward all-reduces every bucket of the module --
+the frozen network's zero gradients included: 2-3x the traffic a GAN step needs.
+
+`GANDDPStrategy` (registered as `gan_ddp`, and as `ddp` once this module is imported) is Lightning's
+DDP strategy with one change: the LightningModule names the networks its optimisers step
+(`trained_networks`, e.g. `("G", "D")`), and each gets a `DistributedDataParallel` of its own, as
+StudioGAN wraps G and D apart. A step runs the network it updates through its wrapper (the module's
+`trained(name, sync)`), so the backward all-reduces exactly that network's gradients, once, in
+DDP's buckets overlapped with the backward, and no graph is searched for unused parameters; the
+other network runs unwrapped (frozen, or under no_grad) and communicates nothing. `sync=False`
+(accumulation micro-steps before the last) is DDP's `no_sync`. Per G iteration that is
+`num_d_steps * |D| + |G|` floats, the minimum.
+
+Everything else is Lightning's DDP: process launch and rendezvous, distributed samplers,
+SyncBatchNorm (`trainer.sync_batchnorm`; CUDA only), `all_gather` for metrics, rank-0 checkpoint
+writes. The wrappers are not submodules of the LightningModule, so state-dict keys (and old
+checkpoints) are unchanged. Buffers are not broadcast at every forward (DDP's default, which
+Lightning's manual optimisation skips anyway): spectral norm's u and v follow from the identical
+weights on every rank, and only batch-norm running statistics depend on each rank's batch. After
+each optimiser step the stepped network's BN statistics are broadcast from rank 0 once (G_ema
+averages them, so every rank keeps the same G_ema): 2 floats per channel of G's BN layers per G
+iteration, none with SyncBatchNorm.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch.distributed as dist
+from lightning_fabric.plugins.environments import LightningEnvironment
+from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry, XLAStrategy
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+NAME = "gan_ddp"
+BUFFER_BUCKET_BYTES = 250 * 2**20  # as DDP broadcasts module states
+# How long the processes wait for each other to start (then: an error saying what to check); the
+# collectives afterwards keep Lightning's timeout (30 min: rank 0 may compute real statistics while
+# the others wait).
+RENDEZVOUS_TIMEOUT_S = 300.0
+
+# No per-forward buffer broadcast (newer torch renames `broadcast_buffers`), and no second broadcast
+# of the states `_sync_module_states` has just sent (`init_sync`, where torch has it).
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
+WRAPPER_DEFAULTS = {
+    "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers": False,
+    **({"init_sync": False} if "init_sync" in _DDP_ARGS else {}),
+}
+
+
+class GANDDPStrategy(DDPStrategy):
+    """DDP with one `DistributedDataParallel` per trained network of the LightningModule.
+
+    A LightningModule without `trained_networks` is wrapped as Lightning's DDPStrategy wraps it, so
+    the name `ddp` keeps its meaning for any other module. Keyword arguments go to each
+    `DistributedDataParallel` (e.g. `bucket_cap_mb`, `gradient_as_bucket_view`, `static_graph`).
+    """
+
+    strategy_name = NAME
+
+    def __init__(self, *args: Any, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rendezvous_timeout = timedelta(seconds=rendezvous_timeout)
+        self.replicas: dict[str, DistributedDataParallel] = {}
+        self._stepped_by: dict[int, str] = {}  # id(optimizer) -> the network it steps
+
+    def _configure_launcher(self) -> None:
+        check_launch(self.cluster_environment, self.num_nodes)  # before any process starts
+        super()._configure_launcher()
+
+    def setup_distributed(self) -> None:
+        """Lightning's, with the rendezvous bounded by `rendezvous_timeout` and its failure explained."""
+        collectives, self._timeout = self._timeout, min(self._timeout or self.rendezvous_timeout, self.rendezvous_timeout)
+        try:
+            super().setup_distributed()
+        except (RuntimeError, dist.DistError) as error:
+            raise TimeoutError(rendezvous_failure(self, error)) from error
+        finally:
+            self._timeout = collectives
+        if collectives is not None:
+            dist.distributed_c10d._get_default_store().set_timeout(collectives)
+            set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
+            set_timeout(collectives, dist.group.WORLD)
+
+    def setup(self, trainer) -> None:
+        if self._layer_sync is not None and self.root_device.type == "cpu":
+            # torch's SyncBatchNorm runs on GPUs only; it would fail in the first training step.
+            raise ValueError("--trainer.sync_batchnorm true needs GPUs (torch's SyncBatchNorm); on the CPU leave it off")
+        super().setup(trainer)
+
+    @staticmethod
+    def networks_of(module: nn.Module) -> dict[str, nn.Module]:
+        return {name: getattr(module, name) for name in getattr(module, "trained_networks", ())}
+
+    def configure_ddp(self) -> None:
+        module = self.lightning_module
+        networks = self.networks_of(module)
+        if not networks:
+            return super().configure_ddp()
+        # Once for the whole module (G_ema and fixed buffers included), as DDP would at wrapping.
+        _sync_module_states(module)
+        kwargs = {**WRAPPER_DEFAULTS, **self._ddp_kwargs}
+        self.replicas = {
+            name: DistributedDataParallel(net, device_ids=self.determine_ddp_device_ids(), **kwargs)
+            for name, net in networks.items()
+        }
+        if self.root_device.type == "cuda":  # as Lightning: DDP communication hooks need NCCL
+            for replica in self.replicas.values():
+                _register_ddp_comm_hook(replica, self._ddp_comm_state, self._ddp_comm_hook, self._ddp_comm_wrapper)
+        module.replicas = self.replicas
+
+    def setup_optimizers(self, trainer) -> None:
+        super().setup_optimizers(trainer)
+        owners = {id(p): name for name, net in self.networks_of(self.lightning_module).items() for p in net.parameters()}
+        self._stepped_by = {}
+        for optimizer in self.optimizers:
+            names = {owners.get(id(p)) for group in optimizer.param_groups for p in group["params"]}
+            if len(names) != 1 or None in names:
+                if self.replicas:
+                    raise ValueError(
+                        f"{NAME}: each optimiser must step exactly one of the module's trained_networks "
+                        f"{sorted(self.replicas)}; one steps parameters of {sorted(map(str, names))}"
+                    )
+                continue
+            self._stepped_by[id(optimizer)] = names.pop()
+
+    def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
+        output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        name = self._stepped_by.get(id(getattr(optimizer, "_optimizer", optimizer)))
+        if name is not None and self.replicas and self._layer_sync is None:
+            align_batch_statistics(self.replicas[name].module)
+        return output
+
+    def on_exception(self, exception: BaseException) -> None:
+        if not self.replicas:
+            super().on_exception(exception)
+
+    def teardown(self) -> None:
+        module = self.lightning_module
+        if module is not None and self.replicas:
+            module.replicas = {}
+        self.replicas = {}
+        super().teardown()
+
+
+def align_batch_statistics(net: nn.Module) -> None:
+    """`net`'s batch-norm running statistics as rank 0 has them, in one coalesced broadcast."""
+    buffers = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+    if buffers:
+        dist._broadcast_coalesced(dist.group.WORLD, buffers, BUFFER_BUCKET_BYTES, 0)
+
+
+def check_launch(environment, num_nodes: int) -> None:
+    """Several nodes need a launcher that tells each process where it is: torchrun or SLURM set the
+    environment, by hand MASTER_ADDR, MASTER_PORT and NODE_RANK on every node. Without it every
+    node would believe it is node 0 and wait for the others until the rendezvous times out."""
+    if num_nodes > 1 and type(environment) is LightningEnvironment and "NODE_RANK" not in os.environ:
+        raise ValueError(
+            f"--trainer.num_nodes {num_nodes}: start the run on every node with torchrun (--nnodes {num_nodes} "
+            f"--rdzv-endpoint HOST:PORT) or srun under SLURM, or set MASTER_ADDR, MASTER_PORT and NODE_RANK on each "
+            f"node (docs/multi-gpu.md)"
+        )
+
+
+def rendezvous_failure(strategy: GANDDPStrategy, error: BaseException) -> str:
+    env = strategy.cluster_environment
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (
+        f"rank {strategy.global_rank} of {strategy.world_size} could not meet the other processes at {where} within "
+        f"{strategy.rendezvous_timeout.total_seconds():.0f} s ({type(error).__name__}). Check that every node started "
+        f"the same command, that --trainer.num_nodes ({strategy.num_nodes}) x --trainer.devices "
+        f"({strategy.num_processes}) is the number of processes started, that {where} is the first node's address "
+        f"and reachable from every node (port open), and that each node has its own node rank "
+        f"({type(env).__name__}; docs/multi-gpu.md)"
+    )
+
+
+def register(registry=StrategyRegistry) -> None:
+    """`gan_ddp`, and `ddp` (which Lightning also picks for `strategy: auto` on several devices)."""
+    for name in (NAME, "ddp"):
+        registry.register(
+            name, GANDDPStrategy, override=True, start_method="popen",
+            description="DDP with one DistributedDataParallel per trained network (biggan_smyrf)",
+        )
+
+
+def check_strategy(strategy) -> Optional[str]:
+    """A warning for Lightning's own DDP on a GAN module, None otherwise. With
+    `find_unused_parameters=True` it trains correctly but all-reduces both networks' gradients in
+    every backward; without it the first step fails deep inside DDP, so that is refused here."""
+    if not isinstance(strategy, DDPStrategy) or isinstance(strategy, (GANDDPStrategy, XLAStrategy)):
+        return None  # XLAStrategy wraps nothing: each optimiser step reduces its own parameters' gradients
+    if strategy._ddp_kwargs.get("find_unused_parameters"):
+        return (
+            f"{type(strategy).__name__}(find_unused_parameters=True) all-reduces G's and D's gradients in every "
+            f"backward (2-3x the traffic of a GAN step); --trainer.strategy ddp ({NAME}) reduces only the stepped network's"
+        )
+    raise ValueError(
+        "this Lightning DDP strategy wraps G and D in one DistributedDataParallel, which fails with two optimisers "
+        f"under manual optimisation: use --trainer.strategy ddp (which is {NAME})"
+    )
