@@ -14,7 +14,6 @@ import yaml
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.cli import main as train_main
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 from biggan_smyrf.models import DiscriminatorConfig, attention_blocks, attention_configs
 from biggan_smyrf.training import AttentionSchedule, BigGAN, OptimConfig
 from biggan_smyrf.training.ema import make_ema, update_ema
