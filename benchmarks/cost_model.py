@@ -13,9 +13,10 @@ d_v 48, scale 1. Counted per call, at the widths the kernels compute with:
   `smyrf_attention` resolves them: H rounds of clusters of C_q queries and C_k keys plus S summary
   keys each, n_hub hub keys every query attends once, and the hub estimate's hub_sample queries
   against every key (one exponential per score, forward only). The kernels pad d_qk to 16 and d_v
-  to 64 in registers. Today's backward recomputes P in both of its kernels (dK/dV and dQ): two
-  exponentials per score backward, three in all; a one-pass backward (FlashAttention-2's: dQ from
-  the same P) has one, two in all. Both are counted; "today" is the three-exponential backward.
+  to 64 in registers. The default backward is one pass (FlashAttention-2's: dK, dV and dQ from one
+  recomputation of P, dQ added with atomics): one exponential per score backward, two in all;
+  deterministic mode's two-kernel backward recomputes P in both kernels (dK/dV and dQ): three in
+  all. Both are counted.
 - Bytes: compulsory traffic of the attention kernels, every tensor read or written once per kernel
   pass (keys re-read by a cluster's query blocks are taken to hit L2), in the storage dtypes (inputs
   in the call's dtype, SMYRF's accumulators, logsumexps and bias in float32, its orders int64).
@@ -59,8 +60,8 @@ TARGET_LAUNCHES = 48
 # Kernel launches of one SMYRF forward+backward on CUDA, bf16, batch 32 (kernel-launching aten ops
 # + Triton launches), as launch_count.py counted them when this table was written; the model
 # recounts them from the code as it is (these are its fallback, and gpu_plan.py's estimate).
-LAUNCHES = {("ours 4x2048", 16384): 260, ("ours 4x2048", 65536): 422, ("ours 4x4096", 16384): 251,
-            ("ours 4x4096", 65536): 413, ("smyrf 4x2048", 16384): 58, ("smyrf 4x2048", 65536): 58}
+LAUNCHES = {("ours 4x2048", 16384): 177, ("ours 4x2048", 65536): 191, ("ours 4x4096", 16384): 170,
+            ("ours 4x4096", 65536): 184, ("smyrf 4x2048", 16384): 44, ("smyrf 4x2048", 65536): 44}
 # Dense SDPA (not countable without a GPU: on fake tensors SDPA takes its math path): the pads of
 # q and k and SDPA's forward; SDPA's backward (the dO.O row sums, the kernel, dQ's conversion),
 # the pads' backward and the gradients' accumulation.
@@ -141,8 +142,8 @@ class SmyrfSizes:
 
 def smyrf_counts(config: AttentionConfig, n: int, batch: int, dtype: str, backward_passes: int = 2,
                  launches: Optional[int] = None) -> Counts:
-    """The permuted route's counts; backward_passes = 2 today (P recomputed by both backward
-    kernels), 1 for a one-pass backward."""
+    """The permuted route's counts; backward_passes = 1 for the default one-pass backward, 2 for
+    deterministic mode's two kernels (P recomputed by both)."""
     s = SmyrfSizes.of(config, n)
     m, e, dq, dv = n // 4, BYTES[dtype], SMYRF_D_QK, SMYRF_D_V
     hashed, hub = batch * s.rounds * n * s.keys_per_cluster, batch * n * s.hub
@@ -210,13 +211,14 @@ def launches_today(method: str, n: int, dtype: str, given: dict, count: bool = T
 
 
 def predicted_vs_dense(config: AttentionConfig, n: int, dtype: str, batch: int = BATCH) -> float:
-    """Today's predicted forward+backward time / dense SDPA's (gpu_plan.py's estimate of a row);
+    """The predicted forward+backward time / dense SDPA's with the default one-pass backward
+    (gpu_plan.py's estimate of a row);
     a call whose launches are uncounted is charged the default's."""
     method = next((name for name, c in METHODS.items() if c == config), "ours 4x2048")
     launches = LAUNCHES.get((method, n), max(LAUNCHES.values()))
     dense_ms = DENSE_SDPA_MS.get((n, dtype))
     dense_s = None if dense_ms is None else dense_ms / 1e3 * batch / BATCH
-    return predicted_ratio(smyrf_counts(config, n, batch, dtype, 2, launches), dense_counts(n, batch, dtype), dtype,
+    return predicted_ratio(smyrf_counts(config, n, batch, dtype, 1, launches), dense_counts(n, batch, dtype), dtype,
                            dense_s)
 
 
@@ -290,11 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 COLUMNS = [
     ("n", "N"), ("dtype", "dtype"), ("method", "method"), ("scores_per_query", "scores/query"),
-    ("exps", "exps (today)"), ("exps_one_pass", "exps (1-pass bwd)"), ("bytes", "bytes"), ("launches", "launches"),
+    ("exps", "exps (2-kernel bwd)"), ("exps_one_pass", "exps (1-pass bwd)"), ("bytes", "bytes"), ("launches", "launches"),
     ("launches_from", "launches from"), ("exp_ms", "exp bound ms"), ("exp_one_pass_ms", "exp bound ms (1-pass)"), ("tensor_ms", "tensor-core ms"),
-    ("hbm_ms", "HBM ms"), ("launch_ms", "launch bound ms"), ("exp_ratio", "exps vs dense"),
-    ("exp_ratio_one_pass", "exps vs dense (1-pass)"), ("predicted", "predicted vs dense (today)"),
-    ("predicted_48", "pred., <=48 launches"), ("predicted_one_pass", "pred., 1-pass bwd"),
+    ("hbm_ms", "HBM ms"), ("launch_ms", "launch bound ms"), ("exp_ratio", "exps vs dense (2-kernel)"),
+    ("exp_ratio_one_pass", "exps vs dense (1-pass)"), ("predicted", "pred., 2-kernel bwd"),
+    ("predicted_48", "pred., 2-kernel + <=48"), ("predicted_one_pass", "pred., 1-pass bwd (default)"),
     ("predicted_one_pass_48", "pred., 1-pass + <=48"), ("goal", "goal"), ("measured", "measured"),
     ("dense_measured_ms", "dense measured ms (H100)"),
 ]
