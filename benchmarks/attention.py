@@ -4,7 +4,7 @@
     python -m benchmarks.attention --quick    # N <= 4096, a sanity run
     python -m benchmarks.attention --device cuda --dtype bfloat16 --methods "dense SDPA" "ours 4x2048"
     python -m benchmarks.attention --device cuda --dtype bfloat16 float32 --sizes 16384 65536 --batches 8 32 \
-        --methods "dense SDPA" "smyrf 4x2048" "ours 4x2048" "ours 4x4096" --name attention   # issue #14's table
+        --methods "dense SDPA" "smyrf 4x2048" "ours 4x2048" "ours 4x4096" --name attention   # the H100 attention table
 
 SMYRF rows are the paper's recipe (and random clusters as the bar to clear) except "ours", the
 library default. Shapes as in BigGAN ch=96: d_qk = 12, d_v = 48, keys 2x2-pooled (M = N/4), scale 1.

@@ -66,7 +66,7 @@ LAUNCHES = {("ours 4x2048", 16384): 177, ("ours 4x2048", 65536): 191, ("ours 4x4
 # q and k and SDPA's forward; SDPA's backward (the dO.O row sums, the kernel, dQ's conversion),
 # the pads' backward and the gradients' accumulation.
 DENSE_LAUNCHES = 8
-# Dense SDPA forward+backward on an H100, batch 32, ms (issue #14's table: cuDNN flash in bf16,
+# Dense SDPA forward+backward on an H100, batch 32, ms (the H100 attention table: cuDNN flash in bf16,
 # CUTLASS memory-efficient in fp32): what the kernels reach of their bound.
 DENSE_SDPA_MS = {(16384, "bfloat16"): 4.50, (16384, "float32"): 55.7,
                  (65536, "bfloat16"): 62.9, (65536, "float32"): 884.0}

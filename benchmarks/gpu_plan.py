@@ -40,11 +40,11 @@ CPU_RANDOM_PER_S = 1.5e8  # float32 normals a second on one core: attention.py d
 ROW_OVERHEAD_S = 0.3  # allocation, empty_cache, the result's bookkeeping
 STEP_BUILD_S = 1.5  # G and D built on the device (orthogonal init, spectral norm's start-up iterations)
 STEP_FIRST_CALL_S = 1.0  # a row's first step: allocations, and cuDNN's autotuning of new convolution shapes
-# Dense SDPA forward+backward on an H100, ms, batch 32 (issue #14's table): the attention table's
+# Dense SDPA forward+backward on an H100, ms, batch 32 (the H100 attention table): the attention table's
 # reference; batch 8 is a quarter (the table's batch-8 rows are within 10% of that).
 DENSE_SDPA_MS = {(16384, "bfloat16"): 4.50, (16384, "float32"): 55.7,
                  (65536, "bfloat16"): 62.9, (65536, "float32"): 884.0}
-# A G iteration at 128 px, batch 32, fp32 on an H100 (issue #13's table); bf16/fp16 measured 0.87-0.97x
+# A G iteration at 128 px, batch 32, fp32 on an H100 (the H100 step table); bf16/fp16 measured 0.87-0.97x
 # of fp32 on an H200 at batch 16, so mixed precision is taken at 0.9x. The chunked route's step is
 # the SMYRF row measured then (it was the only CUDA route).
 STEP_FP32_MS = {"dense@64": 215.0, "dense@128 naive": 301.0, "dense@128 flash": 274.0,
@@ -58,12 +58,12 @@ FIXED_S = {
     # (~10 s). A shard runs its share, plus the train.py run that several tests share (~25 s) if
     # one of those falls to it, as it does to each of 4 shards.
     "cuda tests": 70.0,
-    # 60 G iterations at ~0.36 s (issue #13's train.py: 177 real images/s), two validations of
+    # 60 G iterations at ~0.36 s (train.py on an H100: 177 real images/s), two validations of
     # 1,000 samples x 2 attention kinds (~8 s each), diagnostics, checkpoints, start-up.
     "train.py": 75.0,
     # The checkpoint (G, G_ema, D and Adam states, ~1.3 GB) loaded, G built, 64 images with SMYRF.
     "sample.py": 7.0,
-    # 10,000 samples x 2 kinds through G128 and Inception (issue #13's goal: <= 60 s), start-up.
+    # 10,000 samples x 2 kinds through G128 and Inception (the goal: <= 60 s), start-up.
     "validation": 60.0,
 }
 # The CUDA tests' own Triton specialisations, at their small shapes and IEEE precision (none shared

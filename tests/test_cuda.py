@@ -1,4 +1,4 @@
-"""Every path on a CUDA GPU (issue #13): attention against the CPU, the swap, train.py with
+"""Every path on a CUDA GPU: attention against the CPU, the swap, train.py with
 metrics + diagnostics + comparison, resume, sample.py, both mixed precisions. Collected
 everywhere, run only where a GPU is (`cuda` marker; CI has none); `make gpu-check` runs them."""
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_diagnostics_read_the_clusters_smyrf_used():
 
 @pytest.mark.cuda
 def test_diagnostics_run_on_cuda_and_match_the_cpu():
-    """Issue #13: validation died here on CUDA (cluster ids built from CPU tensors)."""
+    """Regression: validation died here on CUDA (cluster ids built from CPU tensors)."""
     G = generator()
     cfg = {BLOCKS[32]: AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=128)}
     on_cpu = attention_diagnostics(G, cfg, *inputs())[BLOCKS[32]]

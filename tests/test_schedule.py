@@ -51,7 +51,7 @@ def test_key_cluster_size_follows_the_query_cluster_size():
 
 
 def test_a_field_under_a_null_schedule_keeps_the_built_kind():
-    """Issue #15: `--model.attention.train.q_cluster_size 3000` on the demo trained dense."""
+    """Regression: `--model.attention.train.q_cluster_size 3000` on the demo trained dense."""
     schedule = AttentionSchedule(train=AttentionChange(q_cluster_size=3000), eval=AttentionChange(kind="dense"))
     train = schedule.config("train", SMYRF_2x256)
     assert train.kind == "smyrf" and train.q_cluster_size == 3000
