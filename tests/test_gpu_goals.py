@@ -40,7 +40,7 @@ def results(tmp_path):
 
 
 def verdicts(folder):
-    return {g.goal: (g.verdict, g.value) for g in gpu_goals.issue13_goals(folder) + gpu_goals.issue14_goals(folder)}
+    return {g.goal: (g.verdict, g.value) for g in gpu_goals.training_goals(folder) + gpu_goals.attention_goals(folder)}
 
 
 def test_goals_are_read_off_the_result_rows(results):
@@ -76,7 +76,7 @@ def test_readme_numbers_and_files(results, tmp_path_factory):
     assert bf16["paper_run_hours"] == pytest.approx(200_000 * 0.110 / 3600)
     assert (gpu_goals.SMYRF_128, "bf16") not in numbers
     table = (out / "gpu_goals.md").read_text()
-    assert table.startswith("Device: NVIDIA H100 80GB HBM3.") and "| #14 |" in table and "6.1 h" in table
+    assert table.startswith("Device: NVIDIA H100 80GB HBM3.") and "| attention |" in table and "6.1 h" in table
 
 
 def test_a_gpu_check_cut_off_part_way_has_not_passed(results):
@@ -94,7 +94,7 @@ def test_no_results_means_nothing_is_met(tmp_path):
 def test_memory_goals_show_the_cpu_models_estimate_beside_the_measurement(results):
     (results / "memory_model-cpu.json").write_text(json.dumps({"meta": {}, "rows": [
         {"n": 16384, "dtype": "bfloat16", "vs_dense": 0.771}, {"n": 65536, "dtype": "float32", "vs_dense": None}]}))
-    sources = {g.goal: g.source for g in gpu_goals.issue14_goals(results)}
+    sources = {g.goal: g.source for g in gpu_goals.attention_goals(results)}
     assert sources["attention peak memory: ours 4x2048 / dense SDPA at 16,384 tokens, batch 32, bfloat16"] == \
         "attention (CPU model: 0.77x)"
     assert sources["attention fwd+bwd time: ours 4x2048 / dense SDPA at 16,384 tokens, batch 32, bfloat16"] == "attention"

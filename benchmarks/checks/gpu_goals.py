@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"  # benchmarks/results; no torch needed here
-BATCH = 32  # the issues' batch for every goal
+BATCH = 32  # the batch of every goal
 D_STEPS = 2  # real batches per G iteration (OptimConfig.num_d_steps)
 PAPER_G_ITERS = 200_000
 SMYRF_128 = "smyrf@128 ours 4x2048"
@@ -37,7 +37,7 @@ ATTENTION_TIME_GOALS = {
 
 @dataclass
 class Goal:
-    issue: int
+    group: str  # what the goal is about: the training run or the attention core
     goal: str
     value: Optional[float]  # None: not measured (file or row missing, or the row failed)
     limit: float  # met when value <= limit
@@ -85,7 +85,7 @@ def fastest(*times: Optional[float]) -> Optional[float]:
     return min(measured) if measured else None
 
 
-def issue13_goals(results: Path) -> list[Goal]:
+def training_goals(results: Path) -> list[Goal]:
     check = load(results, "gpu_check")
     # Steps not run count as failed: a run cut off part-way has not passed.
     failed = None if check is None else float(check["meta"]["steps"] - sum(r["rc"] == 0 for r in check["rows"]))
@@ -96,16 +96,16 @@ def issue13_goals(results: Path) -> list[Goal]:
     bf16 = fastest(step_ms(steps, "dense@64", "bf16"), step_ms(nhwc, "dense@64", "bf16"))
     validation = load(results, "validation_10k")
     return [
-        Goal(13, "make gpu-check: steps failed or not run (CUDA tests included)", failed, 0.0, "", "gpu_check"),
-        Goal(13, "make gpu-check wall time", seconds, 360.0, "s", "gpu_check"),
-        Goal(13, "dense@64 step, batch 32: bf16-mixed (best of plain, channels_last) / fp32", ratio(bf16, fp32), 0.6,
+        Goal("training", "make gpu-check: steps failed or not run (CUDA tests included)", failed, 0.0, "", "gpu_check"),
+        Goal("training", "make gpu-check wall time", seconds, 360.0, "s", "gpu_check"),
+        Goal("training", "dense@64 step, batch 32: bf16-mixed (best of plain, channels_last) / fp32", ratio(bf16, fp32), 0.6,
              source="train_step, train_step_nhwc"),
-        Goal(13, "validation: 10,000 samples x 2 attention kinds", validation and validation["meta"]["validation_s"],
+        Goal("training", "validation: 10,000 samples x 2 attention kinds", validation and validation["meta"]["validation_s"],
              60.0, "s", "validation_10k"),
     ]
 
 
-def issue14_goals(results: Path) -> list[Goal]:
+def attention_goals(results: Path) -> list[Goal]:
     rows = rows_of(results, "attention")
     goals = []
     for (dtype, n), (method, limit) in ATTENTION_TIME_GOALS.items():
@@ -113,12 +113,12 @@ def issue14_goals(results: Path) -> list[Goal]:
         time = ratio(ours and ours["fwd_bwd_ms"], dense and dense["fwd_bwd_ms"])
         memory = ratio(ours and ours["peak_mb"], dense and dense["peak_mb"])
         what = f"{method} / dense SDPA at {n:,} tokens, batch 32, {dtype}"
-        goals.append(Goal(14, f"attention fwd+bwd time: {what}", time, limit, source="attention"))
-        goals.append(Goal(14, f"attention peak memory: {what}", memory, 1.5,
+        goals.append(Goal("attention", f"attention fwd+bwd time: {what}", time, limit, source="attention"))
+        goals.append(Goal("attention", f"attention peak memory: {what}", memory, 1.5,
                           source="attention" + memory_model_note(results, n, dtype)))
     steps = rows_of(results, "train_step")
     for dtype in ("fp32", "bf16"):
-        goals.append(Goal(14, f"step at 128 px, batch 32, {dtype}: {SMYRF_128} / dense@128 flash",
+        goals.append(Goal("attention", f"step at 128 px, batch 32, {dtype}: {SMYRF_128} / dense@128 flash",
                           ratio(step_ms(steps, SMYRF_128, dtype), step_ms(steps, "dense@128 flash", dtype)), 1.0,
                           source="train_step"))
     return goals
@@ -152,10 +152,10 @@ def readme_numbers(results: Path) -> list[dict]:
 
 
 def markdown(goals: list[Goal], numbers: list[dict], device: str) -> str:
-    lines = [f"Device: {device}.", "", "| issue | goal | measured | target | verdict | from |", "|---|---|---|---|---|---|"]
+    lines = [f"Device: {device}.", "", "| group | goal | measured | target | verdict | from |", "|---|---|---|---|---|---|"]
     for g in goals:
         value = "-" if g.value is None else f"{g.value:.3g}{g.unit}"
-        lines.append(f"| #{g.issue} | {g.goal} | {value} | <= {g.limit:g}{g.unit} | {g.verdict} | {g.source} |")
+        lines.append(f"| {g.group} | {g.goal} | {value} | <= {g.limit:g}{g.unit} | {g.verdict} | {g.source} |")
     lines += ["", f"Batch {BATCH}, one G iteration = {D_STEPS} D steps + 1 G step + the G_ema update:", "",
               "| G attention | precision | layout | step ms | G iterations/s | real images/s | 200k G iterations |",
               "|---|---|---|---|---|---|---|"]
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    goals = issue13_goals(args.results) + issue14_goals(args.results)
+    goals = training_goals(args.results) + attention_goals(args.results)
     numbers, device = readme_numbers(args.results), device_of(args.results)
     table = markdown(goals, numbers, device)
     print(table)
