@@ -1,8 +1,9 @@
 """The "triton" cluster kernel: which kernel is picked, the CPU interpreter run, CUDA at BigGAN's sizes.
 
-The correctness cases themselves live in `triton_interpreted.py`: Triton's interpreter (which runs
-the kernels on CPU tensors) must be switched on before triton is first imported, so they run in a
-fresh pytest process and the rest of the suite never sees the interpreter. The `cuda` tests run
+The correctness cases themselves live in `triton_interpreted.py` (the summary-key kernels' in
+`triton_interpreted_summaries.py`): Triton's interpreter (which runs the kernels on CPU tensors)
+must be switched on before triton is first imported, so each file runs in a fresh pytest process
+and the rest of the suite never sees the interpreter. The `cuda` tests run
 the compiled kernels where a GPU is (skipped elsewhere, see conftest.py).
 """
 import os
@@ -20,16 +21,18 @@ from biggan_smyrf.attention.cluster_attention import attention_backward, attenti
 from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ROOT / "tests" / "triton_interpreted.py"
+# Files of cases that need the interpreter on from the start (see above), one process each.
+INTERPRETED_CASES = ("triton_interpreted.py", "triton_interpreted_summaries.py")
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
 @needs_triton
 @pytest.mark.slow
-def test_kernels_under_triton_interpreter():
+@pytest.mark.parametrize("cases", INTERPRETED_CASES)
+def test_kernels_under_triton_interpreter(cases):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(ROOT / "tests" / cases)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"

@@ -9,6 +9,8 @@ has passed, so the library works where triton is not installed. Under it:
   `cluster_attention.py` (SMYRF's hub round on CUDA);
 - `rounds.py`: SMYRF's hashed rounds read through the sort permutation and merged in place, the
   kernels of `cuda_route.py`.
+- `summaries.py`: SMYRF's summary keys written after the keys, and their gradients folded back
+  into the keys' (two launches each).
 """
 from __future__ import annotations
 
