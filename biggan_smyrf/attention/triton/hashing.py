@@ -77,6 +77,23 @@ def _maxima_kernel(Q, K, MAXIMA, N, M, stride_qb, stride_qn, stride_qd, stride_k
 
 
 @triton.jit
+def _projection(Q, K, MAXIMA, DIRECTION, b, token, is_q, valid, stride_qb, stride_qn, stride_qd,
+                stride_kb, stride_kn, stride_kd, stride_a_feature, d, BLOCK_D: tl.constexpr):
+    """XBOX+ of each token (queries [q, 0, ext], keys [k, ext, 0], ext = sqrt(MQ² + MK² - |x|²), the
+    radicand clamped at 0 against rounding as in `hashing.xbox_plus`), in float32, projected on
+    its own direction (DIRECTION: a pointer per token, features at stride_a_feature)."""
+    x, sq = _features(Q, K, b, token, is_q, valid, stride_qb, stride_qn, stride_qd,
+                      stride_kb, stride_kn, stride_kd, d, BLOCK_D)
+    total = tl.load(MAXIMA + b * 2) + tl.load(MAXIMA + b * 2 + 1)
+    ext = tl.sqrt(tl.maximum(total - sq, 0.0))
+    cols = tl.arange(0, BLOCK_D)
+    a = tl.load(DIRECTION[:, None] + cols[None, :] * stride_a_feature, mask=valid[:, None] & (cols[None, :] < d),
+                other=0.0)
+    a_ext = tl.load(DIRECTION + tl.where(is_q, d + 1, d) * stride_a_feature, mask=valid, other=0.0)
+    return tl.sum(x * a.to(tl.float32), axis=1) + ext * a_ext.to(tl.float32)
+
+
+@triton.jit
 def _level_kernel(KEYS, PREVIOUS, Q, K, MAXIMA, DIRECTIONS, N, M, H, nodes, run_q, run_k,
                   stride_qb, stride_qn, stride_qd, stride_kb, stride_kn, stride_kd,
                   stride_a_node, stride_a_hash, stride_a_feature, d,
@@ -98,18 +115,9 @@ def _level_kernel(KEYS, PREVIOUS, Q, K, MAXIMA, DIRECTIONS, N, M, H, nodes, run_
     else:
         token = tl.load(PREVIOUS + row * T + p, mask=valid, other=0) & ((1 << TOKEN_BITS) - 1)
     node = tl.where(is_q, p // run_q, (p - N) // run_k)
-    x, sq = _features(Q, K, b, token, is_q, valid, stride_qb, stride_qn, stride_qd,
-                      stride_kb, stride_kn, stride_kd, d, BLOCK_D)
-    # XBOX+ (hashing.xbox_plus): queries [q, 0, ext], keys [k, ext, 0], ext = sqrt(MQ² + MK² - |x|²),
-    # the radicand clamped at 0 against rounding, as in the torch version.
-    total = tl.load(MAXIMA + b * 2) + tl.load(MAXIMA + b * 2 + 1)
-    ext = tl.sqrt(tl.maximum(total - sq, 0.0))
     direction = DIRECTIONS + node.to(tl.int64) * stride_a_node + h * stride_a_hash
-    cols = tl.arange(0, BLOCK_D)
-    a = tl.load(direction[:, None] + cols[None, :] * stride_a_feature, mask=valid[:, None] & (cols[None, :] < d),
-                other=0.0)
-    a_ext = tl.load(direction + tl.where(is_q, d + 1, d) * stride_a_feature, mask=valid, other=0.0)
-    projection = tl.sum(x * a.to(tl.float32), axis=1) + ext * a_ext.to(tl.float32)
+    projection = _projection(Q, K, MAXIMA, direction, b, token, is_q, valid, stride_qb, stride_qn, stride_qd,
+                             stride_kb, stride_kn, stride_kd, stride_a_feature, d, BLOCK_D)
     # Order-preserving integer of a float32: negative values' magnitude bits flipped (as int32),
     # then shifted to [0, 2^32).
     bits = projection.to(tl.int32, bitcast=True)
@@ -117,6 +125,26 @@ def _level_kernel(KEYS, PREVIOUS, Q, K, MAXIMA, DIRECTIONS, N, M, H, nodes, run_
     group = tl.where(is_q, node, nodes + node).to(tl.int64)
     key = (group << (32 + TOKEN_BITS)) | (ordered << TOKEN_BITS) | token
     tl.store(KEYS + row * T + p, key, mask=valid)
+
+
+@triton.jit
+def _xbox_kernel(PROJECTIONS, Q, K, MAXIMA, DIRECTIONS, N, M, H, L,
+                 stride_qb, stride_qn, stride_qd, stride_kb, stride_kn, stride_kd,
+                 stride_a_hash, stride_a_feature, d, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """PROJECTIONS (B, H, 2, L): [b, h, 0, t] query t's projection on round h's direction,
+    [b, h, 1, t] key t's, +inf past the N queries and M keys (so they sort last). Flat grid."""
+    blocks = tl.cdiv(2 * L, BLOCK)
+    pid = tl.program_id(0)
+    row = (pid // blocks).to(tl.int64)
+    b, h = row // H, row % H
+    p = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
+    is_q = p < L
+    token = tl.where(is_q, p, p - L)
+    valid = (p < 2 * L) & (token < tl.where(is_q, N, M))
+    direction = DIRECTIONS + h * stride_a_hash + tl.zeros((BLOCK,), tl.int64)
+    projection = _projection(Q, K, MAXIMA, direction, b, token, is_q, valid, stride_qb, stride_qn, stride_qd,
+                             stride_kb, stride_kn, stride_kd, stride_a_feature, d, BLOCK_D)
+    tl.store(PROJECTIONS + row * 2 * L + p, tl.where(valid, projection, float("inf")), mask=p < 2 * L)
 
 
 @triton.jit
@@ -133,44 +161,57 @@ def _tokens_kernel(KEYS, Q_ORDER, K_ORDER, N, M, total, TOKEN_BITS: tl.constexpr
 @torch.no_grad()
 def cluster_orders(q: torch.Tensor, k: torch.Tensor, n_hashes: int, n_clusters: int,
                    generator: torch.Generator, hashing: str = "kd") -> tuple[torch.Tensor, torch.Tensor]:
-    """`hashing.cluster_orders` in 2 * levels + 3 launches: same arguments, same draws from
-    `generator`, same orders (up to exact ties), contiguous (B, n_hashes, N) and (B, n_hashes, M) int64."""
+    """`hashing.cluster_orders` on the CUDA route: same arguments, same draws from `generator`, same
+    orders (up to exact ties); (B, n_hashes, N) and (B, n_hashes, M) int64 with contiguous rows."""
     factors = torch_hashing.prime_factors(n_clusters)
     if hashing not in ("kd", "xbox") or (hashing == "kd" and not factors):
         return torch_hashing.cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
     (B, N, d), M = q.shape, k.shape[1]
-    D, device = d + 2, q.device
     token_bits = max(1, (max(N, M) - 1).bit_length())
-    last_nodes = math.prod(factors[:-1]) if hashing == "kd" else 1
-    if (2 * last_nodes - 1).bit_length() + FLOAT_BITS + token_bits > 63:
+    if hashing == "kd" and (2 * math.prod(factors[:-1]) - 1).bit_length() + FLOAT_BITS + token_bits > 63:
         # Keys would not fit an int64 (past 2^27 tokens at 16 clusters): the torch version's ops.
         return torch_hashing.cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
-    if hashing == "xbox":
-        # (D, H): one direction per round, read as (node, hash, feature) with a single node.
-        a = torch_hashing.random_projections(D, n_hashes, generator, device)
-        levels = [(1, a, (0, a.stride(1), a.stride(0)))]
-    else:
-        nodes = [math.prod(factors[:level]) for level in range(len(factors))]
-        directions = torch.randn(sum(nodes), n_hashes, D, generator=generator, device=device)
-        levels = [(n, a, a.stride()) for n, a in zip(nodes, directions.split(nodes))]
-
     strides = (*q.stride(), *k.stride())
     block_d = triton.next_power_of_2(d)
-    maxima = torch.empty(B, 2, dtype=torch.float32, device=device)
+    maxima = torch.empty(B, 2, dtype=torch.float32, device=q.device)
     launch(_maxima_kernel, (B, 2))(q, k, maxima, N, M, *strides, d, BLOCK=MAXIMA_BLOCK, BLOCK_D=block_d)
+    if hashing == "xbox":
+        return _xbox_orders(q, k, maxima, n_hashes, generator, strides, block_d)
+    return _kd_orders(q, k, maxima, n_hashes, factors, generator, strides, block_d, token_bits)
+
+
+def _xbox_orders(q, k, maxima, n_hashes, generator, strides, block_d):
+    """One direction per round: queries' and keys' projections in two rows of one float32 tensor,
+    padded to the longer with +inf, so one argsort gives both orders as they are (no composition)."""
+    (B, N, d), M = q.shape, k.shape[1]
+    a = torch_hashing.random_projections(d + 2, n_hashes, generator, q.device)  # (D, H)
+    L = max(N, M)
+    projections = torch.empty(B, n_hashes, 2, L, dtype=torch.float32, device=q.device)
+    launch(_xbox_kernel, (B * n_hashes * triton.cdiv(2 * L, LEVEL_BLOCK),))(
+        projections, q, k, maxima, a, N, M, n_hashes, L, *strides, a.stride(1), a.stride(0), d,
+        BLOCK=LEVEL_BLOCK, BLOCK_D=block_d,
+    )
+    order = projections.sort(dim=-1).indices
+    return order[:, :, 0, :N], order[:, :, 1, :M]
+
+
+def _kd_orders(q, k, maxima, n_hashes, factors, generator, strides, block_d, token_bits):
+    """Per level one key per position of the current order, one sort; the tokens out of the last keys."""
+    (B, N, d), M = q.shape, k.shape[1]
+    # The torch version's one draw: every (node, round) direction of every level.
+    nodes = [math.prod(factors[:level]) for level in range(len(factors))]
+    directions = torch.randn(sum(nodes), n_hashes, d + 2, generator=generator, device=q.device)
     T = N + M
     keys = None
-    for level, (nodes, a, a_strides) in enumerate(levels):
-        unsorted = torch.empty(B, n_hashes, T, dtype=torch.int64, device=device)
+    for level, (n, a) in enumerate(zip(nodes, directions.split(nodes))):
+        unsorted = torch.empty(B, n_hashes, T, dtype=torch.int64, device=q.device)
         launch(_level_kernel, (B * n_hashes * triton.cdiv(T, LEVEL_BLOCK),))(
-            unsorted, unsorted if keys is None else keys, q, k, maxima, a, N, M, n_hashes, nodes,
-            N // nodes, M // nodes, *strides, *a_strides, d,
-            TOKEN_BITS=token_bits, FIRST=level == 0, BLOCK=LEVEL_BLOCK, BLOCK_D=block_d,
+            unsorted, unsorted if keys is None else keys, q, k, maxima, a, N, M, n_hashes, n, N // n, M // n,
+            *strides, *a.stride(), d, TOKEN_BITS=token_bits, FIRST=level == 0, BLOCK=LEVEL_BLOCK, BLOCK_D=block_d,
         )
         keys = unsorted.sort(dim=-1).values
-    q_order = torch.empty(B, n_hashes, N, dtype=torch.int64, device=device)
-    k_order = torch.empty(B, n_hashes, M, dtype=torch.int64, device=device)
+    q_order = torch.empty(B, n_hashes, N, dtype=torch.int64, device=q.device)
+    k_order = torch.empty(B, n_hashes, M, dtype=torch.int64, device=q.device)
     launch(_tokens_kernel, (triton.cdiv(keys.numel(), TOKENS_BLOCK),))(
         keys, q_order, k_order, N, M, keys.numel(), TOKEN_BITS=token_bits, BLOCK=TOKENS_BLOCK)
     return q_order, k_order
-
