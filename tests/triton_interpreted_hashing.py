@@ -41,15 +41,18 @@ def both(q, k, n_clusters, hashing_name, seed=7):
     return got, want
 
 
-# (hashing, n_clusters, N, M): keys pooled 2x2 (M = N / 4) as BigGAN's, and one case with N < M.
-CASES = [("kd", 8, 96, 24), ("kd", 12, 144, 36), ("xbox", 4, 96, 24), ("kd", 4, 16, 40), ("xbox", 2, 20, 36)]
+# (hashing, n_clusters, N, M, d): keys pooled 2x2 (M = N / 4) as BigGAN's, one case with N < M;
+# the last two give the level kernels several blocks per row (and at d 64 the maxima loop several
+# steps: blocks are shorter at the largest head dim).
+CASES = [("kd", 8, 96, 24, 12), ("kd", 12, 144, 36, 12), ("xbox", 4, 96, 24, 12), ("kd", 4, 16, 40, 12),
+         ("xbox", 2, 20, 36, 12), ("kd", 8, 320, 80, 12), ("xbox", 4, 256, 64, 64)]
 
 
-@parametrize("hashing_name, n_clusters, N, M", CASES, ids=[f"{h}-{c}-{n}x{m}" for h, c, n, m in CASES])
+@parametrize("hashing_name, n_clusters, N, M, d", CASES, ids=[f"{h}-{c}-{n}x{m}-d{d}" for h, c, n, m, d in CASES])
 @parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @parametrize("channels_first", [False, True], ids=["contiguous", "channels-first"])
-def test_same_orders_as_the_torch_version(hashing_name, n_clusters, N, M, dtype, channels_first):
-    q, k = inputs(2, N, M, 12, dtype, channels_first)
+def test_same_orders_as_the_torch_version(hashing_name, n_clusters, N, M, d, dtype, channels_first):
+    q, k = inputs(2, N, M, d, dtype, channels_first)
     (q_order, k_order), (want_q, want_k) = both(q, k, n_clusters, hashing_name)
     assert q_order.dtype == k_order.dtype == torch.int64
     assert q_order.stride(-1) == k_order.stride(-1) == 1

@@ -3,28 +3,32 @@
 The torch version (`..hashing`, the CPU path and the reference) builds the XBOX+ tokens (about a dozen
 ops), one product per level, then per level an argsort of queries and one of keys and, below the
 root, gathers around them. Here the same orders come from:
-  1. `_maxima_kernel`: per batch element the largest squared query and key norm (XBOX+'s MQ², MK²);
-  2. one `torch.randn` for every direction -- the same call as the torch version's, so one
-     generator state gives both versions the same directions and hence the same clusters;
-  3. per level, `_level_kernel` + one `torch.sort`. For every position of the current order the
-     kernel reads its token (the previous level's sorted key carries it: no gather), transforms it
-     with XBOX+ in float32 on the fly (nothing of size tokens x features is written) and projects
-     it on its node's direction, and writes one int64 key
+  1. `_maxima_kernel`: per batch element the largest squared query and key norm (XBOX+'s MQ², MK²,
+     which every token's transform needs: a grid-wide reduction, so a launch of its own);
+  2. one `torch.randn` of every direction -- the torch version's call, so one generator state
+     gives both versions the same directions and hence the same clusters;
+  3. "kd", per level, `_level_kernel` + one `torch.sort`. For every position of the current order
+     the kernel reads its token (the previous level's sorted key carries it: no gather),
+     transforms it with XBOX+ in float32 on the fly (nothing of size tokens x features is
+     written), projects it on its node's direction and writes one int64 key
         segment and node | order-preserving bits of the float32 projection | token index,
      so one sort of queries and keys together orders every node's run by projection while queries
-     never mix with keys and every run stays where it is (its node is the high bits);
-  4. `_tokens_kernel`: the token indices out of the last sorted keys, as contiguous q and k orders.
+     never mix with keys and every run stays where it is (its node is in the high bits). Last,
+     `_tokens_kernel` takes the token indices out of the sorted keys as contiguous q and k orders;
+  3'. "xbox", one level of one node: `_xbox_kernel` writes the float32 projections of queries and
+     of keys as two rows padded with +inf to the longer, so that one argsort gives both orders as
+     they are, without the final kernel.
 
-Launches: 1 (maxima) + 1 (randn) + 2 per level + 1 = 2 * levels + 3, levels = the prime factors of
-n_clusters for "kd" (8 clusters: 9) and 1 for "xbox" (4 launches; one draw, one projection per
-round). Cost per level: O(B H (N + M) d) reads -- each position reads its token's d features, in
-random order below the root -- and a segmented sort of B H rows of N + M int64 keys; memory
-O(B H (N + M)) int64 for two key buffers. The maxima read q and k once, O(B (N + M) d).
+Launches: "kd" 1 + 1 + 2 per level + 1 = 2 * levels + 3, levels = the prime factors of n_clusters
+(8 clusters: 9, 16: 11); "xbox" 4. Cost: the maxima read q and k once, O(B (N + M) d), in 2 B
+programs; each level reads every position's token, O(B H (N + M) d) in random order below the
+root, and sorts B H rows of N + M int64 keys (8 bytes where the torch version's argsorts sort
+float32, in two calls); xbox sorts B H rows of 2 max(N, M) float32. Memory O(B H (N + M)) int64.
 
 Queries and keys are read in their dtype through their strides (BigGAN passes channels-first
 views), converted to float32 in registers. Ties between projections are broken by token index
-here, by the argsort there: only on exactly tied projections may the two versions differ (and
-rounding: the products sum in another order, so projections equal to the last bits may swap).
+("kd") or by the sort, there by the argsort; and the products sum in another order, so
+projections equal to the last bits may swap: only such near ties can give different clusters.
 """
 from __future__ import annotations
 
@@ -37,9 +41,10 @@ import triton.language as tl
 from .. import hashing as torch_hashing
 from .launches import launch
 
-# Positions per program of the level kernel, tokens per step of the maxima loop, keys per program
-# of the last kernel. Each level program gathers a row of d features per position.
-LEVEL_BLOCK, MAXIMA_BLOCK, TOKENS_BLOCK = 256, 512, 1024
+# Features held per program of the level kernels (positions x padded d: 256 positions at BigGAN's
+# d_qk = 12) and per step of the maxima loop, so that d up to 64 stays in registers; keys per
+# program of the last kernel.
+LEVEL_FEATURES, MAXIMA_FEATURES, TOKENS_BLOCK = 4096, 8192, 1024
 FLOAT_BITS = 32
 
 
@@ -174,7 +179,7 @@ def cluster_orders(q: torch.Tensor, k: torch.Tensor, n_hashes: int, n_clusters: 
     strides = (*q.stride(), *k.stride())
     block_d = triton.next_power_of_2(d)
     maxima = torch.empty(B, 2, dtype=torch.float32, device=q.device)
-    launch(_maxima_kernel, (B, 2))(q, k, maxima, N, M, *strides, d, BLOCK=MAXIMA_BLOCK, BLOCK_D=block_d)
+    launch(_maxima_kernel, (B, 2))(q, k, maxima, N, M, *strides, d, BLOCK=MAXIMA_FEATURES // block_d, BLOCK_D=block_d)
     if hashing == "xbox":
         return _xbox_orders(q, k, maxima, n_hashes, generator, strides, block_d)
     return _kd_orders(q, k, maxima, n_hashes, factors, generator, strides, block_d, token_bits)
@@ -185,11 +190,11 @@ def _xbox_orders(q, k, maxima, n_hashes, generator, strides, block_d):
     padded to the longer with +inf, so one argsort gives both orders as they are (no composition)."""
     (B, N, d), M = q.shape, k.shape[1]
     a = torch_hashing.random_projections(d + 2, n_hashes, generator, q.device)  # (D, H)
-    L = max(N, M)
+    L, block = max(N, M), LEVEL_FEATURES // block_d
     projections = torch.empty(B, n_hashes, 2, L, dtype=torch.float32, device=q.device)
-    launch(_xbox_kernel, (B * n_hashes * triton.cdiv(2 * L, LEVEL_BLOCK),))(
+    launch(_xbox_kernel, (B * n_hashes * triton.cdiv(2 * L, block),))(
         projections, q, k, maxima, a, N, M, n_hashes, L, *strides, a.stride(1), a.stride(0), d,
-        BLOCK=LEVEL_BLOCK, BLOCK_D=block_d,
+        BLOCK=block, BLOCK_D=block_d,
     )
     order = projections.sort(dim=-1).indices
     return order[:, :, 0, :N], order[:, :, 1, :M]
@@ -201,13 +206,13 @@ def _kd_orders(q, k, maxima, n_hashes, factors, generator, strides, block_d, tok
     # The torch version's one draw: every (node, round) direction of every level.
     nodes = [math.prod(factors[:level]) for level in range(len(factors))]
     directions = torch.randn(sum(nodes), n_hashes, d + 2, generator=generator, device=q.device)
-    T = N + M
+    T, block = N + M, LEVEL_FEATURES // block_d
     keys = None
     for level, (n, a) in enumerate(zip(nodes, directions.split(nodes))):
         unsorted = torch.empty(B, n_hashes, T, dtype=torch.int64, device=q.device)
-        launch(_level_kernel, (B * n_hashes * triton.cdiv(T, LEVEL_BLOCK),))(
+        launch(_level_kernel, (B * n_hashes * triton.cdiv(T, block),))(
             unsorted, unsorted if keys is None else keys, q, k, maxima, a, N, M, n_hashes, n, N // n, M // n,
-            *strides, *a.stride(), d, TOKEN_BITS=token_bits, FIRST=level == 0, BLOCK=LEVEL_BLOCK, BLOCK_D=block_d,
+            *strides, *a.stride(), d, TOKEN_BITS=token_bits, FIRST=level == 0, BLOCK=block, BLOCK_D=block_d,
         )
         keys = unsorted.sort(dim=-1).values
     q_order = torch.empty(B, n_hashes, N, dtype=torch.int64, device=q.device)
