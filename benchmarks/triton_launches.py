@@ -135,12 +135,31 @@ def recording(capabilities: tuple[int, ...]) -> Iterator[dict[int, list[Launch]]
 @contextlib.contextmanager
 def as_on_cuda():
     """The launch code's device-dependent choices made as for CUDA tensors: the triton kernel
-    accepted without the interpreter, the hub round split into CUDA's number of query runs."""
+    accepted without the interpreter, the hub round split into CUDA's number of query runs; and
+    the CUDA route's hashing recorded but its orders the torch version's (`valid_orders`)."""
+    from biggan_smyrf.attention.triton import hashing
+
     check = cluster_attention._check_triton_usable
     parts = plan.HUB_QUERY_PARTS
     with mock.patch.object(cluster_attention, "_check_triton_usable", lambda device, *a: check(torch.device("cuda"), *a)), \
-            mock.patch.dict(parts, {"cpu": parts["cuda"]}):
+            mock.patch.dict(parts, {"cpu": parts["cuda"]}), \
+            mock.patch.object(hashing, "cluster_orders", valid_orders(hashing.cluster_orders)):
         yield
+
+
+def valid_orders(triton_cluster_orders):
+    """The Triton hashing's launches recorded, then the same orders from the torch version: with
+    the launches skipped the Triton one's are uninitialised memory, which the route's aten ops
+    would index with. Both draw the same from the generator, so it ends in the same state."""
+    from biggan_smyrf.attention.hashing import cluster_orders
+
+    def run(q, k, n_hashes, n_clusters, generator, hashing="kd"):
+        state = generator.get_state()
+        triton_cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
+        generator.set_state(state)
+        return cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
+
+    return run
 
 
 @contextlib.contextmanager

@@ -8,9 +8,11 @@ has passed, so the library works where triton is not installed. Under it:
 - `clusters.py`: attention inside gathered clusters (G, L, d), the "triton" cluster kernel of
   `cluster_attention.py` (SMYRF's hub round on CUDA);
 - `rounds.py`: SMYRF's hashed rounds read through the sort permutation and merged in place, the
-  kernels of `cuda_route.py`.
+  kernels of `cuda_route.py`;
 - `summaries.py`: SMYRF's summary keys written after the keys, and their gradients folded back
-  into the keys' (two launches each).
+  into the keys' (two launches each);
+- `hashing.py`: SMYRF's clustering (`hashing.cluster_orders`) in a few launches: XBOX+ and the
+  projections fused into one kernel per k-d level, one sort each.
 """
 from __future__ import annotations
 
