@@ -20,16 +20,18 @@ from biggan_smyrf.attention.cluster_attention import attention_backward, attenti
 from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ROOT / "tests" / "triton_interpreted.py"
+# Files of interpreted cases (no test_ prefix: they need the interpreter on before triton is imported).
+CASES = ("triton_interpreted.py", "triton_interpreted_hub.py")
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
 @needs_triton
 @pytest.mark.slow
-def test_kernels_under_triton_interpreter():
+@pytest.mark.parametrize("cases", CASES)
+def test_kernels_under_triton_interpreter(cases):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(ROOT / "tests" / cases)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
