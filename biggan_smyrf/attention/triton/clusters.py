@@ -3,7 +3,10 @@
 The "triton" kernel of `cluster_attention.py`: same interface, same numbers as the "chunked" kernel
 up to rounding. SMYRF uses it for its hub round; its hashed rounds use `rounds.py`, which reads
 through the sort permutation instead of gathered clusters; both build on `blocks.py`.
-q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
+q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent. k, v and the
+key mask may also hold G / P groups, each shared by P consecutive query groups (SMYRF's hub round:
+one copy of the hub keys for all of a batch element's query runs); the kernels read group g's keys
+at g // P, a runtime integer, so nothing is repeated or copied.
 
 Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots
 and one exp per score; the one-pass backward 5 dots (S, dP, dV, dK, dQ) and one exp per score
@@ -25,7 +28,9 @@ Design, and why:
   in deterministic mode (`torch.use_deterministic_algorithms(True)`): the same dK/dV kernel
   without dQ, and another per (block of queries, cluster) that loops over key blocks for dQ;
   each output block has exactly one writer (no atomics, no float32 buffer, bit for bit
-  repeatable), for P and dP computed twice.
+  repeatable), for P and dP computed twice. Either can add dQ into a caller's float32 buffer
+  (the one pass's atomics start from its contents; the dQ kernel reads, adds and writes its own
+  rows), so that a caller summing several attentions' gradients needs no copy or addition of its own.
   `out` is whatever the caller passes (SMYRF passes the combined multi-round output, which
   folds in the gradient through its logsumexp round weights; see smyrf.py).
 - d_qk and d_v are separate compile-time block widths, each the next power of two >= 16 (tl.dot
@@ -234,8 +239,9 @@ def _backward_one_pass_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dV, dK and dQ from one P and dS per score, for one block of keys over all query blocks:
-    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed) +=
-    scale · dS K, added atomically since every key block of the cluster adds to every query."""
+    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed or a
+    caller's running sum) += scale · dS K, added atomically since every key block of the cluster
+    adds to every query."""
     g, block = cluster_and_block(Lk, BLOCK_N)
     kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
