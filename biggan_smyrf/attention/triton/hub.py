@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .blocks import INTERPRETED, LOG2E, block_size, cluster_and_block, dot, fp32_dot_precision, head_block
+from .blocks import (
+    INTERPRETED, LOG2E, block_size, check_inputs, cluster_and_block, dot, fp32_dot_precision, head_block,
+)
 from .launches import launch
 
 # (sampled queries, keys, num_warps) per program. Score tiles only (no values, no accumulators
@@ -110,6 +112,7 @@ def key_mass(q: torch.Tensor, pick: torch.Tensor, k: torch.Tensor, scale: float,
     queries. q: (B, N, d), pick: (S,) int64 token indices (repeats count twice), k: (B, M, d) of
     q's dtype (float16, bfloat16 or float32), key_mask: (B, M) bool, True = attend, or None.
     Queries whose keys are all masked give no mass. Two launches."""
+    check_inputs(q, k, k)
     (B, _, d), S, M = q.shape, pick.shape[0], k.shape[1]
     pick = pick.contiguous()
     lse = torch.empty(B, S, dtype=torch.float32, device=q.device)
