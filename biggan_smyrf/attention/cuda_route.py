@@ -86,14 +86,11 @@ class _PermutedRounds(torch.autograd.Function):
         dq, dk, dv = gradient_accumulators(q.shape[0], q.shape[1], k.shape[1], q.shape[-1], v.shape[-1], q.device)
         if hub_k is not None:
             # Before the hashed rounds: its weighted gradient (B, N, d_v) is freed before they run.
+            # The hub keys' rows get their gradient at `hub`, added to the accumulators like the rest.
             grad_hub = weighted(grad_out, w_hub, q.dtype)
-            dq_hub, d_hub_k, d_hub_v = hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask)
+            hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask,
+                               hub=hub, dq_acc=dq, dk_acc=dk, dv_acc=dv)
             del grad_hub
-            dq += dq_hub
-            # Hub keys are masked out of the hashed rounds and the summaries: their rows get nothing else.
-            rows = hub[..., None]
-            dk.scatter_add_(1, rows.expand(-1, -1, dk.shape[-1]), d_hub_k.float())
-            dv.scatter_add_(1, rows.expand(-1, -1, dv.shape[-1]), d_hub_v.float())
         Rounds(q, k, v, bias, q_order, k_index, sizes, scale).backward(grad_out, norm, delta, into=(dq, dk, dv))
         if sizes.n_summaries:
             fold_summary_grads(dk, dv, bias, k_order, sizes)

@@ -179,12 +179,19 @@ def hub_keys(
 
     Peaky attention maps (BigGAN's) send much of all mass to a few keys; giving every query those
     keys exactly once removes the largest error of any clustering. Returns (B, n_hub) key indices.
-    Cost O(n_sample * M * d) time through the cluster kernel `kernel` (`key_mass`), memory O(B M):
-    no (n_sample, M) score matrix exists, and the ops issued do not depend on the sizes.
+    Cost O(n_sample * M * d) time, memory O(B M): no (n_sample, M) score matrix exists, and the ops
+    issued do not depend on the sizes. With kernel "triton", two Triton launches
+    (`triton/hub.py`) that read the sampled rows through `pick` in q's dtype; otherwise float32
+    copies through the cluster kernel `kernel` (`key_mass`). Both between a randperm and a topk.
     """
     N = q.shape[1]
     pick = torch.randperm(N, generator=generator, device=q.device)[: min(n_sample, N)]
-    mass = key_mass(q[:, pick].float(), k.float(), scale, kernel, key_padding_mask)
+    if kernel == "triton":
+        from .triton.hub import key_mass as sampled_key_mass  # triton is imported only where it runs
+
+        mass = sampled_key_mass(q, pick, k, scale, key_padding_mask)
+    else:
+        mass = key_mass(q[:, pick].float(), k.float(), scale, kernel, key_padding_mask)
     return mass.topk(n_hub, dim=-1).indices
 
 
