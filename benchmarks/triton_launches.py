@@ -181,14 +181,25 @@ def smyrf_launches(
     N/4 keys as BigGAN's 2x2-pooled keys, d_qk 12, d_v 48), per capability, in launch order: the
     default one-pass backward, then deterministic mode's two-kernel one."""
     torch_dtype, precision = DTYPES[dtype]
+    return call_launches(RECIPES[recipe], n_queries, batch, torch_dtype, precision, capabilities, backward="both")
+
+
+BACKWARDS = {"none": (), "default": (False,), "deterministic": (True,), "both": (False, True)}
+
+
+def call_launches(config: AttentionConfig, n_queries: int, batch: int, dtype: torch.dtype, precision: str,
+                  capabilities: tuple[int, ...] = (90,), backward: str = "default") -> dict[int, list[Launch]]:
+    """The launches of one call of `config` on the CUDA route (as `smyrf_launches`): its forward,
+    then the backward(s) of BACKWARDS[backward] (deterministic mode or not), in that order."""
     g = torch.Generator().manual_seed(0)
     shapes = ((n_queries, D_QK), (n_queries // 4, D_QK), (n_queries // 4, D_V))
-    q, k, v = (torch.randn(batch, n, d, generator=g).to(torch_dtype).requires_grad_() for n, d in shapes)
+    q, k, v = (torch.randn(batch, n, d, generator=g).to(dtype).requires_grad_() for n, d in shapes)
+    runs = BACKWARDS[backward]
     with as_on_cuda(), fp32_dots(precision), recording(capabilities) as launches:
-        out = smyrf_attention(q, k, v, RECIPES[recipe], kernel="triton", seed=0)
-        out.backward(torch.ones_like(out), retain_graph=True)
-        with deterministic():  # the two-kernel backward that deterministic mode runs
-            out.backward(torch.ones_like(out))
+        out = smyrf_attention(q, k, v, config, kernel="triton", seed=0)
+        for i, deterministic_mode in enumerate(runs):
+            with deterministic() if deterministic_mode else contextlib.nullcontext():
+                out.backward(torch.ones_like(out), retain_graph=i < len(runs) - 1)
     return launches
 
 
