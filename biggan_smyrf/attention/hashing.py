@@ -53,7 +53,20 @@ def random_projections(dim: int, n_hashes: int, generator: torch.Generator, devi
     """E2LSH directions a ~ N(0, I), (dim, n_hashes), drawn on `device` from `generator`. E2LSH's
     offset b and bucket width r only shift and scale the projection, so they do not change the
     sort order and are left out."""
-    return torch.randn(dim, n_hashes, generator=generator, device=device)
+    return draw(torch.randn, dim, n_hashes, generator=generator, device=device)
+
+
+# Device types with torch.Generator objects of their own (XLA's draws come from its own seed).
+GENERATOR_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def draw(sample, *args, generator: torch.Generator, device: torch.device, **kwargs) -> torch.Tensor:
+    """sample(*args, generator=..., device=device) (torch.randn, rand, randperm): drawn where the
+    generator is and copied to `device` when that has no generators (`device_generator`); tensors
+    without data take the draw's shape directly."""
+    if generator.device.type == device.type or device.type == "meta":
+        return sample(*args, generator=generator, device=device, **kwargs)
+    return sample(*args, generator=generator, device=generator.device, **kwargs).to(device)
 
 
 def device_generator(generator: Optional[torch.Generator], seed: Optional[int], like: torch.Tensor) -> torch.Generator:
@@ -61,9 +74,10 @@ def device_generator(generator: Optional[torch.Generator], seed: Optional[int], 
     a fresh one seeded with `seed` (default 0). A CPU generator with tensors on an accelerator (a
     model's, which checkpoints save) seeds a generator on the device with one draw on the host:
     no host->device copy, and the CPU generator's state still fixes every draw. Tensors without
-    data (meta, or fake while a call is traced or counted) take draws from a CPU generator directly."""
+    data (meta, or fake while a call is traced or counted) take draws from a CPU generator directly;
+    so do devices without generators of their own (XLA's), whose draws `draw` then copies over."""
     device = like.device
-    home = torch.device("cpu") if device.type == "meta" or is_fake(like) else device
+    home = torch.device("cpu") if device.type not in GENERATOR_DEVICES or is_fake(like) else device
     if generator is None:
         return torch.Generator(device=home).manual_seed(0 if seed is None else seed)
     if generator.device.type == home.type:
@@ -98,7 +112,7 @@ def cluster_orders(
     """
     if hashing == "random":
         (B, N), M = q.shape[:2], k.shape[1]
-        keys = torch.rand(B, n_hashes, N + M, generator=generator, device=q.device)
+        keys = draw(torch.rand, B, n_hashes, N + M, generator=generator, device=q.device)
         return keys[..., :N].argsort(-1), keys[..., N:].argsort(-1)
     N = q.shape[1]
     x = _xbox_plus_tokens(q, k)
@@ -114,7 +128,7 @@ def cluster_orders(
         # drawn at once: level l's nodes are the product of the factors before it. The first level
         # has one node, so its order is a plain sort.
         nodes = [math.prod(factors[:level]) for level in range(len(factors))]
-        directions = torch.randn(sum(nodes), n_hashes, x.shape[-1], generator=generator, device=q.device)
+        directions = draw(torch.randn, sum(nodes), n_hashes, x.shape[-1], generator=generator, device=q.device)
         levels = directions.split(nodes)
         first = _projections(x, levels[0])[:, :, 0]
         q_order, k_order = first[..., :N].argsort(dim=-1), first[..., N:].argsort(dim=-1)
@@ -185,7 +199,7 @@ def hub_keys(
     copies through the cluster kernel `kernel` (`key_mass`). Both between a randperm and a topk.
     """
     N = q.shape[1]
-    pick = torch.randperm(N, generator=generator, device=q.device)[: min(n_sample, N)]
+    pick = draw(torch.randperm, N, generator=generator, device=q.device)[: min(n_sample, N)]
     if kernel == "triton":
         from .triton.hub import key_mass as sampled_key_mass  # triton is imported only where it runs
 
