@@ -55,14 +55,17 @@ def test_route_gradients_cut_back_to_the_inputs():
     got = route_gradients(dq, dk, dv, 12, M, (torch.bfloat16, torch.bfloat16, torch.float32))
     want = (dq[..., :12].bfloat16(), dk[:, :M, :12].bfloat16(), dv[:, :M])
     for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b)
+        # The interpreter rounds float32 to bfloat16 toward zero where torch rounds to nearest: one unit.
+        assert a.dtype == b.dtype and a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=0 if a.dtype == torch.float32 else 2**-7, atol=0)
 
 
 @parametrize("hub", [False, True], ids=["no hub", "hub"])
 @parametrize("dedup", [False, True], ids=["plain", "dedup"])
 def test_combine_matches_the_torch_statement(hub, dedup):
     """`combine_rounds` against `plan.round_normalisers` and the combination written in torch, with
-    queries whose every round saw only masked keys (lse = -inf)."""
+    queries whose every round saw only masked keys (lse = -inf): with a hub round, theirs is all
+    the weight (w_hub = 1)."""
     g = torch.Generator().manual_seed(2)
     B, H, N, d_v = 2, 3, 150, 48
     lse = torch.randn(B, H, N, generator=g) * 3
@@ -82,6 +85,7 @@ def test_combine_matches_the_torch_statement(hub, dedup):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     if hub:
         torch.testing.assert_close(w_hub, want_w, rtol=1e-5, atol=1e-6)
+        assert torch.equal(w_hub[0, :7], torch.ones(7))
 
 
 def test_channels_first_views_give_what_contiguous_inputs_give():

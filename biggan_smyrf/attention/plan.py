@@ -116,8 +116,10 @@ def weighted(grad: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 
 def log_participation(lse: torch.Tensor) -> torch.Tensor:
-    """log((sum_r e^l_r)^2 / sum_r e^(2 l_r)) over dim 1: log of the effective number of rounds."""
-    return 2 * torch.logsumexp(lse, dim=1, keepdim=True) - torch.logsumexp(2 * lse, dim=1, keepdim=True)
+    """log((sum_r e^l_r)^2 / sum_r e^(2 l_r)) over dim 1: log of the effective number of rounds;
+    0 where no round saw a key (every l_r = -inf), whose rounds then carry no weight at all."""
+    first = torch.logsumexp(lse, dim=1, keepdim=True)
+    return torch.where(first.isneginf(), 0.0, 2 * first - torch.logsumexp(2 * lse, dim=1, keepdim=True))
 
 
 def round_normalisers(lse: torch.Tensor, lse_hub: Optional[torch.Tensor], dedup: bool):
