@@ -4,10 +4,16 @@ Triton kernels (`triton/rounds.py`) read q, k, v in token order through each rou
 orders and merge every round's output into one float32 accumulator as they go, so no per-round
 copy or output exists: memory O((N + M) (d_qk + d_v) + H (N + M)) where the gathered route
 (`gathered_route.py`) needs O(H (N + M) (d_qk + d_v)). Hub keys and padding become a logit bias;
-summary keys are appended after the keys, their block means summed one round at a time. The hub
-round runs through the "triton" cluster kernel (`plan.py`). Backward: with norm_r = lse_r - log w_r
-(`plan.round_normalisers`), a round's weighted probabilities are exp(S_r - norm_r), so the kernels
-need only norm, the combined output and its gradient, all in token order (see `smyrf.py`).
+summary keys are rows appended after the keys (`triton/summaries.py`). The hub round runs through
+the "triton" cluster kernel (`plan.py`). Backward: with norm_r = lse_r - log w_r (the combination
+of `plan.round_normalisers`, fused in `triton/combine.py`), a round's weighted probabilities are
+exp(S_r - norm_r), so the kernels need only norm, the combined output and its gradient, all in
+token order (see `smyrf.py`).
+
+The whole call is one autograd Function with a written-out backward, and every step between the
+kernels is a kernel too (`triton/buffers.py` lays the inputs out and cuts the gradients back), so
+a forward + backward launches a fixed, small number of kernels whatever the sizes (39 at 16k
+tokens with the default recipe: `benchmarks/host_cost.py`), with no host->device copy or sync.
 
 This module imports triton: `smyrf.py` imports it only once this route is chosen.
 """
