@@ -12,8 +12,8 @@ token order (see `smyrf.py`).
 
 The whole call is one autograd Function with a written-out backward, and every step between the
 kernels is a kernel too (`triton/buffers.py` lays the inputs out and cuts the gradients back), so
-a forward + backward launches a fixed, small number of kernels whatever the sizes (39 at 16k
-tokens with the default recipe: `benchmarks/host_cost.py`), with no host->device copy or sync.
+a forward + backward launches a fixed, small number of kernels whatever the sizes (counted by
+`benchmarks/host_cost.py`), with no host->device copy or sync.
 
 This module imports triton: `smyrf.py` imports it only once this route is chosen.
 """
