@@ -2,6 +2,7 @@
 BigGAN trained in-process on random images (`tiny_module`, `loader`, `fit`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -79,3 +80,15 @@ def fit(module: BigGAN, tmp_path: Path, ckpt_path: str = None, **trainer_kwargs)
     )
     trainer.fit(module, loader(), loader(), ckpt_path=ckpt_path)
     return trainer
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool):
+    """torch.use_deterministic_algorithms(on) inside the block (what --trainer.deterministic sets;
+    the Triton kernels' two-kernel backward)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

@@ -8,7 +8,6 @@ block operation through numpy; tails (40 queries, 24 keys), head dims 12 and 48 
 cases are the smallest lengths that give every kernel several ragged query and key blocks at the
 block sizes the GPU runs (batch 1).
 """
-import contextlib
 import os
 
 import pytest
@@ -21,6 +20,7 @@ if not triton_blocks.INTERPRETED:
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 from biggan_smyrf.attention.cluster_attention import attention_backward, attention_forward, pick_kernel  # noqa: E402
+from helpers import deterministic_algorithms  # noqa: E402
 
 SHAPES = {"tails": (3, 40, 24, 12, 48), "powers of two": (2, 64, 32, 16, 32)}
 # Relative error (norm) allowed against the chunked kernel, which computes in fp32 from the same
@@ -273,17 +273,6 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
 # additions from 3 programs and dK/dV sum over 3 query blocks.
 BACKWARDS = {"one pass": ("_backward_one_pass_kernel",), "two kernels": ("_backward_kv_kernel", "_backward_q_kernel")}
 BLOCKS_DTYPES = parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
-
-
-@contextlib.contextmanager
-def deterministic_algorithms(on: bool):
-    """torch.use_deterministic_algorithms(on) inside the block (what --trainer.deterministic sets)."""
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(on)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 class _Recorded:

@@ -22,22 +22,12 @@ if not triton_blocks.INTERPRETED:
 from biggan_smyrf.attention import hashing, plan  # noqa: E402
 from biggan_smyrf.attention.triton import clusters, hub  # noqa: E402
 from biggan_smyrf.attention.triton.launches import observe_launches  # noqa: E402
+from helpers import deterministic_algorithms  # noqa: E402
 
 parametrize = pytest.mark.parametrize
 DTYPES = parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
 MASKED = parametrize("masked", [False, True], ids=["nomask", "mask"])
 SCALE = 0.7
-
-
-@contextlib.contextmanager
-def deterministic_algorithms(on: bool):
-    """torch.use_deterministic_algorithms(on) inside the block (the two-kernel backward)."""
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(on)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 @contextlib.contextmanager
