@@ -40,12 +40,13 @@ CAPABILITIES = (90, 80)
 SM_LIMITS = {90: (65536, 64, 32, 228 * 1024, 1024), 80: (65536, 64, 32, 164 * 1024, 1024)}
 # The goals, checked on Triton 3.6 (the CUDA machines' version) at sm_90: the kernels of the forward and the dK/dV pass.
 GOAL_TRITON, GOAL_ARCH, GOAL_DTYPES = "3.6.0", "sm_90", ("bf16", "fp16", "tf32")
-HOT_KERNELS = ("_forward_kernel", "_backward_kv_kernel", "_backward_one_pass_kernel")
-# Kernels that read the caller's q and k once, through whatever strides they have (BigGAN's
-# channels-first views: 2-byte features N elements apart, where no vector load exists), to lay
-# them out padded for every later kernel: the 16-byte load goal is about those later reads.
-LAYOUT_KERNELS = ("buffers._inputs_kernel",)
-CONSTANTS = ("HAS_BIAS", "HAS_MASK", "BLOCK_M", "BLOCK_N")
+HOT_KERNELS = ("_forward_kernel", "_backward_keys_kernel")
+# The 16-byte load goal is about the attention kernels (rounds, clusters), which read q and k rows
+# from the padded buffers once per block pair. The layout, hashing and hub-selection kernels read
+# the caller's q and k a few times per call through whatever strides they have -- BigGAN's
+# channels-first views put a row's 2-byte features N elements apart, where no vector load exists.
+LOAD_GOAL_MODULES = ("rounds.", "clusters.")
+CONSTANTS = ("HAS_BIAS", "HAS_MASK", "BLOCK_M", "BLOCK_N", "WITH_DQ")
 
 
 def side_site_packages() -> Path | None:
@@ -191,7 +192,7 @@ def goals(rows: list[dict]) -> list[dict]:
     """The register/load goals on Triton 3.6 (the CUDA machines' version) at sm_90, each met or missed (and by which kernels)."""
     scope = [r for r in rows if r["triton"] == GOAL_TRITON and r["arch"] == GOAL_ARCH and r["dtype"] in GOAL_DTYPES]
     hot = [r for r in scope if r["kernel"].endswith(HOT_KERNELS)]
-    half = [r for r in scope if r["dtype"] in ("bf16", "fp16") and not r["kernel"].endswith(LAYOUT_KERNELS)]
+    half = [r for r in scope if r["dtype"] in ("bf16", "fp16") and r["kernel"].startswith(LOAD_GOAL_MODULES)]
 
     def label(r):
         return f"{r['kernel']} {r['dtype']}"
@@ -203,7 +204,7 @@ def goals(rows: list[dict]) -> list[dict]:
         ("zero spills in bf16, fp16 and TF32", [label(r) for r in scope if r["spill_stores"] or r["spill_loads"]]),
         (">= 3 blocks (or >= 12 warps) per SM, forward and dK/dV (two-kernel and one-pass) kernels",
          [f"{label(r)}: {r['blocks_per_sm']}" for r in hot if r["blocks_per_sm"] < 3 and r["warps_per_sm"] < 12]),
-        ("q/k rows in 16-byte loads (no scalar 16-bit loads), bf16/fp16, past the layout kernel",
+        ("q/k rows in 16-byte loads (no scalar 16-bit loads), bf16/fp16, attention kernels",
          [f"{label(r)}: {r['loads'].get('16', 0) + r['loads'].get('16 async', 0)}" for r in half
           if r["loads"].get("16", 0) or r["loads"].get("16 async", 0)]),
     ]
@@ -223,7 +224,8 @@ COLUMNS = [
 
 def table_rows(rows: list[dict]) -> list[dict]:
     return [dict(
-        r, variant="yes" if r.get("has_bias") or r.get("has_mask") else "no",
+        # The dK/dV kernel's one-pass form (dQ too, the default) or deterministic mode's (dK, dV only).
+        r, variant=("yes" if r.get("has_bias") or r.get("has_mask") else "no") + (", +dQ" if r.get("with_dq") else ""),
         blocks=f"{r.get('block_m', '-')} x {r.get('block_n', '-')}, {r['num_warps']}, {r['num_stages']}",
         spills=f"{r['spill_stores']}/{r['spill_loads']}", shared_kib=round(r["shared"] / 1024, 1),
         occupancy=f"{r['blocks_per_sm']} ({r['warps_per_sm']}) {r['limiter']}", loads_cell=loads_cell(r["loads"]),

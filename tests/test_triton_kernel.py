@@ -79,7 +79,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, masked):
         attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
         with triton_launches.deterministic():
             attention_backward(torch.ones_like(out), q, k, v, out, lse, 1.0, "triton", mask)
-    kernels = {"_forward_kernel", "_row_dot_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    kernels = {"_forward_kernel", "_row_dot_kernel", "_backward_keys_kernel", "_backward_q_kernel"}
     _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(launches[90], kernels))
 
 
@@ -93,7 +93,7 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
     launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]  # both backwards
     rounds = [x for x in launches if x.module == "rounds"]
     assert {x.constants["HAS_BIAS"] for x in rounds} == {recipe == "default"}
-    kernels = {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
+    kernels = {"_forward_kernel", "_backward_keys_kernel", "_backward_q_kernel"}
     _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(rounds, kernels))
 
 
@@ -124,7 +124,7 @@ def _compile_for_hopper(launches, kernels: set):
     for launch in unique:
         compiled = launch.compile(GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], launch.name
-        if launch.name == "_backward_one_pass_kernel":
+        if launch.name == "_backward_keys_kernel" and launch.constants["WITH_DQ"]:  # the one-pass backward
             one_pass = compiled, launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.options["num_warps"]
     return one_pass
 

@@ -271,7 +271,7 @@ def test_permuted_rounds_make_no_float32_copy_of_an_output():
 # Shapes past the production backward blocks (64 queries x 64 keys): 3 query and 3 key blocks per
 # cluster with ragged tails (150 = 64 + 64 + 22, 140 = 64 + 64 + 12), so every dQ row gets atomic
 # additions from 3 programs and dK/dV sum over 3 query blocks.
-BACKWARDS = {"one pass": ("_backward_one_pass_kernel",), "two kernels": ("_backward_kv_kernel", "_backward_q_kernel")}
+BACKWARDS = {"one pass": ("_backward_keys_kernel",), "two kernels": ("_backward_keys_kernel", "_backward_q_kernel")}
 BLOCKS_DTYPES = parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
 
 

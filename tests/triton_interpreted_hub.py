@@ -174,8 +174,8 @@ def accumulate(dtype, masked, deterministic, seed=4, returned=True):
 ], ids=["float32-nomask-one pass", "float32-mask-two kernels", "bfloat16-mask-one pass", "bfloat16-mask-two kernels"])
 def test_accumulation_equals_the_returned_gradients(dtype, masked, deterministic, three_parts):
     start, (dq_acc, dk_acc, dv_acc), names, (dq, d_hub_k, d_hub_v), hubs = accumulate(dtype, masked, deterministic)
-    backward = ["clusters._backward_kv_kernel", "clusters._backward_q_kernel"] if deterministic \
-        else ["clusters._backward_one_pass_kernel"]
+    backward = ["clusters._backward_keys_kernel", "clusters._backward_q_kernel"] if deterministic \
+        else ["clusters._backward_keys_kernel"]
     accumulating = ["blocks._row_dot_kernel", *backward, "hub._add_hub_gradients_kernel"]
     assert names == accumulating + ["blocks._row_dot_kernel", *backward], names
     want_dk, want_dv = start[1].clone(), start[2].clone()

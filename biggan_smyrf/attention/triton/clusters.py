@@ -139,8 +139,8 @@ def _probabilities(s, lse_log2):
 
 
 @triton.jit
-def _backward_kv_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DK, DV,
+def _backward_keys_kernel(
+    Q, K, V, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
     stride_qg, stride_qm, stride_qd,
     stride_kg, stride_kn, stride_kd,
     stride_vg, stride_vn, stride_vd,
@@ -149,17 +149,22 @@ def _backward_kv_kernel(
     Lq, Lk, parts, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    WITH_DQ: tl.constexpr,
 ):
-    """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks.
-    DK and DV are contiguous (G, Lk, d)."""
+    """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks, from one P and
+    dS per score; DK and DV contiguous (G, Lk, d). WITH_DQ (the one-pass backward): also DQ_ACC
+    (float32, contiguous (G, Lq, d_qk), zeroed or a caller's running sum) += scale · dS K, added
+    atomically since every key block of the cluster adds to every query."""
     g, block = cluster_and_block(Lk, BLOCK_N)
     kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     cols = offs_n < Lk
-    k_inside = cols[:, None] & (offs_dqk[None, :] < D_QK)
-    v_inside = cols[:, None] & (offs_dv[None, :] < D_V)
+    keep = cols
+    if HAS_MASK:
+        keep = keep & (tl.load(MASK + kg * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
+    key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
     k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
     v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
@@ -169,17 +174,23 @@ def _backward_kv_kernel(
         rows = offs_m < Lq
         q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
         do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
-        # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there.
+        # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite, dS = 0 and nothing is added.
         lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
-        p = _probabilities(s, lse_log2)
-        dv += dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
-        dp = dot(do, tl.trans(v), UPCAST, PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
-    tl.store(DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :], (dk * scale).to(DK.dtype.element_ty), mask=k_inside)
-    tl.store(DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=v_inside)
+        # Key-major tiles, so that Pᵀ and dSᵀ feed the dV and dK dots as computed (why: rounds.py).
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - tl.where(lse_log2 == float("-inf"), 0.0, lse_log2)[None, :])
+        dv += dot(p_t.to(do.dtype), do, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(do), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
+        if WITH_DQ:
+            dq_ptrs = DQ_ACC + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :]
+            atomic_accumulate(dq_ptrs, dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale,
+                              rows[:, None] & (offs_dqk[None, :] < D_QK))
+    dk_ptrs = DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :]
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=cols[:, None] & (offs_dqk[None, :] < D_QK))
+    dv_ptrs = DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=cols[:, None] & (offs_dv[None, :] < D_V))
 
 
 @triton.jit
@@ -224,58 +235,6 @@ def _backward_q_kernel(
     if ACCUMULATE:
         dq += tl.load(dq_ptrs, mask=q_inside, other=0.0)
     tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_inside)
-
-
-@triton.jit
-def _backward_one_pass_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DQ_ACC, DK, DV,
-    stride_qg, stride_qm, stride_qd,
-    stride_kg, stride_kn, stride_kd,
-    stride_vg, stride_vn, stride_vd,
-    stride_dog, stride_dom, stride_dod,
-    stride_mg, stride_mn,
-    Lq, Lk, parts, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """dV, dK and dQ from one P and dS per score, for one block of keys over all query blocks:
-    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed or a
-    caller's running sum) += scale · dS K, added atomically since every key block of the cluster
-    adds to every query."""
-    g, block = cluster_and_block(Lk, BLOCK_N)
-    kg = g // parts  # the keys' group: `parts` consecutive query groups share one
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    cols = offs_n < Lk
-    keep = cols
-    if HAS_MASK:
-        keep = keep & (tl.load(MASK + kg * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
-    key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
-    k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-    v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
-    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    for start_m in range(0, Lq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        rows = offs_m < Lq
-        q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
-        do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
-        # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite, dS = 0 and nothing is added.
-        lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
-        delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
-        # Key-major tiles, so that Pᵀ and dSᵀ feed the dV and dK dots as computed (why: rounds.py).
-        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
-        p_t = tl.math.exp2(s_t - tl.where(lse_log2 == float("-inf"), 0.0, lse_log2)[None, :])
-        dv += dot(p_t.to(do.dtype), do, UPCAST, PRECISION)
-        ds_t = (p_t * (dot(v, tl.trans(do), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
-        dk += dot(ds_t, q, UPCAST, PRECISION)
-        dq_ptrs = DQ_ACC + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :]
-        atomic_accumulate(dq_ptrs, dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale, rows[:, None] & (offs_dqk[None, :] < D_QK))
-    dk_ptrs = DK + (g * Lk + offs_n[:, None]) * D_QK + offs_dqk[None, :]
-    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=cols[:, None] & (offs_dqk[None, :] < D_QK))
-    dv_ptrs = DV + (g * Lk + offs_n[:, None]) * D_V + offs_dv[None, :]
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=cols[:, None] & (offs_dv[None, :] < D_V))
 
 
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the lengths: as the
@@ -356,14 +315,14 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
         given = dq_acc is not None
         if not given:
             dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
-        launch(_backward_one_pass_kernel, (G * triton.cdiv(Lk, sizes["BLOCK_N"]),))(
-            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **constants, **sizes,
+        launch(_backward_keys_kernel, (G * triton.cdiv(Lk, sizes["BLOCK_N"]),))(
+            q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **constants, **sizes, WITH_DQ=True,
         )
         return (None if given else dq_acc.to(q.dtype)), dk, dv
     dq = dq_acc if dq_acc is not None else torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
     kv_sizes, q_sizes = launch_sizes(BLOCKS["backward_kv"], Lq, Lk), launch_sizes(BLOCKS["backward_q"], Lq, Lk)
-    launch(_backward_kv_kernel, (G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),))(
-        q, k, v, mask, grad, lse, delta, dk, dv, *shared, **constants, **kv_sizes)
+    launch(_backward_keys_kernel, (G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),))(
+        q, k, v, mask, grad, lse, delta, dk, dk, dv, *shared, **constants, **kv_sizes, WITH_DQ=False)
     launch(_backward_q_kernel, (G * triton.cdiv(Lq, q_sizes["BLOCK_M"]),))(
         q, k, v, mask, grad, lse, delta, dq, *shared, **constants, **q_sizes, ACCUMULATE=dq_acc is not None)
     return (None if dq_acc is not None else dq), dk, dv

@@ -120,6 +120,28 @@ def _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK
 
 
 @triton.jit
+def _key_block(KIDX, K, V, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, stride_vb, stride_vn,
+               D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Key indices, validity, k and v rows of key positions offs_n of cluster c."""
+    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
+    return kid, cols, k, _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+
+
+@triton.jit
+def _query_block(QIDX, Q, GRAD, NORM, DELTA, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn,
+                 stride_gb, stride_gn, stride_lb, stride_db,
+                 D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """What the backwards read of query positions offs_m of cluster c: token indices, validity, q
+    and output-gradient rows, norm (log2 units) and delta. Rows past the cluster get norm = +inf,
+    so P~ = 0 there and they add nothing."""
+    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
+    g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
+    norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
+    delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
+    return tok, rows, q, g, norm_log2, delta
+
+
+@triton.jit
 def _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2,
                  HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits (scale q.k + bias) times log2(e); -inf past the cluster's keys."""
@@ -152,8 +174,8 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
-        v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+        kid, cols, k, v = _key_block(KIDX, K, V, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, stride_vb,
+                                     stride_vn, D_V, BLOCK_DQK, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
     # This round's o_r and lse_r (base 2 here, base e in LSE); a cluster of masked keys only gives
@@ -179,36 +201,60 @@ def _forward_kernel(
 
 
 @triton.jit
-def _backward_kv_kernel(
-    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DK_ACC, DV_ACC,
+def _backward_keys_kernel(
+    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC, DK_ACC, DV_ACC,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
-    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dkb, stride_dvb,
+    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb, stride_dkb, stride_dvb,
+    stride_qir, stride_kir, stride_lr,
     n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    WITH_DQ: tl.constexpr,
 ):
-    """One round, one block of a cluster's keys, over the cluster's queries: DK_ACC += scale dSᵀ Q and
-    DV_ACC += P~ᵀ g (float32, token order of the keys; DK_ACC/DV_ACC rows have d_qk / d_v columns)."""
+    """Round program_id(1), one block of a cluster's keys, over the cluster's queries: DK_ACC +=
+    scale dSᵀ Q and DV_ACC += P~ᵀ g (float32, token order of the keys), from one P~ and dS per
+    score. WITH_DQ (the one-pass backward, every round in one launch, on the grid's second axis):
+    also DQ_ACC += scale dS K, and every addition atomic, since a key's rows get one per round and a
+    query's one per key block of each of its clusters; without (deterministic mode's first kernel,
+    one launch per round): one writer per key row, plain additions, DQ_ACC unused."""
+    r = tl.program_id(1)
+    QIDX += r * stride_qir
+    KIDX += r * stride_kir
+    NORM += r * stride_lr
     b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
-    v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    kid, cols, k, v = _key_block(KIDX, K, V, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, stride_vb,
+                                 stride_vn, D_V, BLOCK_DQK, BLOCK_DV)
+    # The keys' logit offsets (log2 units): their bias, -inf past the cluster's keys.
+    key_offset = tl.where(cols, 0.0, float("-inf"))
+    if HAS_BIAS:
+        key_offset += tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=0.0) * LOG2E
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Cq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
-        g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
-        # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing.
-        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
-        delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
-        s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
-        p = tl.math.exp2(s - norm_log2[:, None])
-        dv += dot(tl.trans(p.to(g.dtype)), g, UPCAST, PRECISION)
-        ds = p * (dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
-        dk += dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PRECISION)
-    _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
-    _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
+        tok, rows, q, g, norm_log2, delta = _query_block(
+            QIDX, Q, GRAD, NORM, DELTA, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, stride_gb, stride_gn,
+            stride_lb, stride_db, D_V, BLOCK_DQK, BLOCK_DV)
+        # Key-major (BLOCK_N, BLOCK_M) tiles, so that P~ᵀ and dSᵀ feed the dV and dK dots as they are
+        # computed: query-major, the compiler computes P~ again in the transposed layout at some block
+        # shapes (2 exp2 per score in the sm_90 SASS at 32 x 64), which the one pass exists to avoid.
+        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
+        p_t = tl.math.exp2(s_t - norm_log2[None, :])
+        dv += dot(p_t.to(g.dtype), g, UPCAST, PRECISION)
+        ds_t = (p_t * (dot(v, tl.trans(g), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
+        dk += dot(ds_t, q, UPCAST, PRECISION)
+        if WITH_DQ:
+            dq = dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale
+            dq_ptrs = DQ_ACC + b * stride_dqb + tok[:, None] * D_QK + offs_dqk[None, :]
+            atomic_accumulate(dq_ptrs, dq, rows[:, None] & (offs_dqk[None, :] < D_QK))
+    if WITH_DQ:
+        _accumulate_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
+        _accumulate_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
+    else:
+        _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
+        _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
 
 
 @triton.jit
@@ -223,71 +269,19 @@ def _backward_q_kernel(
     """One round, one block of a cluster's queries, over the cluster's keys: DQ_ACC += scale dS K."""
     b, c, block = _batch_cluster_block(n_clusters, Cq, BLOCK_M)
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
-    g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
-    norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
-    delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
+    tok, rows, q, g, norm_log2, delta = _query_block(
+        QIDX, Q, GRAD, NORM, DELTA, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, stride_gb, stride_gn,
+        stride_lb, stride_db, D_V, BLOCK_DQK, BLOCK_DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
-        v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
+        kid, cols, k, v = _key_block(KIDX, K, V, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, stride_vb,
+                                     stride_vn, D_V, BLOCK_DQK, BLOCK_DV)
         s = _logits_log2(q, k, kid, cols, BIAS, b, stride_bias_b, scale_log2, HAS_BIAS, UPCAST, PRECISION)
         p = tl.math.exp2(s - norm_log2[:, None])
         ds = p * (dot(g, tl.trans(v), UPCAST, PRECISION) - delta[:, None])
         dq += dot(ds.to(k.dtype), k, UPCAST, PRECISION)
     _add_rows(DQ_ACC + b * stride_dqb, tok, rows, D_QK, D_QK, dq * scale, BLOCK_DQK)
-
-
-@triton.jit
-def _backward_one_pass_kernel(
-    Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC, DK_ACC, DV_ACC,
-    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
-    stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb, stride_dkb, stride_dvb,
-    stride_qir, stride_kir, stride_lr,
-    n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """Round program_id(1), one block of a cluster's keys, over the cluster's queries: all three
-    gradients from one P~ and dS per score. Every round runs in this one launch, so a key's rows
-    get additions from one program per round and a query's from every key block of its clusters:
-    DQ_ACC, DK_ACC and DV_ACC are all added to atomically."""
-    r = tl.program_id(1)
-    QIDX += r * stride_qir
-    KIDX += r * stride_kir
-    NORM += r * stride_lr
-    b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
-    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    kid, cols, k = _keys(KIDX, K, b, c, offs_n, Lk, stride_kib, stride_kb, stride_kn, BLOCK_DQK)
-    v = _gathered_rows(V + b * stride_vb, kid, cols, stride_vn, D_V, BLOCK_DV)
-    # The keys' logit offsets (log2 units): their bias, -inf past the cluster's keys.
-    key_offset = tl.where(cols, 0.0, float("-inf"))
-    if HAS_BIAS:
-        key_offset += tl.load(BIAS + b * stride_bias_b + kid, mask=cols, other=0.0) * LOG2E
-    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    for start_m in range(0, Cq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        tok, rows, q = _queries(QIDX, Q, b, c, offs_m, Cq, stride_qib, stride_qb, stride_qn, BLOCK_DQK)
-        g = _gathered_rows(GRAD + b * stride_gb, tok, rows, stride_gn, D_V, BLOCK_DV)
-        # Rows past the cluster: norm = +inf gives P~ = 0, so they add nothing (and write nothing).
-        norm_log2 = tl.load(NORM + b * stride_lb + tok, mask=rows, other=float("inf")) * LOG2E
-        delta = tl.load(DELTA + b * stride_db + tok, mask=rows, other=0.0)
-        # Key-major (BLOCK_N, BLOCK_M) tiles, so that P~ᵀ and dSᵀ feed the dV and dK dots as they are
-        # computed: query-major, the compiler computes P~ again in the transposed layout at some block
-        # shapes (2 exp2 per score in the sm_90 SASS at 32 x 64), which this kernel exists to avoid.
-        s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
-        p_t = tl.math.exp2(s_t - norm_log2[None, :])
-        dv += dot(p_t.to(g.dtype), g, UPCAST, PRECISION)
-        ds_t = (p_t * (dot(v, tl.trans(g), UPCAST, PRECISION) - delta[None, :])).to(q.dtype)
-        dk += dot(ds_t, q, UPCAST, PRECISION)
-        dq = dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale
-        dq_ptrs = DQ_ACC + b * stride_dqb + tok[:, None] * D_QK + offs_dqk[None, :]
-        atomic_accumulate(dq_ptrs, dq, rows[:, None] & (offs_dqk[None, :] < D_QK))
-    _accumulate_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
-    _accumulate_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
 
 
 # --- host side ---------------------------------------------------------------------------------
@@ -393,10 +387,10 @@ class Rounds:
         if one_pass_backward():  # every round in one launch, the round on the grid's second axis
             sizes = self._sizes("one pass")
             pointers, strides = self._inputs(0)
-            launch(_backward_one_pass_kernel, (*self._grid(self.Lk, sizes["BLOCK_N"]), self.H))(
+            launch(_backward_keys_kernel, (*self._grid(self.Lk, sizes["BLOCK_N"]), self.H))(
                 *pointers, norm[:, 0], grad, delta, dq, dk, dv, *strides, norm.stride(0), delta.stride(0),
                 grad.stride(0), grad.stride(1), dq.stride(0), dk.stride(0), dv.stride(0),
-                self.q_order.stride(1), self.k_index.stride(1), norm.stride(1), *lengths, **sizes,
+                self.q_order.stride(1), self.k_index.stride(1), norm.stride(1), *lengths, **sizes, WITH_DQ=True,
             )
             return dq, dk, dv
         kv_sizes, q_sizes = self._sizes("backward_kv"), self._sizes("backward_q")
@@ -404,8 +398,9 @@ class Rounds:
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
             shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
-            launch(_backward_kv_kernel, self._grid(self.Lk, kv_sizes["BLOCK_N"]))(
-                *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
+            launch(_backward_keys_kernel, (*self._grid(self.Lk, kv_sizes["BLOCK_N"]), 1))(
+                *pointers, norm_r, grad, delta, dk, dk, dv, *shared, dk.stride(0), dk.stride(0), dv.stride(0),
+                0, 0, 0, *lengths, **kv_sizes, WITH_DQ=False,
             )
             launch(_backward_q_kernel, self._grid(self.Cq, q_sizes["BLOCK_M"]))(
                 *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
