@@ -243,7 +243,7 @@ def _backward_q_kernel(
 # P twice, in two layouts; 32 x 64 at 4 warps does neither but holds 2 blocks per SM on Triton 3.6
 # in TF32 (183-195 registers), 16 x 64 without pipelining stages 3 (120-139).
 BLOCKS = {
-    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+    "forward": (64, 32, 4, 2), "backward_kv": (16, 64, 4, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
 }
 
 

@@ -289,15 +289,16 @@ def _backward_q_kernel(
 # (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages) per kernel, capped by the cluster sizes
 # (min 16). Chosen with `make gpu-preflight` (the device's Triton 3.6, sm_90): shapes that keep >= 3
 # blocks or >= 12 warps resident per SM without spills in bf16, fp16 and TF32 -- FlashAttention-2's
-# 128 x 64 at 4 warps needs 221-255 registers there (2 blocks per SM) and spills in the forward; the
-# dK/dV kernel's gathered loads are hidden by its 16 warps without pipelining stages. Not yet timed on
-# a GPU: benchmarks/tune_rounds.py times the alternatives. "backward_kv"/"backward_q" are the
-# two-kernel backward (deterministic mode), "one pass" the default one. That one holds dK, dV, P~, dP
-# and dS at once: 64 x 64 blocks spill at 4 warps and at 8 the compiler computes P~ twice, in two
-# layouts (2 exp2 per score); 32 x 64 at 4 warps does neither but needs 172-189 registers on Triton
-# 3.6 (2 blocks per SM), 16 x 64 without pipelining stages 138.
+# 128 x 64 at 4 warps needs 221-255 registers there (2 blocks per SM) and spills in the forward. Not
+# yet timed on a GPU: benchmarks/tune_rounds.py times the alternatives. "backward_kv"/"backward_q" are
+# the two-kernel backward (deterministic mode), "one pass" the default one; "backward_kv" and "one
+# pass" are the same dK/dV kernel, without and with dQ. It holds dK, dV, P~, dP and dS at once:
+# 64 x 64 blocks spill at 4 warps and at 8 the compiler computes P~ twice, in two layouts (2 exp2 per
+# score); 32 x 64 at 4 warps does neither but needs 172-189 registers on Triton 3.6 (2 blocks per
+# SM), and at 8 warps without dQ 138-142 in TF32 (one block of 8 warps); 16 x 64 at 4 warps without
+# pipelining stages 113-142, 3 blocks or more.
 BLOCKS = {
-    "forward": (64, 32, 4, 2), "backward_kv": (32, 64, 8, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
+    "forward": (64, 32, 4, 2), "backward_kv": (16, 64, 4, 1), "backward_q": (64, 32, 4, 2), "one pass": (16, 64, 4, 1),
 }
 
 
