@@ -1,6 +1,8 @@
 """Exact resume and fault tolerance: data order, RNG streams, atomic checkpoint writes, kills."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import signal
@@ -14,6 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from biggan_smyrf.cli import main as train_main
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.data.sampler import ResumableSampler
@@ -22,7 +25,7 @@ from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
-from conftest import ROOT, load, train
+from conftest import DEMO, FAST, ROOT, load, train
 from helpers import fit, tiny_module
 
 DATA = list(range(50))  # the sampler only needs a length
@@ -228,9 +231,18 @@ def test_run_resumed_after_an_attention_switch_with_adaptive_augmentation_ends_b
     stages = {e.step: e.value for e in events.Scalars("train/attention_stage")}
     assert stages == {step: float(step > 6) for step in range(1, 17)}  # G iteration 6 is logged at step 7
     assert len(events.Scalars("train/augment_p")) == 16 and "train/loss_d_dense" in events.Tags()["scalars"]
-    printed = yaml.safe_load(train(tmp_path, *recipe, "--print_config").stdout)["model"]
+    printed = yaml.safe_load(print_config(*recipe))["model"]
     assert printed["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 6}]
     assert printed["augment"]["policy"] == ["color", "translation", "cutout"] and printed["augment"]["adaptive"] is True
+
+
+def print_config(*args: str) -> str:
+    """What `train.py <args> --print_config` prints, from train.py's entry point in-process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit:
+        train_main(["--config", str(DEMO), *FAST, *args, "--print_config"])
+    assert exit.value.code in (0, None), exit.value.code
+    return out.getvalue()
 
 
 def scalar_steps(tb: Path) -> dict[str, list[int]]:
@@ -238,6 +250,10 @@ def scalar_steps(tb: Path) -> dict[str, list[int]]:
     events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+# The tests on these runs go to one xdist worker (--dist loadgroup), which makes them once.
+RESUMED_RUNS_GROUP = pytest.mark.xdist_group("resumed_runs")
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +275,7 @@ def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
     return run, by_file / "checkpoints" / "r"
 
 
+@RESUMED_RUNS_GROUP
 @pytest.mark.slow
 def test_ckpt_path_file_and_last_resume_alike_with_the_command_line_applied(resumed_runs):
     by_last, by_file = (load(run / "last.ckpt") for run in resumed_runs)
@@ -267,6 +284,7 @@ def test_ckpt_path_file_and_last_resume_alike_with_the_command_line_applied(resu
     assert training_state_differences(by_last, by_file) == []
 
 
+@RESUMED_RUNS_GROUP
 @pytest.mark.slow
 def test_resumed_run_shows_one_point_per_scalar_and_g_iteration(resumed_runs):
     run, _ = resumed_runs

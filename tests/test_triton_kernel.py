@@ -24,12 +24,18 @@ CASES = ROOT / "tests" / "triton_interpreted.py"
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
+# The interpreted cases take minutes on one core: they run in interleaved shares (conftest.py's
+# --shard), each its own process, so that xdist's workers run the shares side by side.
+INTERPRETED_SHARDS = 3
+
+
 @needs_triton
 @pytest.mark.slow
-def test_kernels_under_triton_interpreter():
+@pytest.mark.parametrize("shard", [f"{i}/{INTERPRETED_SHARDS}" for i in range(1, INTERPRETED_SHARDS + 1)])
+def test_kernels_under_triton_interpreter(shard):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+    proc = subprocess.run(  # -p no:xdist: the share runs in this one process, not in workers of its own
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "--shard", shard, str(CASES)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
