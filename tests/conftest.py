@@ -50,6 +50,11 @@ def pytest_collection_modifyitems(config, items):
         mine = [i % count == index - 1 for i in range(len(items))]
         config.hook.pytest_deselected(items=[item for item, keep in zip(items, mine) if not keep])
         items[:] = [item for item, keep in zip(items, mine) if keep]
+    if XDIST_WORKER:
+        # The `slow` tests (the longest, up to a minute or two each) first, so that the workers are
+        # not left with one of them at the end while the other has nothing to do. Every worker
+        # sorts its identical collection alike, as xdist requires; the order within stays pytest's.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     skip_cuda_without_gpu(items)
 
 
@@ -97,6 +102,16 @@ def demo_run(tmp_path_factory):
     return made_once(tmp_path_factory, "demo_run", lambda cwd: train(
         cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2",
         "--model.loop.val_every=2"))
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> str:
+    """Random Inception weights (biggan_smyrf.metrics.random_weights: seeded, so every write is the
+    same file) written once per session, not once per test module: each write costs seconds."""
+    from biggan_smyrf.metrics.random_weights import write_random_inception_weights
+
+    folder = made_once(tmp_path_factory, "inception", lambda folder: write_random_inception_weights(folder / "weights.pth"))
+    return str(folder / "weights.pth")
 
 
 @pytest.fixture

@@ -14,15 +14,14 @@ from biggan_smyrf.metrics import MetricsConfig, UInt8Images
 from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, using_attention
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
 from conftest import DEMO, FAST
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 N_SAMPLES, N_REAL = 4, 4  # Inception costs ~0.4 s per image on 2 cores
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return str(write_random_inception_weights(tmp_path_factory.mktemp("inception") / "weights.pth"))
+def weights(inception_weights):
+    return inception_weights
 
 
 
