@@ -23,6 +23,29 @@ if XDIST_WORKER:
         os.environ[name] = "1"  # inherited by the subprocesses
     torch.set_num_threads(1)
 
+# Modules whose tests share a module-scoped fixture that takes long to make (the distributed runs,
+# Inception features, the CUDA run): under xdist each goes to one worker as a whole, which makes it
+# once. Other shared runs are files made once for all workers (`made_once`).
+WHOLE_MODULES = {"test_distributed.py", "test_metrics.py", "test_cuda.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest without xdist has no such hook
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `load` scheduling (a test at a time to whichever worker is free), except that the
+    tests of WHOLE_MODULES go out as one unit per module. (xdist_group marks would do this with
+    --dist loadgroup, but pytest 9.2 ignores the node ids that xdist 3.8 renames for it.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeModulesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in WHOLE_MODULES else nodeid
+
+    return WholeModulesScheduling(config, log)
+
+
 # Fixtures that start a training run: every test that uses one is `slow`.
 TRAINING_FIXTURES = {"demo_run", "cuda_run"}
 

@@ -29,10 +29,6 @@ SHARED = ["--model.optim.accumulate=2", "--data.batch_size=4", f"--model.loop.ma
           "--trainer.callbacks+=ddp_probe.GradientProbe"]
 
 
-# The tests on the shared runs go to one xdist worker (--dist loadgroup), which starts them once.
-RUNS_GROUP = pytest.mark.xdist_group("distributed_runs")
-
-
 def probe(out: Path, tag: str) -> list[str]:
     return [f"--trainer.callbacks.out_dir={out}", f"--trainer.callbacks.tag={tag}"]
 
@@ -84,7 +80,6 @@ def runs(tmp_path_factory, inception_weights):
     return out
 
 
-@RUNS_GROUP
 @pytest.mark.slow
 def test_each_rank_draws_its_own_z_and_sees_its_own_share_of_the_data(runs):
     full = ranks(runs, "full")
@@ -98,7 +93,6 @@ def test_each_rank_draws_its_own_z_and_sees_its_own_share_of_the_data(runs):
         assert not torch.equal(z0, z1)
 
 
-@RUNS_GROUP
 @pytest.mark.slow
 def test_averaged_gradients_equal_one_process_over_both_ranks_batches(runs):
     full, (reference,) = ranks(runs, "full"), ranks(runs, "reference", n=1)
@@ -117,7 +111,6 @@ def test_averaged_gradients_equal_one_process_over_both_ranks_batches(runs):
             assert error <= 1e-5, (ours["network"], name, float(error))
 
 
-@RUNS_GROUP
 @pytest.mark.slow
 def test_each_step_all_reduces_only_its_networks_gradients_once(runs):
     for rank in ranks(runs, "full"):
@@ -128,7 +121,6 @@ def test_each_step_all_reduces_only_its_networks_gradients_once(runs):
             assert step["floats"] == {step["network"]: sizes[step["network"]]}, step["network"]
 
 
-@RUNS_GROUP
 @pytest.mark.slow
 def test_replicas_identical_and_metrics_from_both_ranks(runs):
     full = ranks(runs, "full")
@@ -140,7 +132,6 @@ def test_replicas_identical_and_metrics_from_both_ranks(runs):
     assert (runs / "checkpoints" / "full" / "best-fid.ckpt").exists()
 
 
-@RUNS_GROUP
 @pytest.mark.slow
 def test_two_nodes_stopped_and_resumed_end_bit_identical_to_the_uninterrupted_run(runs):
     stopped, resumed, full = ranks(runs, "stopped"), ranks(runs, "resumed"), ranks(runs, "full")

@@ -25,7 +25,7 @@ from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
-from conftest import DEMO, FAST, ROOT, load, train
+from conftest import DEMO, FAST, ROOT, load, made_once, train
 from helpers import fit, tiny_module
 
 DATA = list(range(50))  # the sampler only needs a length
@@ -252,16 +252,18 @@ def scalar_steps(tb: Path) -> dict[str, list[int]]:
     return {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-# The tests on these runs go to one xdist worker (--dist loadgroup), which makes them once.
-RESUMED_RUNS_GROUP = pytest.mark.xdist_group("resumed_runs")
-
-
 @pytest.fixture(scope="module")
 def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
     """A run checkpointed at G iteration 2 and continued to 4, then as if that continuation had been
     killed before its next checkpoint: resumed from the iteration-2 checkpoint again, to 5, once with
-    `--ckpt_path last` and once, in a copy, with the checkpoint's path."""
-    by_last, by_file = tmp_path_factory.mktemp("by_last"), tmp_path_factory.mktemp("by_file")
+    `--ckpt_path last` and once, in a copy, with the checkpoint's path. Made once for all xdist workers."""
+    folder = made_once(tmp_path_factory, "resumed_runs", make_resumed_runs)
+    return folder / "by_last" / "checkpoints" / "r", folder / "by_file" / "checkpoints" / "r"
+
+
+def make_resumed_runs(folder: Path) -> None:
+    by_last, by_file = folder / "by_last", folder / "by_file"
+    by_last.mkdir(), by_file.mkdir()
     common = ["--run=r", "--model.loop.ckpt_every=1000", "--model.loop.sample_every=1000", "--model.loop.val_every=1000"]
     train(by_last, *common, "--model.loop.max_g_iters=2")
     run = by_last / "checkpoints" / "r"
@@ -272,10 +274,8 @@ def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
     train(by_last, *common, "--ckpt_path=last", "--model.loop.max_g_iters=5")
     path = by_file / "checkpoints" / "r" / "last.ckpt"
     train(by_file, *common, f"--ckpt_path={path}", "--model.loop.max_g_iters=5")
-    return run, by_file / "checkpoints" / "r"
 
 
-@RESUMED_RUNS_GROUP
 @pytest.mark.slow
 def test_ckpt_path_file_and_last_resume_alike_with_the_command_line_applied(resumed_runs):
     by_last, by_file = (load(run / "last.ckpt") for run in resumed_runs)
@@ -284,7 +284,6 @@ def test_ckpt_path_file_and_last_resume_alike_with_the_command_line_applied(resu
     assert training_state_differences(by_last, by_file) == []
 
 
-@RESUMED_RUNS_GROUP
 @pytest.mark.slow
 def test_resumed_run_shows_one_point_per_scalar_and_g_iteration(resumed_runs):
     run, _ = resumed_runs
