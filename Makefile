@@ -29,9 +29,12 @@ demo: $(STAMP)
 	$(PY) train.py --config configs/demo.yaml --run demo-$$(date +%Y%m%d-%H%M%S)
 
 # The suite checks the CUDA kernels' registers and loads with Triton 3.6 too (the side venv, no GPU).
+# It runs in a pytest-xdist worker per core (tests/conftest.py: threads and scheduling). Here, not
+# in pyproject's addopts: the GPU machine's pytest (gpu-check's CUDA tests, in shards of their own)
+# has no xdist.
 test: $(STAMP) $(TRITON36_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.attention

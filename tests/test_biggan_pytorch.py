@@ -16,7 +16,6 @@ from biggan_smyrf.inference import load_generator
 from biggan_smyrf.inference import biggan_pytorch
 from biggan_smyrf.inference.biggan_pytorch import ForeignWeightsError, import_biggan_pytorch
 from biggan_smyrf.inference.cli import main as sample_main
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 DATA = Path(__file__).resolve().parent / "data" / "biggan_pytorch"
 CASES = {  # name: what the import must read from the shapes
@@ -92,10 +91,10 @@ def test_import_then_sample_dense_and_smyrf(tmp_path, capsys):
     assert (tmp_path / "grid" / "grid.png").is_file()
 
 
-def test_inception_score_alone_needs_no_real_images(tmp_path, monkeypatch):
+def test_inception_score_alone_needs_no_real_images(tmp_path, monkeypatch, inception_weights):
     """The SMYRF paper's test of a pre-trained BigGAN: IS with dense vs SMYRF attention."""
     monkeypatch.chdir(tmp_path)
-    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     ckpt = tmp_path / "g32.pt"
     biggan_pytorch.main([str(DATA / "g32_hier.pth"), str(ckpt)])
     sample_main(["--ckpt", str(ckpt), "--out", "eval", "--metrics", "--metric-names", "isc", "--n", "4",
@@ -158,7 +157,7 @@ def test_imported_discriminator_scores_what_biggan_pytorch_scores():
         biggan_pytorch.import_biggan_pytorch_discriminator(DATA / "g64_flat.pth")
 
 
-def test_pretrained_is_benchmark_runs_the_papers_test(tmp_path, monkeypatch):
+def test_pretrained_is_benchmark_runs_the_papers_test(tmp_path, monkeypatch, inception_weights):
     """benchmarks/pretrained_is.py on the reference generator (random Inception weights: the code
     path, not a meaningful score): dense, then SMYRF at half of dense's query-key scores."""
     from benchmarks import common, pretrained_is
@@ -166,7 +165,7 @@ def test_pretrained_is_benchmark_runs_the_papers_test(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     ckpt = tmp_path / "g32.pt"
     biggan_pytorch.main([str(DATA / "g32_hier.pth"), str(ckpt)])
-    weights = write_random_inception_weights(tmp_path / "inception.pth")
+    weights = inception_weights
     monkeypatch.setattr(sys, "argv", ["pretrained_is.py", "--ckpt", str(ckpt), "--weights-path", str(weights),
                                       "--n", "8", "--batch-size", "4", "--device", "cpu", "--settings", "paper 2x4"])
     pretrained_is.main()

@@ -1,6 +1,7 @@
 """Class-conditional data: labels from class folders, through the cache, into batches and the model check."""
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
@@ -94,16 +95,22 @@ def test_the_model_must_have_as_many_classes_as_the_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_py_on_class_folders(tmp_path):
-    from conftest import load, train
+def test_train_py_on_class_folders(tmp_path, monkeypatch, capsys):
+    from biggan_smyrf.cli import main as train_main
+    from conftest import DEMO, FAST, load, train
 
     root = class_dataset(tmp_path / "animals")
     args = ["--run=c", f"--data.root={root}", "--data.classes=folders", "--model.loop.max_g_iters=2"]
     proc = train(tmp_path, *args, "--model.generator.n_classes=3", "--model.discriminator.n_classes=3")
     assert "3 classes from folders: cats, dogs, zebras" in proc.stdout + proc.stderr
     assert load(tmp_path / "checkpoints" / "c" / "last.ckpt")["state_dict"]["G.shared.weight"].shape[0] == 3
-    wrong = train(tmp_path, *args[1:], "--run=wrong", check=False)
-    assert wrong.returncode != 0 and "the data has 3 classes" in wrong.stderr
+    # A model of 1 class on that data: refused at start-up (train.py's entry point, in-process).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as wrong:
+        train_main(["--config", str(DEMO), *FAST, *args[1:], "--run=wrong"])
+    assert wrong.value.code not in (0, None)
+    assert "the data has 3 classes" in f"{wrong.value.code if isinstance(wrong.value.code, str) else ''}{capsys.readouterr().err}"
 
     # The run's class names travel with its checkpoint and its exported generator: --class <folder name>.
     from biggan_smyrf.inference import export_generator, load_generator

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 from conftest import DEMO, FAST, ROOT, load, train
 
@@ -65,9 +64,9 @@ def torchrun_two_nodes(cwd: Path, *args: str, timeout: float = 300) -> list[subp
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, inception_weights):
     out = tmp_path_factory.mktemp("ddp")
-    weights = write_random_inception_weights(out / "inception.pth")
+    weights = inception_weights
     metrics = ["--model.metrics.enabled=true", f"--model.metrics.weights_path={weights}",
                "--model.metrics.n_samples=4", "--model.metrics.n_real=4", "--model.metrics.batch_size=2",
                "--model.metrics.kid_subset_size=4", f"--model.metrics.cache_dir={out / 'stats'}"]

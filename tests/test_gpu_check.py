@@ -206,7 +206,7 @@ def test_shards_split_the_selected_tests_between_them():
     import subprocess
 
     def collected(*args):
-        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not cuda",
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "--collect-only", "-q", "-m", "not cuda",
                                str(ROOT / "tests" / "test_gpu_goals.py"), *args], capture_output=True, text=True, cwd=ROOT)
         return [line for line in proc.stdout.splitlines() if "::" in line]
 

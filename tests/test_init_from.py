@@ -1,12 +1,13 @@
 """model.init_from: a new run from another run's weights (train.py or BigGAN-PyTorch), attention blocks added or not."""
 import copy
+import logging
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO, FAST, load, train
+from conftest import DEMO, FAST, load
 
 from biggan_smyrf.attention import AttentionConfig
 from biggan_smyrf.cli import main as train_main
@@ -61,17 +62,20 @@ def test_an_exported_generator_is_refused(demo_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_py_fine_tunes_into_a_new_run_and_resumes_without_the_source(demo_run, tmp_path):
-    source = tmp_path / "source.ckpt"
+def test_train_py_fine_tunes_into_a_new_run_and_resumes_without_the_source(demo_run, run_dir, caplog):
+    """Both runs through train.py's entry point in this process (a process start is seconds of imports)."""
+    caplog.set_level(logging.INFO)
+    source = run_dir / "source.ckpt"
     source.write_bytes(source_checkpoint(demo_run).read_bytes())
     args = ["--run=ft", f"--model.init_from={source}", "--model.loop.max_g_iters=2", "--model.attention.train.kind=dense",
             "--model.generator.attention_resolutions=[16,32]"]
-    proc = train(tmp_path, *args)
-    assert "initialised from" in proc.stdout + proc.stderr and "G.blocks.1.1" in proc.stdout + proc.stderr
-    assert load(tmp_path / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 2  # a new run's count
+    train_main(["--config", str(DEMO), *FAST, *args])
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "initialised from" in logged and "G.blocks.1.1" in logged
+    assert load(run_dir / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 2  # a new run's count
     source.unlink()  # a resume takes its weights from its own checkpoint
-    train(tmp_path, *args[:2], "--ckpt_path=last", "--model.loop.max_g_iters=3", *args[3:])
-    assert load(tmp_path / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 3
+    train_main(["--config", str(DEMO), *FAST, *args[:2], "--ckpt_path=last", "--model.loop.max_g_iters=3", *args[3:]])
+    assert load(run_dir / "checkpoints" / "ft" / "last.ckpt")["biggan_smyrf"]["g_iters"] == 3
 
 
 def test_train_py_refuses_a_missing_source_before_preparing_anything(tmp_path, monkeypatch, capsys):

@@ -32,7 +32,6 @@ from biggan_smyrf.metrics import (
 from biggan_smyrf.metrics import extractor as extractor_module
 from biggan_smyrf.metrics.registry import isc_splits
 from biggan_smyrf.training import LoopConfig
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
 
 N_REAL, N_FAKE, BATCH, RES = 8, 10, 4, 32
 DEVICE = torch.device("cpu")
@@ -66,10 +65,10 @@ def config(setup, **overrides) -> MetricsConfig:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, inception_weights):
     """Random weights, the extractor, real statistics (through the cache) and generated features."""
     root = tmp_path_factory.mktemp("metrics")
-    s = SimpleNamespace(weights=str(write_random_inception_weights(root / "inception.pth")), cache_dir=root / "cache")
+    s = SimpleNamespace(weights=inception_weights, cache_dir=root / "cache")
     s.real, s.fake = smooth_images(N_REAL, seed=1), noise_images(N_FAKE, seed=2)
     s.cfg = config(s)
     s.extractor = create_extractor(s.cfg, DEVICE)

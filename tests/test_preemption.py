@@ -15,7 +15,7 @@ import pytest
 from biggan_smyrf.training.checkpoint_io import partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 
-from conftest import DEMO, FAST, ROOT, load, train
+from conftest import DEMO, FAST, ROOT, load, made_once, train
 
 LENGTH = 8
 # A sample grid per G iteration: the test sees which iterations are done without asking train.py.
@@ -28,8 +28,8 @@ SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
-    cwd = tmp_path_factory.mktemp("whole")
-    train(cwd, "--run=r", *RUN)
+    """The run never stopped, made once for the signal tests however xdist spreads them."""
+    cwd = made_once(tmp_path_factory, "preemption_uninterrupted", lambda cwd: train(cwd, "--run=r", *RUN))
     return load(cwd / "checkpoints" / "r" / "last.ckpt")
 
 

@@ -1,6 +1,8 @@
 """Exact resume and fault tolerance: data order, RNG streams, atomic checkpoint writes, kills."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import signal
@@ -14,6 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from biggan_smyrf.cli import main as train_main
 from biggan_smyrf.cli import with_atomic_checkpoints
 from biggan_smyrf.data import ImageDataModule
 from biggan_smyrf.data.sampler import ResumableSampler
@@ -22,7 +25,7 @@ from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
-from conftest import ROOT, load, train
+from conftest import DEMO, FAST, ROOT, load, made_once, train
 from helpers import fit, tiny_module
 
 DATA = list(range(50))  # the sampler only needs a length
@@ -228,9 +231,18 @@ def test_run_resumed_after_an_attention_switch_with_adaptive_augmentation_ends_b
     stages = {e.step: e.value for e in events.Scalars("train/attention_stage")}
     assert stages == {step: float(step > 6) for step in range(1, 17)}  # G iteration 6 is logged at step 7
     assert len(events.Scalars("train/augment_p")) == 16 and "train/loss_d_dense" in events.Tags()["scalars"]
-    printed = yaml.safe_load(train(tmp_path, *recipe, "--print_config").stdout)["model"]
+    printed = yaml.safe_load(print_config(*recipe))["model"]
     assert printed["attention"]["train"] == [{"from": 0, "kind": "dense"}, {"from": 6}]
     assert printed["augment"]["policy"] == ["color", "translation", "cutout"] and printed["augment"]["adaptive"] is True
+
+
+def print_config(*args: str) -> str:
+    """What `train.py <args> --print_config` prints, from train.py's entry point in-process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit:
+        train_main(["--config", str(DEMO), *FAST, *args, "--print_config"])
+    assert exit.value.code in (0, None), exit.value.code
+    return out.getvalue()
 
 
 def scalar_steps(tb: Path) -> dict[str, list[int]]:
@@ -244,8 +256,14 @@ def scalar_steps(tb: Path) -> dict[str, list[int]]:
 def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
     """A run checkpointed at G iteration 2 and continued to 4, then as if that continuation had been
     killed before its next checkpoint: resumed from the iteration-2 checkpoint again, to 5, once with
-    `--ckpt_path last` and once, in a copy, with the checkpoint's path."""
-    by_last, by_file = tmp_path_factory.mktemp("by_last"), tmp_path_factory.mktemp("by_file")
+    `--ckpt_path last` and once, in a copy, with the checkpoint's path. Made once for all xdist workers."""
+    folder = made_once(tmp_path_factory, "resumed_runs", make_resumed_runs)
+    return folder / "by_last" / "checkpoints" / "r", folder / "by_file" / "checkpoints" / "r"
+
+
+def make_resumed_runs(folder: Path) -> None:
+    by_last, by_file = folder / "by_last", folder / "by_file"
+    by_last.mkdir(), by_file.mkdir()
     common = ["--run=r", "--model.loop.ckpt_every=1000", "--model.loop.sample_every=1000", "--model.loop.val_every=1000"]
     train(by_last, *common, "--model.loop.max_g_iters=2")
     run = by_last / "checkpoints" / "r"
@@ -256,7 +274,6 @@ def resumed_runs(tmp_path_factory) -> tuple[Path, Path]:
     train(by_last, *common, "--ckpt_path=last", "--model.loop.max_g_iters=5")
     path = by_file / "checkpoints" / "r" / "last.ckpt"
     train(by_file, *common, f"--ckpt_path={path}", "--model.loop.max_g_iters=5")
-    return run, by_file / "checkpoints" / "r"
 
 
 @pytest.mark.slow

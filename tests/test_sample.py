@@ -1,8 +1,12 @@
 """sample.py and the Python sampling API, on a checkpoint from the shared demo training run."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -10,7 +14,9 @@ import torch
 from PIL import Image
 
 from biggan_smyrf import AttentionChange, AttentionConfig, export_generator, generate, interpolate, load_generator
+from biggan_smyrf.errors import DEBUG_ENV
 from biggan_smyrf.inference import CheckpointError
+from biggan_smyrf.inference.cli import main as sample_main
 from biggan_smyrf.models import attention_configs
 
 from conftest import ROOT
@@ -28,15 +34,36 @@ def ckpt(demo_run, tmp_path_factory):
     return path
 
 
-def sample(*args, check=True):
+def sample_py(*args, check=True) -> subprocess.CompletedProcess:
+    """sample.py run as a script."""
     proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), *map(str, args)], capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
+def sample(*args, check=True) -> subprocess.CompletedProcess:
+    """sample.py's entry point (what the script calls) in this process, with the exit status and the
+    output the script would give: each start of the script costs seconds of imports, so the script
+    itself runs once (test_grid_individual_and_npz_outputs) and the other calls run here."""
+    argv, out, err = [str(a) for a in args], io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.environ.pop(DEBUG_ENV, None)  # a traceback instead of the error line only when asked, as for the script
+        try:
+            sample_main(argv)
+            code = 0
+        except SystemExit as exit:  # what the interpreter makes of sys.exit(code) at the end of the script
+            code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+    proc = subprocess.CompletedProcess(["sample.py", *argv], code, out.getvalue(), err.getvalue())
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_grid_individual_and_npz_outputs(ckpt, tmp_path):
-    sample("--ckpt", ckpt, "--out", tmp_path, "--n", 6, "--nrow", 3, "--grid")
+    sample_py("--ckpt", ckpt, "--out", tmp_path, "--n", 6, "--nrow", 3, "--grid")
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 34 + 2, 2 * 34 + 2)  # 32 px images, 2 px padding
     sample("--ckpt", ckpt, "--out", tmp_path / "ind", "--n", 5, "--individual", "--batch-size", 2)

@@ -53,10 +53,10 @@ def test_one_tensorboard_point_per_scalar_per_step(demo_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_right_step_with_optimizer_state(demo_run):
-    run_dir = demo_run / "checkpoints" / "demo"
+def test_resume_continues_at_the_right_step_with_optimizer_state(demo_copy):
+    run_dir = demo_copy / "checkpoints" / "demo"
     before = load(run_dir / "last.ckpt")
-    train(demo_run, "--run=demo", "--ckpt_path=last", "--model.loop.max_g_iters=6", "--model.loop.ckpt_every=100", "--model.loop.val_every=100")
+    train(demo_copy, "--run=demo", "--ckpt_path=last", "--model.loop.max_g_iters=6", "--model.loop.ckpt_every=100", "--model.loop.val_every=100")
     after = load(run_dir / "last.ckpt")
     assert after["biggan_smyrf"]["g_iters"] == 6
     # Adam's step counters continue from the checkpoint (a fresh optimizer would be at 2).
@@ -65,12 +65,17 @@ def test_resume_continues_at_the_right_step_with_optimizer_state(demo_run):
 
 
 @pytest.mark.slow
-def test_existing_run_is_never_overwritten(demo_run):
-    ckpt = demo_run / "checkpoints" / "demo" / "last.ckpt"
+def test_existing_run_is_never_overwritten(demo_copy, run_dir, monkeypatch, capsys):
+    """train.py's entry point in-process, in the run's folder: it refuses before training."""
+    monkeypatch.chdir(demo_copy)
+    ckpt = demo_copy / "checkpoints" / "demo" / "last.ckpt"
     stamp = ckpt.stat().st_mtime_ns
-    proc = train(demo_run, "--run=demo", "--model.loop.max_g_iters=2", check=False)
-    assert proc.returncode != 0
-    assert "already exists" in proc.stderr + proc.stdout and "--ckpt_path last" in proc.stderr + proc.stdout
+    with pytest.raises(SystemExit) as exit:
+        train_main(["--config", str(DEMO), *FAST, "--run=demo", "--model.loop.max_g_iters=2"])
+    assert exit.value.code not in (0, None)
+    captured = capsys.readouterr()
+    out = f"{exit.value.code if isinstance(exit.value.code, str) else ''}{captured.err}{captured.out}"
+    assert "already exists" in out and "--ckpt_path last" in out
     assert ckpt.stat().st_mtime_ns == stamp
 
 
@@ -186,12 +191,12 @@ def test_schedule_with_sizes_that_do_not_fit_fails_at_construction():
 
 
 @pytest.mark.slow
-def test_validate_subcommand_evaluates_a_checkpoint(demo_run):
-    ckpt = demo_run / "checkpoints" / "demo" / "last.ckpt"
+def test_validate_subcommand_evaluates_a_checkpoint(demo_copy):
+    ckpt = demo_copy / "checkpoints" / "demo" / "last.ckpt"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "validate", "--config", str(DEMO), *FAST, "--run=eval",
          f"--ckpt_path={ckpt}"],
-        cwd=demo_run, capture_output=True, text=True, timeout=600,
+        cwd=demo_copy, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/d_real_dense" in proc.stdout and "diag/smyrf_error_32px" in proc.stdout

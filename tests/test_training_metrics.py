@@ -13,16 +13,15 @@ from biggan_smyrf.inference.sampling import labels, latents, render
 from biggan_smyrf.metrics import MetricsConfig, UInt8Images
 from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig, using_attention
 from biggan_smyrf.training import AttentionSchedule, BigGAN, EMAConfig, LoopConfig, OptimConfig
-from conftest import train
-from biggan_smyrf.metrics.random_weights import write_random_inception_weights
+from conftest import DEMO, FAST
 
 N_SAMPLES, N_REAL = 4, 4  # Inception costs ~0.4 s per image on 2 cores
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return str(write_random_inception_weights(tmp_path_factory.mktemp("inception") / "weights.pth"))
+def weights(inception_weights):
+    return inception_weights
 
 
 
@@ -90,14 +89,18 @@ def test_validation_logs_both_kinds_matching_standalone_torch_fidelity(weights, 
     assert reads == [] and again.evaluator.real.n == N_REAL
 
 
-@pytest.mark.slow
-def test_missing_weights_stop_training_at_start_up(tmp_path):
-    proc = train(tmp_path, "--run=offline", "--model.metrics.enabled=true",
-                 f"--model.metrics.weights_path={tmp_path / 'nowhere.pth'}", check=False)
-    assert proc.returncode != 0
-    out = proc.stderr + proc.stdout
+def test_missing_weights_stop_training_at_start_up(run_dir, capsys):
+    """train.py's entry point in-process (what it does before training is under test, not the process)."""
+    from biggan_smyrf.cli import main as train_main
+
+    with pytest.raises(SystemExit) as exit:
+        train_main(["--config", str(DEMO), *FAST, "--run=offline", "--model.metrics.enabled=true",
+                    f"--model.metrics.weights_path={run_dir / 'nowhere.pth'}"])
+    assert exit.value.code not in (0, None)
+    captured = capsys.readouterr()
+    out = f"{exit.value.code if isinstance(exit.value.code, str) else ''}{captured.err}{captured.out}"
     assert "nowhere.pth does not exist" in out and "metrics.enabled=false" in out
-    assert not (tmp_path / "checkpoints" / "offline" / "last.ckpt").exists()
+    assert not (run_dir / "checkpoints" / "offline" / "last.ckpt").exists()
 
 
 def test_sample_py_metrics_of_a_checkpoint(weights, demo_run, tmp_path, monkeypatch):

@@ -21,18 +21,23 @@ from biggan_smyrf.attention.cluster_attention import attention_backward, attenti
 from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
-# The interpreted case files (see above), one process each.
+# The interpreted case files (see above).
 CASES = sorted((ROOT / "tests").glob("triton_interpreted*.py"))
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
+# The interpreted cases (every file) take minutes on one core: they run in interleaved shares
+# (conftest.py's --shard), each its own process, so that xdist's workers run the shares side by side.
+INTERPRETED_SHARDS = 3
+
+
 @needs_triton
 @pytest.mark.slow
-@pytest.mark.parametrize("cases", CASES, ids=lambda path: path.stem)
-def test_kernels_under_triton_interpreter(cases):
+@pytest.mark.parametrize("shard", [f"{i}/{INTERPRETED_SHARDS}" for i in range(1, INTERPRETED_SHARDS + 1)])
+def test_kernels_under_triton_interpreter(shard):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(cases)],
+    proc = subprocess.run(  # -p no:xdist: the share runs in this one process, not in workers of its own
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "--shard", shard, *map(str, CASES)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
