@@ -521,9 +521,16 @@ def _pickled(module: BigGAN) -> tuple:
 
 
 def _rebuilt(cls: type, hparams: dict) -> BigGAN:
-    # The constructor draws initial weights; an unpickling process keeps its random stream.
-    with torch.random.fork_rng(devices=[]):
-        return cls(**hparams)
+    # The constructor draws initial weights (overwritten at once): the unpickling process keeps its
+    # random stream, and they are drawn on one thread, because a process forked after its parent used
+    # OpenMP threads (Lightning's XLA launcher forks) spins forever in its first parallel region.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return cls(**hparams)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _restored(module: BigGAN, state: dict) -> BigGAN:
