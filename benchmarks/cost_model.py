@@ -21,8 +21,8 @@ d_v 48, scale 1. Counted per call, at the widths the kernels compute with:
   pass (keys re-read by a cluster's query blocks are taken to hit L2), in the storage dtypes (inputs
   in the call's dtype, SMYRF's accumulators, logsumexps and bias in float32, its orders int64).
   The host-side passes around the kernels (hashing, sorts, summaries) are not counted.
-- Launches per forward+backward: counted from the code path at batch 32 (launch_count.py: the call
-  on fake CUDA tensors, its Triton launches counted, not run); `--launches` gives other counts,
+- Launches per forward+backward: counted from the code path at batch 32 (host_cost.py: the call
+  on meta tensors, its Triton launches counted, not run); `--launches` gives other counts,
   `--recorded-launches` takes LAUNCHES. The target of a fused call is <= 48.
 
 Times from H100 SXM figures (H100 below): the exponential (MUFU) bound exps / (ex2 rate), the
@@ -49,7 +49,7 @@ import torch
 from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
 from benchmarks.checks.gpu_goals import ATTENTION_TIME_GOALS, BATCH, attention_row, rows_of  # noqa: E402
 
-from benchmarks.launch_count import count_launches  # noqa: E402
+from benchmarks.host_cost import count_call  # noqa: E402
 
 from biggan_smyrf.attention import AttentionConfig, smyrf_attention  # noqa: E402
 
@@ -58,7 +58,7 @@ SMYRF_D_QK, SMYRF_D_V = 16, 64  # the Triton kernels' widths in registers (next 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 TARGET_LAUNCHES = 48
 # Kernel launches of one SMYRF forward+backward on CUDA, bf16, batch 32 (kernel-launching aten ops
-# + Triton launches), as launch_count.py counted them when this table was written; the model
+# + Triton launches), as host_cost.py counted them when this table was written; the model
 # recounts them from the code as it is (these are its fallback, and gpu_plan.py's estimate).
 LAUNCHES = {("ours 4x2048", 16384): 177, ("ours 4x2048", 65536): 191, ("ours 4x4096", 16384): 170,
             ("ours 4x4096", 65536): 184, ("smyrf 4x2048", 16384): 44, ("smyrf 4x2048", 65536): 44}
@@ -195,14 +195,15 @@ def predicted_ratio(smyrf: Counts, dense: Counts, dtype: str, dense_measured_s: 
 
 def launches_today(method: str, n: int, dtype: str, given: dict, count: bool = True) -> tuple[Optional[int], str]:
     """(launches per forward+backward, where the number comes from): --launches, else counted from
-    the code now (launch_count.py), else the recorded LAUNCHES."""
+    the code now (host_cost.py), else the recorded LAUNCHES."""
     if (method, n) in given:
         return given[(method, n)], "given"
     if count:
         try:
-            counted = count_launches(lambda q, k, v: smyrf_attention(q, k, v, METHODS[method], scale=1.0, seed=0),
-                                     n, BATCH, getattr(torch, dtype))
-            return counted["aten"] + counted["triton"], "counted"
+            config = METHODS[method].with_(kernel="triton")  # the CUDA route, which meta tensors run host-side
+            counted = count_call(lambda q, k, v: smyrf_attention(q, k, v, config, scale=1.0, seed=0),
+                                 n, BATCH, dtype=getattr(torch, dtype))
+            return counted["launches"], "counted"
         except Exception as error:  # noqa: BLE001 -- a route fake tensors cannot run: say so, use the record
             print(f"launches of {method} at {n} not countable here ({type(error).__name__}: {error}); recorded count used")
     if (method, n) in LAUNCHES:

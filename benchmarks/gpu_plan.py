@@ -7,12 +7,10 @@ A benchmark step's rows are its script's own `plan_cases(args)` -- the function 
 `main` iterates -- on the step's own command line, so what is planned here is what runs there;
 nothing is launched. From the rows:
 
-- Triton specialisations: one compile per (kernel, dtype, dot precision, logit bias or not, and
-  whether the number of clusters is a multiple of 16) for SMYRF's hashed rounds, per (kernel,
-  dtype, precision) for the hub round's cluster kernels and the row dot -- Triton specialises
-  integer arguments on divisibility by 16, and at these shapes every other size and stride is a
-  multiple of 16. A model of the launch-time key, not the key itself. Compiled kernels land in
-  Triton's on-disk cache, so each specialisation is cold once per run, in the first step that
+- Triton specialisations: the launch-time keys of every Triton launch a row's SMYRF call makes,
+  captured from the route's own launch code at batch 1 (`triton_launches.call_launches`: Triton's
+  binder, no compile, no GPU; the batch only sizes grids and batch strides). Compiled kernels land
+  in Triton's on-disk cache, so each specialisation is cold once per run, in the first step that
   needs it; the warm-up step (triton_warmup.py) compiles all of them at once in parallel processes.
 - torch.compile graphs: a G iteration's compiled G and D give 7 graphs per row (G without
   gradients for the D steps, G's forward and backward, D's forward and backward with its
@@ -27,8 +25,12 @@ Triton). Time cost O(rows) to plan; nothing is allocated on a device.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib
 from dataclasses import dataclass, field
+
+import torch
 
 
 # --- H100 costs (seconds), each with where it comes from -----------------------------------------
@@ -67,9 +69,11 @@ FIXED_S = {
     "validation": 60.0,
 }
 # The CUDA tests' own Triton specialisations, at their small shapes and IEEE precision (none shared
-# with the goal shapes): SMYRF against the CPU (3 configs x fp32, bf16: ~40), the swap and no-wait
-# tests' generators (~24), the cluster-kernel tests (~10), train.py and sample.py runs (~12).
-CUDA_TESTS_SPECIALISATIONS = 85
+# with the goal shapes), scaled from an earlier count by the specialisations of one default call
+# (11 then, 19 now, of which 12 in the forward): SMYRF against the CPU (3 configs x fp32, bf16:
+# ~70), the swap and no-wait tests' generators (~40), the cluster-kernel tests (~10), train.py and
+# sample.py runs (~25).
+CUDA_TESTS_SPECIALISATIONS = 145
 CUDA_TESTS_SHARED_RUN_S = 25.0
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # The CUDA tests run as this many pytest processes side by side (`--shard i/n`): their time is
@@ -103,27 +107,33 @@ class StepPlan:
         return self.run_s + self.compile_s
 
 
-def smyrf_specialisations(config, n: int, dtype: str, precision: str, backward: bool = True,
-                          blocks: dict | None = None) -> set[tuple]:
-    """The Triton compiles one SMYRF call of `config` at n queries (n / 4 keys) needs on CUDA (the
-    keys' model: see the module docstring). `blocks`: {pass: (BLOCK_M, BLOCK_N, warps)} other than
-    the default, as tune_rounds.py sets them."""
+def smyrf_specialisations(config, n: int, dtype: str, precision: str, backward: str = "default",
+                          blocks: tuple | None = None) -> set[tuple]:
+    """The Triton compiles one SMYRF call of `config` at n queries (n / 4 keys) needs on CUDA: the
+    launch-time keys of the route's own launches (`triton_launches.call_launches`; backward "none",
+    "default" or "deterministic"), captured at batch 1, which launches the same specialisations as
+    any batch (`make gpu-preflight --check-batch`). `blocks`: (kernel names, (BLOCK_M, BLOCK_N,
+    warps, stages)) set in triton/rounds.py's BLOCKS for the call, as tune_rounds.py sets them."""
     if config is None or config.kind != "smyrf" or config.kernel not in ("auto", "triton"):
         return set()
-    m = n // 4
-    sizes = config.resolve(n, m)
-    shape = (dtype, precision, bool(sizes.n_hub_keys or sizes.n_summaries), sizes.n_clusters % 16 == 0)
-    blocks = blocks or {}
-    rounds = [("forward", "forward")] + ([("backward_kv", "backward"), ("backward_q", "backward")] if backward else [])
-    keys = {(f"rounds.{kernel}", *shape, blocks.get(pass_name, "default")) for kernel, pass_name in rounds}
-    if backward:
-        keys.add(("row_dot", dtype, precision))
-    if sizes.n_hub_keys:  # the hub round's cluster kernels (its row dot is the same kernel as the rounds')
-        keys |= {(f"hub.{kernel}", dtype, precision) for kernel in (["forward"] + (["backward_kv", "backward_q"] if backward else []))}
-        # The hub selection: the sampled queries' attention mass per key, the cluster kernels'
-        # forward and backward (and its row dot) in float32 with one value feature.
-        keys |= {(f"hub_mass.{kernel}", "float32", precision) for kernel in ("forward", "backward_kv", "backward_q", "row_dot")}
-    return keys
+    return set(_captured_keys(config, n, dtype, precision, backward, blocks))
+
+
+@functools.cache
+def _captured_keys(config, n: int, dtype: str, precision: str, backward: str, blocks) -> frozenset:
+    from benchmarks import triton_launches
+    from biggan_smyrf.attention.triton import rounds
+
+    default = dict(rounds.BLOCKS)
+    try:
+        if blocks:
+            rounds.BLOCKS.update({kernel: blocks[1] for kernel in blocks[0]})
+        launches = triton_launches.call_launches(config, n, 1, getattr(torch, dtype), precision, backward=backward)[90]
+    finally:
+        rounds.BLOCKS.update(default)
+    # (kernel, the call's dtype, a digest of Triton's key): short enough for the warm-up's command line.
+    return frozenset((f"{launch.module}.{launch.name}", dtype, hashlib.sha1(launch.key().encode()).hexdigest()[:16])
+                     for launch in launches)
 
 
 def script_plan(command: list[str]):
@@ -189,7 +199,7 @@ def _fixed_step_specialisations(name: str) -> set[tuple]:
     if name.startswith("train.py"):
         return smyrf_specialisations(config, 16384, "bfloat16", "tf32")
     if name.startswith(("sample.py", "validation")):
-        return smyrf_specialisations(config, 16384, "float32", "tf32", backward=False)
+        return smyrf_specialisations(config, 16384, "float32", "tf32", backward="none")
     if name in CUDA_TEST_STEPS:  # a shard's share of the tests' own
         shard = CUDA_TEST_STEPS.index(name)
         return {("cuda tests", i) for i in range(shard, CUDA_TESTS_SPECIALISATIONS, CUDA_TEST_SHARDS)}
@@ -261,7 +271,11 @@ def _tune_rounds(row: dict, args):
     call_ms = (DENSE_SDPA_MS.get((n, dtype), DENSE_SDPA_MS[(n, "float32")]) * row["batch"] / 32
                * predicted_vs_dense(config, n, dtype, row["batch"]))
     per_call = call_ms / 1e3 * (1 if row["pass"] == "backward" else 1 / 3)
-    specs = smyrf_specialisations(config, n, dtype, precision_of(args), blocks={row["pass"]: row["blocks"]})
+    from benchmarks.tune_rounds import KERNELS
+
+    backward = {"forward": "none", "backward": "deterministic", "one pass": "default"}[row["pass"]]
+    specs = smyrf_specialisations(config, n, dtype, precision_of(args), backward,
+                                  blocks=(KERNELS[row["pass"]], tuple(row["blocks"])))
     return 11 * per_call + ROW_OVERHEAD_S, specs, 0
 
 

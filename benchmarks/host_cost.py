@@ -127,14 +127,21 @@ def count(n: int, q_cluster_size: int, recipe: str, batch: int = BATCH, device: 
     """Launches, host ops, h2d copies and syncs of one forward + backward (the second of two calls)."""
     config = config_for(recipe, q_cluster_size)
     generator = torch.Generator().manual_seed(0)
+    return count_call(lambda q, k, v: smyrf_attention(q, k, v, config, scale=1.0, generator=generator), n, batch, device)
+
+
+def count_call(attention, n: int, batch: int = BATCH, device: str = "meta", dtype=torch.bfloat16) -> dict:
+    """The counts of `count` for any attention(q, k, v) at BigGAN's shapes (n queries, n / 4 keys):
+    its forward and the backward of its output, the second of two calls."""
     triton = Counter()
     with stubbed_triton(triton):
-        forward_backward(config, *inputs(batch, n, device), generator)
+        q, k, v, grad = inputs(batch, n, device, dtype)
+        attention(q, k, v).backward(grad)
         triton.clear()
-        q, k, v, grad = inputs(batch, n, device)
+        q, k, v, grad = inputs(batch, n, device, dtype)
         counter = LaunchCounter()
         with counter:
-            forward_backward(config, q, k, v, grad, generator)
+            attention(q, k, v).backward(grad)
     aten = sum(counter.launches.values())
     return {"aten_launches": aten, "triton_launches": sum(triton.values()), "launches": aten + sum(triton.values()),
             "h2d_copies": sum(counter.h2d.values()), "host_syncs": sum(counter.syncs.values()),

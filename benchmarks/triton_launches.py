@@ -135,12 +135,31 @@ def recording(capabilities: tuple[int, ...]) -> Iterator[dict[int, list[Launch]]
 @contextlib.contextmanager
 def as_on_cuda():
     """The launch code's device-dependent choices made as for CUDA tensors: the triton kernel
-    accepted without the interpreter, the hub round split into CUDA's number of query runs."""
+    accepted without the interpreter, the hub round split into CUDA's number of query runs; and
+    the CUDA route's hashing recorded but its orders the torch version's (`valid_orders`)."""
+    from biggan_smyrf.attention.triton import hashing
+
     check = cluster_attention._check_triton_usable
     parts = plan.HUB_QUERY_PARTS
     with mock.patch.object(cluster_attention, "_check_triton_usable", lambda device, *a: check(torch.device("cuda"), *a)), \
-            mock.patch.dict(parts, {"cpu": parts["cuda"]}):
+            mock.patch.dict(parts, {"cpu": parts["cuda"]}), \
+            mock.patch.object(hashing, "cluster_orders", valid_orders(hashing.cluster_orders)):
         yield
+
+
+def valid_orders(triton_cluster_orders):
+    """The Triton hashing's launches recorded, then the same orders from the torch version: with
+    the launches skipped the Triton one's are uninitialised memory, which the route's aten ops
+    would index with. Both draw the same from the generator, so it ends in the same state."""
+    from biggan_smyrf.attention.hashing import cluster_orders
+
+    def run(q, k, n_hashes, n_clusters, generator, hashing="kd"):
+        state = generator.get_state()
+        triton_cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
+        generator.set_state(state)
+        return cluster_orders(q, k, n_hashes, n_clusters, generator, hashing)
+
+    return run
 
 
 @contextlib.contextmanager
@@ -162,14 +181,25 @@ def smyrf_launches(
     N/4 keys as BigGAN's 2x2-pooled keys, d_qk 12, d_v 48), per capability, in launch order: the
     default one-pass backward, then deterministic mode's two-kernel one."""
     torch_dtype, precision = DTYPES[dtype]
+    return call_launches(RECIPES[recipe], n_queries, batch, torch_dtype, precision, capabilities, backward="both")
+
+
+BACKWARDS = {"none": (), "default": (False,), "deterministic": (True,), "both": (False, True)}
+
+
+def call_launches(config: AttentionConfig, n_queries: int, batch: int, dtype: torch.dtype, precision: str,
+                  capabilities: tuple[int, ...] = (90,), backward: str = "default") -> dict[int, list[Launch]]:
+    """The launches of one call of `config` on the CUDA route (as `smyrf_launches`): its forward,
+    then the backward(s) of BACKWARDS[backward] (deterministic mode or not), in that order."""
     g = torch.Generator().manual_seed(0)
     shapes = ((n_queries, D_QK), (n_queries // 4, D_QK), (n_queries // 4, D_V))
-    q, k, v = (torch.randn(batch, n, d, generator=g).to(torch_dtype).requires_grad_() for n, d in shapes)
+    q, k, v = (torch.randn(batch, n, d, generator=g).to(dtype).requires_grad_() for n, d in shapes)
+    runs = BACKWARDS[backward]
     with as_on_cuda(), fp32_dots(precision), recording(capabilities) as launches:
-        out = smyrf_attention(q, k, v, RECIPES[recipe], kernel="triton", seed=0)
-        out.backward(torch.ones_like(out), retain_graph=True)
-        with deterministic():  # the two-kernel backward that deterministic mode runs
-            out.backward(torch.ones_like(out))
+        out = smyrf_attention(q, k, v, config, kernel="triton", seed=0)
+        for i, deterministic_mode in enumerate(runs):
+            with deterministic() if deterministic_mode else contextlib.nullcontext():
+                out.backward(torch.ones_like(out), retain_graph=i < len(runs) - 1)
     return launches
 
 

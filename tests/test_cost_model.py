@@ -88,22 +88,25 @@ def test_results_put_the_measured_ratio_and_the_goal_beside_the_prediction(tmp_p
 
 
 def test_launches_are_counted_from_the_code_path():
-    """On fake CUDA tensors: views and allocations launch nothing, each aten kernel and each Triton
-    launch counts once, the backward's kernels included."""
+    """On meta tensors: views and allocations launch nothing, each aten kernel and each Triton
+    launch (through the attention kernels' one door) counts once, the backward's kernels included."""
     import triton
-    from benchmarks.launch_count import count_launches
+    from benchmarks.host_cost import count_call
+    from biggan_smyrf.attention.triton.launches import launch
 
     @triton.jit
     def touch(x_ptr):
         pass
 
     def naive(q, k, v):
-        touch[(1,)](q)
+        launch(touch, (1,))(q)
         return (q @ k.transpose(1, 2)).softmax(-1) @ v
 
-    counted = count_launches(naive, 64, 2, torch.float32)
-    # 2 bmm forward, 4 backward (dP, dV, dQ, dK); the softmax and its backward.
-    assert counted["ops"] == {"bmm": 6, "_softmax": 1, "_softmax_backward_data": 1} and counted["triton"] == 1
-    smyrf = count_launches(lambda q, k, v: smyrf_attention(q, k, v, AttentionConfig(kind="smyrf", n_hashes=2,
-                                                                                    q_cluster_size=64)), 256, 2, torch.bfloat16)
-    assert smyrf["triton"] > 0 and smyrf["aten"] > 0  # the CUDA route ran, on no GPU
+    counted = count_call(naive, 64, 2, dtype=torch.float32)
+    # 2 bmm forward, 4 backward (dP, dV, dQ, dK); the softmax and its backward; and the copy autograd's
+    # engine makes of k's gradient, which dK's bmm gives transposed, to k's own layout.
+    assert counted["by_op"] == {"bmm": 6, "_softmax": 1, "_softmax_backward_data": 1, "copy_": 1}, counted["by_op"]
+    assert counted["triton_launches"] == 1
+    config = AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=64, kernel="triton")
+    smyrf = count_call(lambda q, k, v: smyrf_attention(q, k, v, config), 256, 2)
+    assert smyrf["triton_launches"] > 0 and smyrf["aten_launches"] > 0  # the CUDA route ran, on no GPU

@@ -52,3 +52,27 @@ def test_hub_keys_are_the_most_attended():
     mass = torch.softmax(q @ k.transpose(1, 2), -1).sum(1)
     got = hub_keys(q, k, 2, 64, 1.0, torch.Generator().manual_seed(0))
     assert set(got[0].tolist()) == set(mass.topk(2).indices[0].tolist())
+
+
+# The CUDA route's hashing (triton/hashing.py), counted as benchmarks/host_cost.py counts a call:
+# at BigGAN's shapes (batch 32, d_qk 12, keys 2x2-pooled, bf16, 4 rounds) on meta tensors.
+@pytest.mark.parametrize("hashing, n, n_clusters", [("kd", 16384, 8), ("kd", 65536, 16), ("xbox", 16384, 8),
+                                                    ("xbox", 65536, 16)])
+def test_triton_hashing_launches_within_budget(hashing, n, n_clusters):
+    """2 per k-d level + 3 (maxima, one draw, the tokens out of the last sort); xbox 4."""
+    pytest.importorskip("triton")
+    from collections import Counter
+
+    from benchmarks.host_cost import LaunchCounter, stubbed_triton
+    from biggan_smyrf.attention.hashing import prime_factors
+    from biggan_smyrf.attention.triton.hashing import cluster_orders as triton_cluster_orders
+
+    q = torch.randn(32, 12, n, device="meta", dtype=torch.bfloat16).transpose(1, 2)  # channels-first view
+    k = torch.randn(32, n // 4, 12, device="meta", dtype=torch.bfloat16)
+    triton, aten = Counter(), LaunchCounter()
+    with stubbed_triton(triton), aten:
+        q_order, k_order = triton_cluster_orders(q, k, 4, n_clusters, torch.Generator().manual_seed(0), hashing)
+    assert q_order.shape == (32, 4, n) and k_order.shape == (32, 4, n // 4)
+    launches = sum(aten.launches.values()) + sum(triton.values())
+    budget = 4 if hashing == "xbox" else 2 * len(prime_factors(n_clusters)) + 3
+    assert launches <= budget, (dict(aten.launches), dict(triton))

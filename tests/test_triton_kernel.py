@@ -1,9 +1,10 @@
 """The "triton" cluster kernel: which kernel is picked, the CPU interpreter run, CUDA at BigGAN's sizes.
 
-The correctness cases themselves live in `triton_interpreted.py`: Triton's interpreter (which runs
-the kernels on CPU tensors) must be switched on before triton is first imported, so they run in a
-fresh pytest process and the rest of the suite never sees the interpreter. The `cuda` tests run
-the compiled kernels where a GPU is (skipped elsewhere, see conftest.py).
+The correctness cases themselves live in `triton_interpreted*.py` (one file per family of kernels):
+Triton's interpreter (which runs the kernels on CPU tensors) must be switched on before triton is
+first imported, so each file runs in a fresh pytest process and the rest of the suite never sees
+the interpreter. The `cuda` tests run the compiled kernels where a GPU is (skipped elsewhere, see
+conftest.py).
 """
 import os
 import re
@@ -20,16 +21,18 @@ from biggan_smyrf.attention.cluster_attention import attention_backward, attenti
 from biggan_smyrf.attention.triton import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ROOT / "tests" / "triton_interpreted.py"
+# The interpreted case files (see above), one process each.
+CASES = sorted((ROOT / "tests").glob("triton_interpreted*.py"))
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
 @needs_triton
 @pytest.mark.slow
-def test_kernels_under_triton_interpreter():
+@pytest.mark.parametrize("cases", CASES, ids=lambda path: path.stem)
+def test_kernels_under_triton_interpreter(cases):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(CASES)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(cases)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"interpreted kernel tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
@@ -92,6 +95,22 @@ def test_permuted_round_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
     assert {x.constants["HAS_BIAS"] for x in rounds} == {recipe == "default"}
     kernels = {"_forward_kernel", "_backward_kv_kernel", "_backward_q_kernel", "_backward_one_pass_kernel"}
     _assert_one_exp2_per_score_without_spills(*_compile_for_hopper(rounds, kernels))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, recipe", [("bf16", "default"), ("tf32", "paper")])
+def test_hashing_kernels_compile_for_hopper_without_a_gpu(dtype, recipe):
+    """The same for the CUDA route's hashing (triton/hashing.py): k-d levels in the default recipe,
+    one XBOX+ projection in the paper's."""
+    from triton.backends.compiler import GPUTarget
+    from benchmarks import triton_launches
+
+    launches = triton_launches.smyrf_launches(recipe, 4096, 1, dtype)[90]
+    unique = triton_launches.unique([x for x in launches if x.module == "hashing"])
+    per_level = "_level_kernel" if recipe == "default" else "_xbox_kernel"
+    assert {x.name for x in unique} >= {"_maxima_kernel", per_level}
+    for launch in unique:
+        assert launch.compile(GPUTarget("cuda", 90, 32)).asm["cubin"], launch.name
 
 
 def _compile_for_hopper(launches, kernels: set):

@@ -4,6 +4,10 @@ Everything here runs without gradients and in float32 (half-precision norms woul
 XBOX+ radicand negative). Cost per round: O((N + M) * d) for the projection and
 O((N + M) log(N + M)) for the sort; memory O(n_hashes * (N + M)) for the orders.
 
+This is the CPU path and the reference: the CUDA route (kernel "triton") takes the same orders
+from the same draws in 2 launches per k-d level + 3 (`triton/hashing.py`), where the ops here
+issue 31 at 8 clusters (38 at 16).
+
 Random draws happen on the tensors' device, from a generator there (`device_generator`): nothing is
 copied from the host per call, so the call can be captured and replayed as a whole.
 """
@@ -49,7 +53,20 @@ def random_projections(dim: int, n_hashes: int, generator: torch.Generator, devi
     """E2LSH directions a ~ N(0, I), (dim, n_hashes), drawn on `device` from `generator`. E2LSH's
     offset b and bucket width r only shift and scale the projection, so they do not change the
     sort order and are left out."""
-    return torch.randn(dim, n_hashes, generator=generator, device=device)
+    return draw(torch.randn, dim, n_hashes, generator=generator, device=device)
+
+
+# Device types with torch.Generator objects of their own (XLA's draws come from its own seed).
+GENERATOR_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def draw(sample, *args, generator: torch.Generator, device: torch.device, **kwargs) -> torch.Tensor:
+    """sample(*args, generator=..., device=device) (torch.randn, rand, randperm): drawn where the
+    generator is and copied to `device` when that has no generators (`device_generator`); tensors
+    without data take the draw's shape directly."""
+    if generator.device.type == device.type or device.type == "meta":
+        return sample(*args, generator=generator, device=device, **kwargs)
+    return sample(*args, generator=generator, device=generator.device, **kwargs).to(device)
 
 
 def device_generator(generator: Optional[torch.Generator], seed: Optional[int], like: torch.Tensor) -> torch.Generator:
@@ -57,9 +74,10 @@ def device_generator(generator: Optional[torch.Generator], seed: Optional[int], 
     a fresh one seeded with `seed` (default 0). A CPU generator with tensors on an accelerator (a
     model's, which checkpoints save) seeds a generator on the device with one draw on the host:
     no host->device copy, and the CPU generator's state still fixes every draw. Tensors without
-    data (meta, or fake while a call is traced or counted) take draws from a CPU generator directly."""
+    data (meta, or fake while a call is traced or counted) take draws from a CPU generator directly;
+    so do devices without generators of their own (XLA's), whose draws `draw` then copies over."""
     device = like.device
-    home = torch.device("cpu") if device.type == "meta" or is_fake(like) else device
+    home = torch.device("cpu") if device.type not in GENERATOR_DEVICES or is_fake(like) else device
     if generator is None:
         return torch.Generator(device=home).manual_seed(0 if seed is None else seed)
     if generator.device.type == home.type:
@@ -94,7 +112,7 @@ def cluster_orders(
     """
     if hashing == "random":
         (B, N), M = q.shape[:2], k.shape[1]
-        keys = torch.rand(B, n_hashes, N + M, generator=generator, device=q.device)
+        keys = draw(torch.rand, B, n_hashes, N + M, generator=generator, device=q.device)
         return keys[..., :N].argsort(-1), keys[..., N:].argsort(-1)
     N = q.shape[1]
     x = _xbox_plus_tokens(q, k)
@@ -110,7 +128,7 @@ def cluster_orders(
         # drawn at once: level l's nodes are the product of the factors before it. The first level
         # has one node, so its order is a plain sort.
         nodes = [math.prod(factors[:level]) for level in range(len(factors))]
-        directions = torch.randn(sum(nodes), n_hashes, x.shape[-1], generator=generator, device=q.device)
+        directions = draw(torch.randn, sum(nodes), n_hashes, x.shape[-1], generator=generator, device=q.device)
         levels = directions.split(nodes)
         first = _projections(x, levels[0])[:, :, 0]
         q_order, k_order = first[..., :N].argsort(dim=-1), first[..., N:].argsort(dim=-1)
@@ -175,12 +193,19 @@ def hub_keys(
 
     Peaky attention maps (BigGAN's) send much of all mass to a few keys; giving every query those
     keys exactly once removes the largest error of any clustering. Returns (B, n_hub) key indices.
-    Cost O(n_sample * M * d) time through the cluster kernel `kernel` (`key_mass`), memory O(B M):
-    no (n_sample, M) score matrix exists, and the ops issued do not depend on the sizes.
+    Cost O(n_sample * M * d) time, memory O(B M): no (n_sample, M) score matrix exists, and the ops
+    issued do not depend on the sizes. With kernel "triton", two Triton launches
+    (`triton/hub.py`) that read the sampled rows through `pick` in q's dtype; otherwise float32
+    copies through the cluster kernel `kernel` (`key_mass`). Both between a randperm and a topk.
     """
     N = q.shape[1]
-    pick = torch.randperm(N, generator=generator, device=q.device)[: min(n_sample, N)]
-    mass = key_mass(q[:, pick].float(), k.float(), scale, kernel, key_padding_mask)
+    pick = draw(torch.randperm, N, generator=generator, device=q.device)[: min(n_sample, N)]
+    if kernel == "triton":
+        from .triton.hub import key_mass as sampled_key_mass  # triton is imported only where it runs
+
+        mass = sampled_key_mass(q, pick, k, scale, key_padding_mask)
+    else:
+        mass = key_mass(q[:, pick].float(), k.float(), scale, kernel, key_padding_mask)
     return mass.topk(n_hub, dim=-1).indices
 
 

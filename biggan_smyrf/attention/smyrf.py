@@ -127,12 +127,20 @@ def smyrf_attention(
     hub = None
     if sizes.n_hub_keys:
         hub = hub_keys(q, k, sizes.n_hub_keys, config.hub_sample, scale, generator, key_padding_mask, kernel)
-    q_order, k_order = cluster_orders(q, k, sizes.n_hashes, sizes.n_clusters, generator, config.hashing)
+    hash_into = _triton_cluster_orders if kernel == "triton" else cluster_orders
+    q_order, k_order = hash_into(q, k, sizes.n_hashes, sizes.n_clusters, generator, config.hashing)
     plan = Plan(q_order, k_order, hub, key_padding_mask, sizes, scale, config.dedup == "estimate")
     out = _permuted_rounds(q, k, v, plan) if kernel == "triton" else gathered_rounds(q, k, v, plan, kernel)
     if not return_intermediates:
         return out
     return out, SmyrfIntermediates(q_order, k_order, sizes.q_cluster_size, sizes.k_cluster_size, hub)
+
+
+def _triton_cluster_orders(*args):
+    """`cluster_orders` in a few Triton launches (the same orders); triton is imported only here."""
+    from .triton.hashing import cluster_orders as triton_cluster_orders
+
+    return triton_cluster_orders(*args)
 
 
 def _permuted_rounds(q, k, v, plan: Plan):

@@ -8,7 +8,15 @@ has passed, so the library works where triton is not installed. Under it:
 - `clusters.py`: attention inside gathered clusters (G, L, d), the "triton" cluster kernel of
   `cluster_attention.py` (SMYRF's hub round on CUDA);
 - `rounds.py`: SMYRF's hashed rounds read through the sort permutation and merged in place, the
-  kernels of `cuda_route.py`.
+  kernels of `cuda_route.py`;
+- `summaries.py`: SMYRF's summary keys written after the keys, and their gradients folded back
+  into the keys' (two launches each);
+- `hashing.py`: SMYRF's clustering (`hashing.cluster_orders`) in a few launches: XBOX+ and the
+  projections fused into one kernel per k-d level, one sort each;
+- `hub.py`: the hub keys' selection (the attention mass of sampled queries on every key, two
+  launches) and their gradients added at their rows;
+- `buffers.py`, `combine.py`: the CUDA route's inputs laid out and gradients cut back (one launch
+  each), and its rounds combined into the output (one launch).
 """
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 The "triton" kernel of `cluster_attention.py`: same interface, same numbers as the "chunked" kernel
 up to rounding. SMYRF uses it for its hub round; its hashed rounds use `rounds.py`, which reads
 through the sort permutation instead of gathered clusters; both build on `blocks.py`.
-q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent.
+q: (G, Lq, d_qk), k: (G, Lk, d_qk), v: (G, Lk, d_v); every cluster g is independent. k, v and the
+key mask may also hold G / P groups, each shared by P consecutive query groups (SMYRF's hub round:
+one copy of the hub keys for all of a batch element's query runs); the kernels read group g's keys
+at g // P, a runtime integer, so nothing is repeated or copied.
 
 Cost: time O(G·Lq·Lk·(d_qk + d_v)): per (query block, key block) pair the forward does 2 dots
 and one exp per score; the one-pass backward 5 dots (S, dP, dV, dK, dQ) and one exp per score
@@ -25,7 +28,9 @@ Design, and why:
   in deterministic mode (`torch.use_deterministic_algorithms(True)`): the same dK/dV kernel
   without dQ, and another per (block of queries, cluster) that loops over key blocks for dQ;
   each output block has exactly one writer (no atomics, no float32 buffer, bit for bit
-  repeatable), for P and dP computed twice.
+  repeatable), for P and dP computed twice. Either can add dQ into a caller's float32 buffer
+  (the one pass's atomics start from its contents; the dQ kernel reads, adds and writes its own
+  rows), so that a caller summing several attentions' gradients needs no copy or addition of its own.
   `out` is whatever the caller passes (SMYRF passes the combined multi-round output, which
   folds in the gradient through its logsumexp round weights; see smyrf.py).
 - d_qk and d_v are separate compile-time block widths, each the next power of two >= 16 (tl.dot
@@ -98,11 +103,12 @@ def _forward_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_og, stride_om, stride_od,
     stride_mg, stride_mn,
-    Lq, Lk, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    Lq, Lk, parts, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     g, block = cluster_and_block(Lq, BLOCK_M)
+    kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -113,9 +119,9 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-        v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
+        k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+        v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
     out, lse_log2 = online_softmax_result(m_i, l_i, acc)
     lse = lse_log2 / LOG2E
@@ -140,21 +146,22 @@ def _backward_kv_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    Lq, Lk, parts, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dV = Pᵀ dO and dK = scale · dSᵀ Q for one block of keys, over all query blocks.
     DK and DV are contiguous (G, Lk, d)."""
     g, block = cluster_and_block(Lk, BLOCK_N)
+    kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     cols = offs_n < Lk
     k_inside = cols[:, None] & (offs_dqk[None, :] < D_QK)
     v_inside = cols[:, None] & (offs_dv[None, :] < D_V)
-    k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-    v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+    k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+    v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
@@ -165,7 +172,7 @@ def _backward_kv_kernel(
         # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there.
         lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
         delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
         dv += dot(tl.trans(p.to(do.dtype)), do, UPCAST, PRECISION)
         dp = dot(do, tl.trans(v), UPCAST, PRECISION)
@@ -183,12 +190,16 @@ def _backward_q_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    Lq, Lk, parts, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):
-    """dQ = scale · dS K for one block of queries, over all key blocks. DQ is contiguous (G, Lq, d_qk)."""
+    """dQ = scale · dS K for one block of queries, over all key blocks. DQ is contiguous (G, Lq, d_qk);
+    ACCUMULATE adds to it (a caller's float32 buffer) instead: this program is the only one
+    touching its rows, so a plain read-add-write keeps the sum bit for bit repeatable."""
     g, block = cluster_and_block(Lq, BLOCK_M)
+    kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -201,14 +212,18 @@ def _backward_q_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-        v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
-        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, g, scale_log2, HAS_MASK, UPCAST, PRECISION)
+        k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+        v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+        s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
         dp = dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
         dq += dot(ds.to(k.dtype), k, UPCAST, PRECISION)
-    tl.store(DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_inside)
+    dq_ptrs = DQ + (g * Lq + offs_m[:, None]) * D_QK + offs_dqk[None, :]
+    dq = dq * scale
+    if ACCUMULATE:
+        dq += tl.load(dq_ptrs, mask=q_inside, other=0.0)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_inside)
 
 
 @triton.jit
@@ -219,24 +234,26 @@ def _backward_one_pass_kernel(
     stride_vg, stride_vn, stride_vd,
     stride_dog, stride_dom, stride_dod,
     stride_mg, stride_mn,
-    Lq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+    Lq, Lk, parts, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dV, dK and dQ from one P and dS per score, for one block of keys over all query blocks:
-    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed) +=
-    scale · dS K, added atomically since every key block of the cluster adds to every query."""
+    DK and DV as `_backward_kv_kernel`; DQ_ACC (float32, contiguous (G, Lq, d_qk), zeroed or a
+    caller's running sum) += scale · dS K, added atomically since every key block of the cluster
+    adds to every query."""
     g, block = cluster_and_block(Lk, BLOCK_N)
+    kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     cols = offs_n < Lk
     keep = cols
     if HAS_MASK:
-        keep = keep & (tl.load(MASK + g * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
+        keep = keep & (tl.load(MASK + kg * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
     key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
-    k = _tile(K + g * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-    v = _tile(V + g * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+    k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
+    v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
@@ -275,9 +292,22 @@ def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
-    """-> out (G, Lq, d_v) in q's dtype, lse (G, Lq) float32."""
+def _groups(q, k, v, key_mask) -> int:
+    """How many consecutive query groups share each key group (`parts`): q is (G, Lq, d), k, v
+    and the mask (G / parts, Lk, ...)."""
     check_inputs(q, k, v)
+    G, groups = q.shape[0], k.shape[0]
+    if v.shape[0] != groups or groups == 0 or G % groups or (key_mask is not None and key_mask.shape[0] != groups):
+        raise ValueError(f"query groups {G} must be a multiple of the key groups {groups} "
+                         f"(values {v.shape[0]}, mask {None if key_mask is None else key_mask.shape[0]})")
+    return G // groups
+
+
+def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
+    """-> out (G, Lq, d_v) in q's dtype, lse (G, Lq) float32. k, v and key_mask may hold G / P
+    groups, each shared by P consecutive query groups (the hub round: one copy of the hub keys for
+    all of a batch element's query runs). One launch."""
+    parts = _groups(q, k, v, key_mask)
     (G, Lq, d_qk), Lk, d_v = q.shape, k.shape[1], v.shape[-1]
     out = q.new_empty(G, Lq, d_v)
     lse = torch.empty(G, Lq, dtype=torch.float32, device=q.device)
@@ -286,29 +316,36 @@ def forward(q, k, v, scale: float, key_mask: Optional[torch.Tensor] = None):
     launch(_forward_kernel, (G * triton.cdiv(Lq, sizes["BLOCK_M"]),))(
         q, k, v, mask, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), stride_mg, stride_mn,
-        Lq, Lk, scale * LOG2E.value, D_QK=d_qk, D_V=d_v,
+        Lq, Lk, parts, scale * LOG2E.value, D_QK=d_qk, D_V=d_v,
         HAS_MASK=has_mask, BLOCK_DQK=head_block(d_qk), BLOCK_DV=head_block(d_v),
         UPCAST=INTERPRETED, PRECISION=fp32_dot_precision(), **sizes,
     )
     return out, lse
 
 
-def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Tensor] = None):
-    """-> dq, dk, dv (contiguous, the inputs' dtype). `out` is the tensor whose row-dot with grad
-    enters dS (see the module docstring of cluster_attention.py). One kernel, or two in
-    deterministic mode (`blocks.one_pass_backward`)."""
-    check_inputs(q, k, v)
+def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Tensor] = None,
+             dq_acc: Optional[torch.Tensor] = None, key_grad_dtype: Optional[torch.dtype] = None):
+    """-> dq, dk, dv (contiguous). `out` is the tensor whose row-dot with grad enters dS (see the
+    module docstring of cluster_attention.py). k, v, key_mask may be shared by P query groups as in
+    `forward`; dk and dv are then still per query group, (G, Lk, d): the caller sums over the P.
+
+    dq_acc: a float32 contiguous (G, Lq, d_qk) buffer that dQ is added into (then dq is None)
+    instead of returned in q's dtype. key_grad_dtype: dk's and dv's dtype (default the inputs').
+    Launches: the row dot for D, then one kernel, or two in deterministic mode (`blocks.one_pass_backward`)."""
+    parts = _groups(q, k, v, key_mask)
     (G, Lq, d_qk), Lk, d_v = q.shape, k.shape[1], v.shape[-1]
+    if dq_acc is not None and (dq_acc.dtype != torch.float32 or dq_acc.shape != q.shape or not dq_acc.is_contiguous()):
+        raise ValueError(f"dq_acc must be a contiguous float32 {tuple(q.shape)} tensor, got {dq_acc.dtype} {tuple(dq_acc.shape)}")
     lse = lse.to(torch.float32).contiguous()
     grad = grad.to(q.dtype)
     block_dqk, block_dv = head_block(d_qk), head_block(d_v)
     delta = row_dot(grad, out)
     mask, stride_mg, stride_mn, has_mask = _mask_arguments(key_mask, q)
-    dk = torch.empty(G, Lk, d_qk, dtype=k.dtype, device=k.device)
-    dv = torch.empty(G, Lk, d_v, dtype=v.dtype, device=v.device)
+    dk = torch.empty(G, Lk, d_qk, dtype=key_grad_dtype or k.dtype, device=k.device)
+    dv = torch.empty(G, Lk, d_v, dtype=key_grad_dtype or v.dtype, device=v.device)
     shared = (
         *_strides(q), *_strides(k), *_strides(v), *_strides(grad), stride_mg, stride_mn,
-        Lq, Lk, scale, scale * LOG2E.value,
+        Lq, Lk, parts, scale, scale * LOG2E.value,
     )
     constants = dict(
         D_QK=d_qk, D_V=d_v, HAS_MASK=has_mask, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv,
@@ -316,15 +353,17 @@ def backward(grad, q, k, v, out, lse, scale: float, key_mask: Optional[torch.Ten
     )
     if one_pass_backward():
         sizes = launch_sizes(BLOCKS["one pass"], Lq, Lk)
-        dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
+        given = dq_acc is not None
+        if not given:
+            dq_acc = torch.zeros(G, Lq, d_qk, dtype=torch.float32, device=q.device)
         launch(_backward_one_pass_kernel, (G * triton.cdiv(Lk, sizes["BLOCK_N"]),))(
             q, k, v, mask, grad, lse, delta, dq_acc, dk, dv, *shared, **constants, **sizes,
         )
-        return dq_acc.to(q.dtype), dk, dv
-    dq = torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
+        return (None if given else dq_acc.to(q.dtype)), dk, dv
+    dq = dq_acc if dq_acc is not None else torch.empty(G, Lq, d_qk, dtype=q.dtype, device=q.device)
     kv_sizes, q_sizes = launch_sizes(BLOCKS["backward_kv"], Lq, Lk), launch_sizes(BLOCKS["backward_q"], Lq, Lk)
     launch(_backward_kv_kernel, (G * triton.cdiv(Lk, kv_sizes["BLOCK_N"]),))(
         q, k, v, mask, grad, lse, delta, dk, dv, *shared, **constants, **kv_sizes)
     launch(_backward_q_kernel, (G * triton.cdiv(Lq, q_sizes["BLOCK_M"]),))(
-        q, k, v, mask, grad, lse, delta, dq, *shared, **constants, **q_sizes)
-    return dq, dk, dv
+        q, k, v, mask, grad, lse, delta, dq, *shared, **constants, **q_sizes, ACCUMULATE=dq_acc is not None)
+    return (None if dq_acc is not None else dq), dk, dv

@@ -26,18 +26,21 @@ with P~ = exp(S - norm_r) = w_r P_r,  dV_r = P~ᵀ g,  dS_r = P~ * (g vᵀ - D),
 dK_r = scale dS_rᵀ Q -- the FlashAttention-2 backward with dO_r = w_r g and the combined output in
 D (which carries the gradient through the round weights, see smyrf.py).
 
-Each round is its own launch (or two) and updates float32 token-order accumulators (out, dq, dk,
-dv): within a round every query and every key is in exactly one cluster, and rounds follow in a
-fixed order. Two backwards, `blocks.one_pass_backward` picks one when the backward runs:
-- one pass, the default: one program per (cluster, key block) loops over the cluster's query
-  blocks and computes P~ and dS once per score for all three gradients (FlashAttention-2's
-  backward). dK and dV rows have one writer (read-modify-write); every key block of a cluster
-  adds to its queries' dQ rows, so those additions are float32 atomics, whose order, and with it
-  the last bits of dq, varies from run to run.
-- two kernels, under `torch.use_deterministic_algorithms(True)` (`--trainer.deterministic
-  true`): the same dK/dV pass without dQ, then one program per (cluster, query block) that
-  recomputes P~ and dS over the cluster's keys for dQ alone. Every row has one writer and no
-  atomics: bit for bit repeatable.
+The forward runs one launch per round, in a fixed order, each merging into the float32
+token-order accumulators (out, and the running max and sum, which start at 0 in one fill): within a
+round every query is in exactly one cluster, so each row has one writer. Two backwards,
+`blocks.one_pass_backward` picks one when the backward runs:
+- one pass, the default, ONE launch for every round (the round on the grid's second axis): one
+  program per (round, cluster, key block) loops over the cluster's query blocks and computes P~
+  and dS once per score for all three gradients (FlashAttention-2's backward). A key's dK and dV
+  rows get one addition per round, a query's dQ rows one per key block of each of its clusters,
+  from programs that run at once: all are float32 atomics, whose order, and with it the last bits
+  of the gradients, varies from run to run. (dK/dV add once per program, dQ once per query block
+  visited: the dQ atomics are the many.)
+- two kernels per round, the rounds in a fixed order, under `torch.use_deterministic_algorithms(True)`
+  (`--trainer.deterministic true`): the same dK/dV pass without dQ, then one program per
+  (cluster, query block) that recomputes P~ and dS over the cluster's keys for dQ alone. Every row
+  has one writer per launch and no atomics: bit for bit repeatable.
 
 Cost per round, per (query block, key block) pair, at d_qk padded to 16 and d_v to 64 in
 registers: the forward does 2 dots (S, P~V) and one exp per score; the one-pass backward 5 dots
@@ -90,6 +93,14 @@ def _add_rows(ptr, index, valid, stride_row, n_cols: tl.constexpr, value, BLOCK_
     inside = valid[:, None] & (offs_d[None, :] < n_cols)
     ptrs = ptr + index[:, None] * stride_row + offs_d[None, :]
     tl.store(ptrs, tl.load(ptrs, mask=inside, other=0.0) + value, mask=inside)
+
+
+@triton.jit
+def _accumulate_rows(ptr, index, valid, stride_row, n_cols: tl.constexpr, value, BLOCK_D: tl.constexpr):
+    """ptr[index] += value for a float32 row-major accumulator that other programs add to at once."""
+    offs_d = tl.arange(0, BLOCK_D)
+    atomic_accumulate(ptr + index[:, None] * stride_row + offs_d[None, :], value,
+                      valid[:, None] & (offs_d[None, :] < n_cols))
 
 
 @triton.jit
@@ -150,8 +161,11 @@ def _forward_kernel(
     o, lse = online_softmax_result(m_i, l_i, acc)
     tl.store(LSE + b * stride_lb + tok, lse / LOG2E, mask=rows)
     # Merge: rescale the rounds so far to the new max (base 2 in registers, base e in RUN_MAX).
-    run_max = tl.load(RUN_MAX + b * stride_rb + tok, mask=rows, other=float("-inf")) * LOG2E
+    # RUN_MAX and RUN_SUM start at 0 (one fill for both): until a round has seen a key, run_sum is
+    # 0 (after one, at least e^0 = 1 from the largest lse), and the max so far is -inf.
     run_sum = tl.load(RUN_SUM + b * stride_rb + tok, mask=rows, other=0.0)
+    run_max = tl.load(RUN_MAX + b * stride_rb + tok, mask=rows, other=0.0) * LOG2E
+    run_max = tl.where(run_sum == 0.0, float("-inf"), run_max)
     new_max = tl.maximum(run_max, lse)
     new_safe = tl.where(new_max == float("-inf"), 0.0, new_max)
     keep, add = tl.math.exp2(run_max - new_safe), tl.math.exp2(lse - new_safe)
@@ -230,13 +244,19 @@ def _backward_one_pass_kernel(
     Q, K, V, BIAS, QIDX, KIDX, NORM, GRAD, DELTA, DQ_ACC, DK_ACC, DV_ACC,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_bias_b,
     stride_qib, stride_kib, stride_lb, stride_db, stride_gb, stride_gn, stride_dqb, stride_dkb, stride_dvb,
+    stride_qir, stride_kir, stride_lr,
     n_clusters, Cq, Lk, scale, scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """One round, one block of a cluster's keys, over the cluster's queries: all three gradients from
-    one P~ and dS per score. DK_ACC and DV_ACC as `_backward_kv_kernel` (one writer per key row);
-    DQ_ACC += scale dS K added atomically, since every key block of the cluster adds to its queries."""
+    """Round program_id(1), one block of a cluster's keys, over the cluster's queries: all three
+    gradients from one P~ and dS per score. Every round runs in this one launch, so a key's rows
+    get additions from one program per round and a query's from every key block of its clusters:
+    DQ_ACC, DK_ACC and DV_ACC are all added to atomically."""
+    r = tl.program_id(1)
+    QIDX += r * stride_qir
+    KIDX += r * stride_kir
+    NORM += r * stride_lr
     b, c, block = _batch_cluster_block(n_clusters, Lk, BLOCK_N)
     offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
@@ -266,8 +286,8 @@ def _backward_one_pass_kernel(
         dq = dot(tl.trans(ds_t), k, UPCAST, PRECISION) * scale
         dq_ptrs = DQ_ACC + b * stride_dqb + tok[:, None] * D_QK + offs_dqk[None, :]
         atomic_accumulate(dq_ptrs, dq, rows[:, None] & (offs_dqk[None, :] < D_QK))
-    _add_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
-    _add_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
+    _accumulate_rows(DK_ACC + b * stride_dkb, kid, cols, D_QK, D_QK, dk * scale, BLOCK_DQK)
+    _accumulate_rows(DV_ACC + b * stride_dvb, kid, cols, D_V, D_V, dv, BLOCK_DV)
 
 
 # --- host side ---------------------------------------------------------------------------------
@@ -332,15 +352,16 @@ class Rounds:
     def _grid(self, length: int, block: int):
         return (self.B * self.n_clusters * triton.cdiv(length, block),)
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, normalise: bool = True):
         """-> (o, lse): o (B, N, d_v) float32, the rounds combined with weights softmax_r(lse_r), and
         every round's logsumexp lse (B, H, N) float32 in token order (-inf where a query's cluster
-        held only masked keys; o is 0 where every round's was)."""
+        held only masked keys; o is 0 where every round's was). normalise=False: (o's numerator
+        sum_r e^(lse_r - max) o_r, its divisor (B, N), lse), for a caller that divides as it
+        combines (`combine.combine_rounds`)."""
         B, N, device = self.B, self.N, self.q.device
         lse = torch.empty(B, self.H, N, dtype=torch.float32, device=device)
         out = torch.zeros(B, N, self.d_v, dtype=torch.float32, device=device)
-        run_max = torch.full((B, N), float("-inf"), dtype=torch.float32, device=device)
-        run_sum = torch.zeros(B, N, dtype=torch.float32, device=device)
+        run_max, run_sum = torch.zeros(2, B, N, dtype=torch.float32, device=device).unbind()
         sizes = self._sizes("forward")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
@@ -349,37 +370,45 @@ class Rounds:
                 *pointers, lse_r, out, run_max, run_sum, *strides, lse_r.stride(0), out.stride(0), out.stride(1),
                 run_max.stride(0), self.n_clusters, self.Cq, self.Lk, self.scale * LOG2E.value, **sizes,
             )
+        if not normalise:
+            return out, run_sum, lse
         # run_sum is 0 only where every round's output is 0: any positive divisor keeps it 0.
         return out.div_(run_sum.clamp_min_(torch.finfo(torch.float32).tiny)[..., None]), lse
 
-    def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor):
+    def backward(self, grad: torch.Tensor, norm: torch.Tensor, delta: torch.Tensor, into=None):
         """-> dq (B, N, d_qk), dk (B, M', d_qk), dv (B, M', d_v), float32. grad (B, N, d_v) in the
         inputs' dtype, norm (B, H, N) and delta = rowsum(grad * out) (B, N), float32. One kernel
-        per round, or two in deterministic mode (`blocks.one_pass_backward`, see the module docstring)."""
+        per round, or two in deterministic mode (`blocks.one_pass_backward`, see the module docstring).
+        into: float32 (dq, dk, dv) accumulators of those shapes (rows contiguous) to add to, instead
+        of zeroed new ones."""
         grad = grad.to(self.q.dtype).contiguous()
         delta = delta.to(torch.float32).contiguous()
         device = self.q.device
-        dq = torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device)
-        dk = torch.zeros(self.B, self.k.shape[1], self.d_qk, dtype=torch.float32, device=device)
-        dv = torch.zeros(*self.v.shape, dtype=torch.float32, device=device)
-        one_pass = one_pass_backward()
-        one_sizes, kv_sizes, q_sizes = self._sizes("one pass"), self._sizes("backward_kv"), self._sizes("backward_q")
+        if into is None:
+            into = (torch.zeros(self.B, self.N, self.d_qk, dtype=torch.float32, device=device),
+                    torch.zeros(self.B, self.k.shape[1], self.d_qk, dtype=torch.float32, device=device),
+                    torch.zeros(*self.v.shape, dtype=torch.float32, device=device))
+        dq, dk, dv = into
+        lengths = (self.n_clusters, self.Cq, self.Lk, self.scale, self.scale * LOG2E.value)
+        if one_pass_backward():  # every round in one launch, the round on the grid's second axis
+            sizes = self._sizes("one pass")
+            pointers, strides = self._inputs(0)
+            launch(_backward_one_pass_kernel, (*self._grid(self.Lk, sizes["BLOCK_N"]), self.H))(
+                *pointers, norm[:, 0], grad, delta, dq, dk, dv, *strides, norm.stride(0), delta.stride(0),
+                grad.stride(0), grad.stride(1), dq.stride(0), dk.stride(0), dv.stride(0),
+                self.q_order.stride(1), self.k_index.stride(1), norm.stride(1), *lengths, **sizes,
+            )
+            return dq, dk, dv
+        kv_sizes, q_sizes = self._sizes("backward_kv"), self._sizes("backward_q")
         for r in range(self.H):
             pointers, strides = self._inputs(r)
             norm_r = norm[:, r]
             shared = (*strides, norm_r.stride(0), delta.stride(0), grad.stride(0), grad.stride(1))
-            lengths = (self.n_clusters, self.Cq, self.Lk, self.scale, self.scale * LOG2E.value)
-            if one_pass:
-                launch(_backward_one_pass_kernel, self._grid(self.Lk, one_sizes["BLOCK_N"]))(
-                    *pointers, norm_r, grad, delta, dq, dk, dv, *shared, dq.stride(0), dk.stride(0), dv.stride(0),
-                    *lengths, **one_sizes,
-                )
-            else:
-                launch(_backward_kv_kernel, self._grid(self.Lk, kv_sizes["BLOCK_N"]))(
-                    *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
-                )
-                launch(_backward_q_kernel, self._grid(self.Cq, q_sizes["BLOCK_M"]))(
-                    *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
-                )
+            launch(_backward_kv_kernel, self._grid(self.Lk, kv_sizes["BLOCK_N"]))(
+                *pointers, norm_r, grad, delta, dk, dv, *shared, dk.stride(0), dv.stride(0), *lengths, **kv_sizes,
+            )
+            launch(_backward_q_kernel, self._grid(self.Cq, q_sizes["BLOCK_M"]))(
+                *pointers, norm_r, grad, delta, dq, *shared, dq.stride(0), *lengths, **q_sizes,
+            )
         return dq, dk, dv
 
