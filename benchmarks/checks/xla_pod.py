@@ -48,6 +48,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 try:
+    import torch_xla  # noqa: E402
     import torch_xla.core.xla_model as xm  # noqa: E402
 except ImportError as error:
     raise SystemExit(f"xla_pod needs torch_xla ({error}); `make xla-check` builds .venv-xla with it") from error
@@ -97,12 +98,15 @@ class AllReduceProbe:
 
     @staticmethod
     def classify(module: BigGAN, tensors: list[torch.Tensor]) -> str:
-        ids = {id(t) for t in tensors}
+        """By shapes: the gradients an XLA optimiser step reduces are not always the Python objects
+        that `p.grad` returns afterwards, but one tensor per parameter, in the parameters' shapes,
+        is a whole network's gradients and nothing else."""
+        shapes = sorted(tuple(t.shape) for t in tensors)
         for name in module.trained_networks:
             net = getattr(module, name)
-            if ids <= {id(p.grad) for p in net.parameters() if p.grad is not None}:
+            if shapes == sorted(tuple(p.shape) for p in net.parameters()):
                 return f"{name} gradients"
-            if ids <= {id(b) for b in batch_statistics(net)}:
+            if shapes == sorted(tuple(b.shape) for b in batch_statistics(net)):
                 return f"{name} batch-norm statistics"
         return "other"
 
@@ -162,6 +166,9 @@ class ReplicaLog(pl.Callback):
                           "start": counters(), "t0": time.perf_counter()}
 
     def on_train_end(self, trainer, module):
+        # The last step's batch-norm broadcast is still pending: launched here by every replica
+        # together, not by the reads below, which each replica would compile and run on its own.
+        torch_xla.sync()
         xm.wait_device_ops()
         rank = trainer.global_rank
         if rank == 0:

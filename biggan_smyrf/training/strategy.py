@@ -187,6 +187,12 @@ class GANXLAStrategy(XLAStrategy):
         in_process = int(os.environ.get("CPU_NUM_DEVICES", "1")) if os.environ.get("PJRT_DEVICE") == "CPU" else 1
         if in_process > 1:  # read by torch_xla when its runtime starts, in the launched process
             os.environ.setdefault("XLA_THREAD_POOL_SIZE", str(max(2 * in_process, os.cpu_count() or 1)))
+            # A graph that updates tensors in place (an optimiser step) donates their old buffers, and
+            # releasing a donated buffer waits until the graph has run -- inside the launch, so the
+            # replica launching first would wait there for the others' all-reduce while they wait for
+            # it to launch. Without donation a launch returns at once (the cost: the old and new
+            # weights coexist during a step).
+            os.environ.setdefault("XLA_ENABLE_PARAM_ALIASING", "0")
 
     def setup_environment(self) -> None:
         super().setup_environment()
@@ -282,6 +288,15 @@ class GANXLAStrategy(XLAStrategy):
                 xm.collective_broadcast(buffers)  # joins the next graph
         return output
 
+    def on_train_end(self) -> None:
+        # The last step's broadcast is still pending: launched by a sync of every replica, not by
+        # the first read of a weight (a checkpoint, the move to the CPU), which would run it alone.
+        if self._launched and self.world_size > 1:
+            import torch_xla
+
+            torch_xla.sync()
+        super().on_train_end()
+
 
 class _GANXLALauncher(_XLALauncher):
     """Lightning's XLA launcher, whose replicas wait for each other at the end through the
@@ -327,12 +342,14 @@ def lockstep_graph_launches(replicas: int, timeout: float = RENDEZVOUS_TIMEOUT_S
 
         def sync(wait: bool = False, reset_scope: bool = True) -> None:
             barrier.wait()
-            with one_at_a_time:
-                launch(False, reset_scope)
+            with one_at_a_time:  # only the launch: the rest of `sync` may wait for the graph to finish
+                torch_xla._XLAC._xla_step_marker(torch_xla._XLAC._xla_get_default_device(), [], wait=False,
+                                                 reset_scope=reset_scope)
             # No replica goes on to wait for its graph (which may hold the GIL) before all have launched.
             barrier.wait()
-            if wait:
-                launch(True, reset_scope)
+            # The rest of torch_xla's sync (nothing is left to launch): step closures, metrics, and the
+            # release of the all-reduce token, whose buffer's release waits until the graph has run.
+            launch(wait, reset_scope)
 
         sync.lockstep_replicas = replicas
         torch_xla.sync = sync
