@@ -174,7 +174,10 @@ class GANXLAStrategy(XLAStrategy):
         same graph at the same time would each compile it, and XLA keys an all-reduce by its
         compiled module, so their collectives would never meet;
       - torch_xla's thread pool gets a thread per replica at least (XLA_THREAD_POOL_SIZE; by default
-        one per core): a replica blocked in an all-reduce holds its thread until all have arrived.
+        one per core): a replica blocked in an all-reduce holds its thread until all have arrived;
+      - no buffer donation (XLA_ENABLE_PARAM_ALIASING=0): the launch of a graph that updates
+        tensors in place releases their donated buffers, which waits until the graph has run, so
+        the first replica to launch would wait inside its launch for the others' all-reduce.
     """
 
     strategy_name = "gan_xla"
@@ -330,7 +333,8 @@ def lockstep_graph_launches(replicas: int, timeout: float = RENDEZVOUS_TIMEOUT_S
     lock: the first compiles, the others find its executable in torch_xla's cache and launch the
     same program, so their all-reduces meet, within milliseconds of each other; then it waits until
     all have launched (a replica waiting for its graph's result may hold the GIL, which the others
-    need to launch). Replicas must launch
+    need to launch), and only then does the rest of torch_xla's sync, whose release of the
+    all-reduce token waits for the graph to finish. Replicas must launch
     the same number of graphs (data-parallel code does); a replica that does not arrive within
     `timeout` seconds breaks the barrier with an error instead of a hang. Once per process."""
     import torch_xla
