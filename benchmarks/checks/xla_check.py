@@ -347,9 +347,33 @@ def main() -> int:
         "phases": summaries, "sampling": renders, "first_step_losses": losses, "goals": goals,
     }
     table = report(summaries, renders, losses, goals, strategy)
+    pod = multi_device_run()
+    meta["multi_device"] = pod
+    goals.update(pod["goals"])
+    table += f"\n\n## {pod['devices']} devices, data-parallel\n\n{pod.pop('table')}"
     write_results("xla", torch.device("cpu"), log.steps, table, meta)
     print(table)
     return 0 if all(goals.values()) else 1
+
+
+def multi_device_run(devices: int = 4) -> dict:
+    """benchmarks/checks/xla_pod.py in a process of its own: CPU_NUM_DEVICES is read when torch_xla
+    starts, and this process has started it with one device."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "pod.json")
+        env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": str(devices)}
+        subprocess.run([sys.executable, "-m", "benchmarks.checks.xla_pod", "--devices", str(devices), "--json", out],
+                       env=env, check=False)
+        if not os.path.exists(out):
+            return {"devices": devices, "goals": {f"{devices}-device run finished": False},
+                    "table": f"The {devices}-device run stopped before its results (see its output)."}
+        with open(out) as f:
+            return json.load(f)
 
 
 def report(phases: list[dict], renders: list[dict], losses: list[dict], goals: dict, strategy: str) -> str:

@@ -11,6 +11,7 @@ sees two forwards before a backward.
 from __future__ import annotations
 
 import bisect
+import copy
 import os
 import resource
 import time
@@ -475,3 +476,70 @@ class BigGAN(pl.LightningModule):
 
     def on_validation_end(self):
         restore_rng_state(self._training_rng, attention_generators(self))
+
+    # --- pickling -----------------------------------------------------------------------------
+
+    def __reduce__(self):
+        """Pickled as its hyperparameters, state dict (spectral norm's u and v included), SMYRF hash
+        generators, train/eval modes and plain attributes (counters, schedule, configs); unpickled by
+        building the module anew from the hyperparameters and loading the rest into it.
+
+        PyTorch's parametrizations (spectral norm) refuse to be pickled, and process launchers pickle
+        the LightningModule (Lightning's XLA launcher: torch_xla's spawn). Hooks added to the module
+        after construction are not carried; DDP wrappers (`replicas`) neither: a strategy sets them
+        in each process."""
+        return _pickled(self)
+
+    def __deepcopy__(self, memo):
+        # Python's default deep copy (copy.deepcopy would otherwise go through __reduce__): it keeps
+        # hooks and anything set after construction, and parametrized layers copy themselves.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+
+# --- pickling ---------------------------------------------------------------------------------
+
+# nn.Module's own bookkeeping (submodules, parameters, buffers, hooks, train mode): rebuilt by the
+# constructor, so a pickle does not carry it.
+_MODULE_INTERNALS = frozenset(torch.nn.Module().__dict__)
+
+
+def _pickled(module: BigGAN) -> tuple:
+    """`BigGAN.__reduce__`: (rebuild, args, state, ..., set state)."""
+    attributes = {k: v for k, v in module.__getstate__().items() if k not in _MODULE_INTERNALS}
+    attributes["replicas"] = {}  # DDP wrappers belong to one process group; a strategy sets new ones
+    state = {
+        "state_dict": {name: value.detach().cpu() for name, value in module.state_dict().items()},
+        "attributes": attributes,
+        "modes": {name: m.training for name, m in module.named_modules()},
+        "generators": {name: g.get_state() for name, g in attention_generators(module).items()},
+        "device": module.device,
+    }
+    return _rebuilt, (type(module), dict(module.hparams)), state, None, None, _restored
+
+
+def _rebuilt(cls: type, hparams: dict) -> BigGAN:
+    # The constructor draws initial weights (overwritten at once): the unpickling process keeps its
+    # random stream, and they are drawn on one thread, because a process forked after its parent used
+    # OpenMP threads (Lightning's XLA launcher forks) spins forever in its first parallel region.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return cls(**hparams)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _restored(module: BigGAN, state: dict) -> BigGAN:
+    module.load_state_dict(state["state_dict"], strict=True)
+    module.__dict__.update(state["attributes"])
+    for name, m in module.named_modules():
+        m.training = state["modes"][name]
+    for name, generator in attention_generators(module).items():
+        generator.set_state(state["generators"][name])
+    if state["device"].type != "cpu":
+        module.to(state["device"])
+    return module

@@ -28,14 +28,19 @@ iteration, none with SyncBatchNorm.
 from __future__ import annotations
 
 import inspect
+import io
 import os
+import threading
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
+import torch
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
+from lightning_fabric.utilities import move_data_to_device
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry, XLAStrategy
+from pytorch_lightning.strategies.launchers.xla import _XLALauncher
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -150,9 +155,217 @@ class GANDDPStrategy(DDPStrategy):
         super().teardown()
 
 
+class GANXLAStrategy(XLAStrategy):
+    """Lightning's XLA strategy (TPU; PJRT's CPU device for checks), GAN-aware where it matters.
+
+    Gradients: Lightning's XLA precision plugin all-reduces, at each optimiser step, the gradients of
+    that optimiser's parameters (`xm.reduce_gradients`): the stepped network's, once, in one
+    all-reduce. That is already the minimum, so it is kept as it is.
+
+    Added, as `gan_ddp` does: after each step of a network its batch-norm running statistics are
+    broadcast from replica 0 (they depend on each replica's batch, and G_ema averages them), and
+    replica r > 0 draws its z and labels from its own XLA random stream. Registered as `gan_xla`
+    and as `xla`, which Lightning picks for `--trainer.accelerator tpu` with several devices.
+
+    Several XLA devices of one process (PJRT's CPU device with CPU_NUM_DEVICES > 1, whose replicas
+    are threads) get two more things, without which their first all-reduce aborts the process
+    (XLA's in-process collectives wait at most 10 s for every replica):
+      - replicas launch each graph in lockstep (`lockstep_graph_launches`): replicas that trace the
+        same graph at the same time would each compile it, and XLA keys an all-reduce by its
+        compiled module, so their collectives would never meet;
+      - torch_xla's thread pool gets a thread per replica at least (XLA_THREAD_POOL_SIZE; by default
+        one per core): a replica blocked in an all-reduce holds its thread until all have arrived;
+      - no buffer donation (XLA_ENABLE_PARAM_ALIASING=0): the launch of a graph that updates
+        tensors in place releases their donated buffers, which waits until the graph has run, so
+        the first replica to launch would wait inside its launch for the others' all-reduce.
+    """
+
+    strategy_name = "gan_xla"
+
+    def __init__(self, *args: Any, sync_module_states: bool = False, **kwargs: Any):
+        # No broadcast of the weights at start: every replica unpickles the one module the launcher
+        # sent, so they start identical.
+        super().__init__(*args, sync_module_states=sync_module_states, **kwargs)
+        self._stepped_by: dict[int, str] = {}
+        in_process = int(os.environ.get("CPU_NUM_DEVICES", "1")) if os.environ.get("PJRT_DEVICE") == "CPU" else 1
+        if in_process > 1:  # read by torch_xla when its runtime starts, in the launched process
+            os.environ.setdefault("XLA_THREAD_POOL_SIZE", str(max(2 * in_process, os.cpu_count() or 1)))
+            # A graph that updates tensors in place (an optimiser step) donates their old buffers, and
+            # releasing a donated buffer waits until the graph has run -- inside the launch, so the
+            # replica launching first would wait there for the others' all-reduce while they wait for
+            # it to launch. Without donation a launch returns at once (the cost: the old and new
+            # weights coexist during a step).
+            os.environ.setdefault("XLA_ENABLE_PARAM_ALIASING", "0")
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        import torch_xla.runtime as xr
+
+        replicas = xr.addressable_device_count()
+        if replicas > 1:
+            lockstep_graph_launches(replicas)
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        import torch_xla.core.xla_model as xm
+
+        if self.global_rank > 0:  # rank 0 keeps the stream: one device draws what rank 0 of several draws
+            device = self.root_device
+            xm.set_rng_state(xm.get_rng_state(device) + self.global_rank, device)
+        networks = GANDDPStrategy.networks_of(self.lightning_module)
+        owners = {id(p): name for name, net in networks.items() for p in net.parameters()}
+        self._stepped_by = {}
+        for optimizer in self.optimizers:
+            names = {owners.get(id(p)) for group in optimizer.param_groups for p in group["params"]}
+            if len(names) == 1 and None not in names:
+                self._stepped_by[id(optimizer)] = names.pop()
+
+    # Lightning's broadcast and all_gather read their collective's result on the host, which runs
+    # its graph outside `torch_xla.sync`; here the graph is launched by `torch_xla.sync` first, so
+    # in-process replicas launch it in lockstep too.
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not self._launched:
+            return obj
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+
+        tensor = obj if isinstance(obj, torch.Tensor) else None
+        if tensor is None:
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            data = torch.tensor(bytearray(buffer.getbuffer()), dtype=torch.float).to(self.root_device)
+        else:
+            data = (tensor.unsqueeze(0) if tensor.dim() == 0 else tensor).to(self.root_device)
+        xm.collective_broadcast([data], root_ordinal=src)
+        torch_xla.sync()
+        if tensor is None:
+            return torch.load(io.BytesIO(data.cpu().byte().numpy()))
+        return data.to(tensor.device)
+
+    # Barrier and reduce as one XLA all-reduce: Lightning's go through `xm.rendezvous`, whose
+    # all-gather is, on PJRT's CPU device, an all-reduce over a graph that differs per replica (its
+    # padding depends on the ordinal), so in-process replicas compile different programs whose
+    # collectives never meet.
+    def _summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+
+        total = xm.all_reduce(xm.REDUCE_SUM, tensor.detach().to(self.root_device, torch.float32))
+        torch_xla.sync()
+        return total
+
+    def barrier(self, name: Optional[str] = None, *args: Any, **kwargs: Any) -> None:
+        if self._launched:
+            self._summed(torch.zeros(1)).cpu()  # returns once every replica has reached it
+
+    def reduce(self, output: Any, group: Optional[Any] = None, reduce_op: Optional[Any] = "mean") -> torch.Tensor:
+        op = str(getattr(reduce_op, "name", reduce_op)).lower()
+        if op not in ("sum", "mean", "avg", "reduceop.sum"):
+            raise ValueError(f"{type(self).__name__}.reduce supports sum and mean, got {reduce_op}")
+        tensor = output if isinstance(output, torch.Tensor) else torch.tensor(output)
+        if not self._launched:
+            return tensor
+        total = self._summed(tensor).to(tensor.device)
+        return total / self.world_size if op in ("mean", "avg") else total
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _GANXLALauncher(self)
+
+    def all_gather(self, tensor: Any, group: Optional[Any] = None, sync_grads: bool = False) -> Any:
+        if not self._launched or not isinstance(tensor, torch.Tensor):
+            return super().all_gather(tensor, group, sync_grads)
+        import torch_xla
+
+        gathered = super().all_gather(tensor.to(self.root_device), group, sync_grads)
+        torch_xla.sync()
+        return gathered.to(tensor.device)
+
+    def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
+        output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        name = self._stepped_by.get(id(getattr(optimizer, "_optimizer", optimizer)))
+        if name is not None and self.world_size > 1:
+            buffers = batch_statistics(getattr(self.lightning_module, name))
+            if buffers:
+                import torch_xla.core.xla_model as xm
+
+                xm.collective_broadcast(buffers)  # joins the next graph
+        return output
+
+    def on_train_end(self) -> None:
+        # The last step's broadcast is still pending: launched by a sync of every replica, not by
+        # the first read of a weight (a checkpoint, the move to the CPU), which would run it alone.
+        if self._launched and self.world_size > 1:
+            import torch_xla
+
+            torch_xla.sync()
+        super().on_train_end()
+
+
+class _GANXLALauncher(_XLALauncher):
+    """Lightning's XLA launcher, whose replicas wait for each other at the end through the
+    strategy's barrier instead of `xm.rendezvous` (see GANXLAStrategy.barrier)."""
+
+    def _wrapping_function(self, process_idx, trainer, function, args, kwargs, return_queue, global_states=None):
+        import copy
+
+        import torch_xla.core.xla_model as xm
+
+        if len(xm.get_xla_supported_devices()) > 1:  # replicas as threads: each its own copy
+            trainer, function, args, kwargs = copy.deepcopy((trainer, function, args, kwargs))
+        results = function(*args, **kwargs)
+        if trainer is not None:
+            results = self._collect_rank_zero_results(trainer, results)
+        if self._strategy.local_rank == 0:
+            return_queue.put(move_data_to_device(results, "cpu"))
+        self._strategy._launched = True  # the strategy's teardown has reset it; the replicas still run
+        self._strategy.barrier("end-process")
+        self._strategy._launched = False
+
+
+_LOCKSTEP = threading.Lock()
+
+
+def lockstep_graph_launches(replicas: int, timeout: float = RENDEZVOUS_TIMEOUT_S) -> None:
+    """Make the `replicas` threads of this process launch their graphs (`torch_xla.sync`, which
+    `xm.mark_step`, torch_xla's data loader and its rendezvous call) together and one at a time.
+
+    Each launch waits until every replica has traced its graph (a barrier), then launches under a
+    lock: the first compiles, the others find its executable in torch_xla's cache and launch the
+    same program, so their all-reduces meet, within milliseconds of each other; then it waits until
+    all have launched (a replica waiting for its graph's result may hold the GIL, which the others
+    need to launch), and only then does the rest of torch_xla's sync, whose release of the
+    all-reduce token waits for the graph to finish. Replicas must launch
+    the same number of graphs (data-parallel code does); a replica that does not arrive within
+    `timeout` seconds breaks the barrier with an error instead of a hang. Once per process."""
+    import torch_xla
+
+    with _LOCKSTEP:
+        if getattr(torch_xla.sync, "lockstep_replicas", None) is not None:
+            return
+        launch, barrier, one_at_a_time = torch_xla.sync, threading.Barrier(replicas, timeout=timeout), threading.Lock()
+
+        def sync(wait: bool = False, reset_scope: bool = True) -> None:
+            barrier.wait()
+            with one_at_a_time:  # only the launch: the rest of `sync` may wait for the graph to finish
+                torch_xla._XLAC._xla_step_marker(torch_xla._XLAC._xla_get_default_device(), [], wait=False,
+                                                 reset_scope=reset_scope)
+            # No replica goes on to wait for its graph (which may hold the GIL) before all have launched.
+            barrier.wait()
+            # The rest of torch_xla's sync (nothing is left to launch): step closures, metrics, and the
+            # release of the all-reduce token, whose buffer's release waits until the graph has run.
+            launch(wait, reset_scope)
+
+        sync.lockstep_replicas = replicas
+        torch_xla.sync = sync
+
+
+def batch_statistics(net: nn.Module) -> list:
+    return [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+
+
 def align_batch_statistics(net: nn.Module) -> None:
     """`net`'s batch-norm running statistics as rank 0 has them, in one coalesced broadcast."""
-    buffers = [b for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+    buffers = batch_statistics(net)
     if buffers:
         dist._broadcast_coalesced(dist.group.WORLD, buffers, BUFFER_BUCKET_BYTES, 0)
 
@@ -183,11 +396,17 @@ def rendezvous_failure(strategy: GANDDPStrategy, error: BaseException) -> str:
 
 
 def register(registry=StrategyRegistry) -> None:
-    """`gan_ddp`, and `ddp` (which Lightning also picks for `strategy: auto` on several devices)."""
+    """`gan_ddp`, and `ddp` (which Lightning also picks for `strategy: auto` on several devices);
+    `gan_xla`, and `xla` (Lightning's pick for several TPU devices)."""
     for name in (NAME, "ddp"):
         registry.register(
             name, GANDDPStrategy, override=True, start_method="popen",
             description="DDP with one DistributedDataParallel per trained network (biggan_smyrf)",
+        )
+    for name in (GANXLAStrategy.strategy_name, "xla"):
+        registry.register(
+            name, GANXLAStrategy, override=True,
+            description="XLA data parallelism, batch-norm statistics kept equal on every replica (biggan_smyrf)",
         )
 
 
