@@ -26,8 +26,9 @@ on a machine shared with other work the slow calls are the ones a time slice was
 median is printed too). Where the op sequence still depends on the shape (a loop over chunks of the
 goal shape), `host ms (goal)` scales the time by the ratio of the dispatched ops at the two shapes;
 where it does not, the two shapes dispatch the same ops and the columns agree. Triton's own launch
-path (binding a launch's arguments, its specialisation key, the kernel cache: Python, some 10-20 µs
-a launch) is timed apart, in a process without the interpreter (`launch_path_seconds`), and added:
+path (binding a launch's arguments, its specialisation key, the kernel cache: Python, some 10-30 µs
+a launch) is timed apart, in a process without the interpreter (`launch_path_seconds`: the median
+of paired differences), and added to the p10:
 `host ms in all` is what the goal is held against. Only the driver's launch call is left out.
 
 What makes the call capturable: no host->device copy (the hashing draws on the device), no sync,
@@ -180,26 +181,30 @@ def launch_path_seconds(n: int, q_cluster_size: int, recipe: str, reps: int) -> 
     """Host seconds per call spent in Triton's own launch path -- JITFunction.run binding the
     arguments, computing the specialisation key and finding the compiled kernel -- for all of the
     call's Triton launches; only the driver's launch itself is left out (a few µs each on a GPU).
-    The p10 of calls made through that path minus the p10 of the same calls with the launches
-    skipped, both with the launch code's CUDA choices (`triton_launches.as_on_cuda`). Needs triton
-    without its interpreter."""
+    Calls alternate between going through that path and skipping the launches, both with the
+    launch code's CUDA choices (`triton_launches.as_on_cuda`); the median of the pairs' differences
+    is the estimate (pairs, so that a slow stretch of a shared machine hits both alike). Needs
+    triton without its interpreter."""
     from benchmarks import triton_launches
 
     config = config_for(recipe, q_cluster_size)
     generator = torch.Generator().manual_seed(0)
 
-    def p10(context) -> float:
-        times = []
-        with triton_launches.as_on_cuda(), context:
-            for rep in range(reps + 2):
-                q, k, v, grad = inputs(1, n, "cpu")
-                start = time.perf_counter()
-                forward_backward(config, q, k, v, grad, generator)
-                if rep >= 2:
-                    times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 10]
+    def seconds() -> float:
+        q, k, v, grad = inputs(1, n, "cpu")
+        start = time.perf_counter()
+        forward_backward(config, q, k, v, grad, generator)
+        return time.perf_counter() - start
 
-    return p10(triton_launches.recording((90,))) - p10(stubbed_triton(Counter()))
+    differences = []
+    with triton_launches.as_on_cuda(), triton_launches.recording((90,)):
+        for rep in range(reps + 2):
+            through = seconds()
+            with stubbed_triton(Counter()):
+                skipped = seconds()
+            if rep >= 2:
+                differences.append(through - skipped)
+    return statistics.median(differences)
 
 
 def measure(n: int, recipe: str, reps: int) -> dict:
