@@ -42,3 +42,14 @@ def test_round_normalisers_carry_the_gathered_routes_round_weights(dedup):
     norm, w_hub = round_normalisers(lse, None, dedup)  # no hub round: plain softmax over the rounds
     assert w_hub is None
     torch.testing.assert_close(torch.exp(lse - norm), torch.softmax(lse, dim=1))
+
+
+def test_a_query_no_round_saw_a_key_takes_the_hub_round_alone():
+    """With padding, every hashed round of a query can hold only masked keys (all lse_r = -inf):
+    dedup's participation ratio is then 0/0, and its log must not turn the hub round's weight NaN."""
+    lse = torch.full((1, 3, 2), float("-inf"))
+    lse[0, :, 1] = torch.tensor([0.5, -1.0, 2.0])
+    assert log_participation(lse)[0, 0, 0] == 0
+    norm, w_hub = round_normalisers(lse, torch.zeros(1, 2), dedup=True)
+    assert torch.isfinite(w_hub).all() and w_hub[0, 0] == 1
+    assert torch.exp(lse - norm)[0, :, 0].eq(0).all()
