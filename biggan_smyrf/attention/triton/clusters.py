@@ -84,6 +84,27 @@ def _tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c: tl.constexpr):
 
 
 @triton.jit
+def _key_tiles(K, V, kg, offs_n, Lk, stride_kg, stride_kn, stride_kd, stride_vg, stride_vn, stride_vd,
+               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """k and v rows offs_n of key group kg."""
+    k = _tile(K + kg * stride_kg, offs_n, tl.arange(0, BLOCK_DQK), stride_kn, stride_kd, Lk, D_QK)
+    return k, _tile(V + kg * stride_vg, offs_n, tl.arange(0, BLOCK_DV), stride_vn, stride_vd, Lk, D_V)
+
+
+@triton.jit
+def _query_tiles(Q, DO, LSE, DELTA, g, offs_m, Lq, stride_qg, stride_qm, stride_qd, stride_dog, stride_dom, stride_dod,
+                 D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """What the backwards read of query rows offs_m of group g: validity, q, dO, lse (log2 units)
+    and delta. Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite and dS = 0 there."""
+    rows = offs_m < Lq
+    q = _tile(Q + g * stride_qg, offs_m, tl.arange(0, BLOCK_DQK), stride_qm, stride_qd, Lq, D_QK)
+    do = _tile(DO + g * stride_dog, offs_m, tl.arange(0, BLOCK_DV), stride_dom, stride_dod, Lq, D_V)
+    lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
+    delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
+    return rows, q, do, lse_log2, delta
+
+
+@triton.jit
 def _scores_log2(q, k, offs_n, Lk, mask_ptr, stride_mg, stride_mn, g, scale_log2,
                  HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK_M, BLOCK_N) logits times log2(e), -inf for keys past Lk and masked keys."""
@@ -119,8 +140,8 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-        v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+        k, v = _key_tiles(K, V, kg, offs_n, Lk, stride_kg, stride_kn, stride_kd, stride_vg, stride_vn, stride_vd,
+                          D_QK, D_V, BLOCK_DQK, BLOCK_DV)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
         m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v, UPCAST, PRECISION)
     out, lse_log2 = online_softmax_result(m_i, l_i, acc)
@@ -165,18 +186,14 @@ def _backward_keys_kernel(
     if HAS_MASK:
         keep = keep & (tl.load(MASK + kg * stride_mg + offs_n * stride_mn, mask=cols, other=0) != 0)
     key_offset = tl.where(keep, 0.0, float("-inf"))  # added to the logits: -inf past Lk and on masked keys
-    k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-    v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+    k, v = _key_tiles(K, V, kg, offs_n, Lk, stride_kg, stride_kn, stride_kd, stride_vg, stride_vn, stride_vd,
+                      D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        rows = offs_m < Lq
-        q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
-        do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
-        # Rows past Lq load q = dO = 0 and lse = delta = 0: P is finite, dS = 0 and nothing is added.
-        lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
-        delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
+        rows, q, do, lse_log2, delta = _query_tiles(Q, DO, LSE, DELTA, g, offs_m, Lq, stride_qg, stride_qm, stride_qd,
+                                                    stride_dog, stride_dom, stride_dod, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
         # Key-major tiles, so that Pᵀ and dSᵀ feed the dV and dK dots as computed (why: rounds.py).
         s_t = dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2 + key_offset[:, None]
         p_t = tl.math.exp2(s_t - tl.where(lse_log2 == float("-inf"), 0.0, lse_log2)[None, :])
@@ -213,18 +230,14 @@ def _backward_q_kernel(
     kg = g // parts  # the keys' group: `parts` consecutive query groups share one
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    rows = offs_m < Lq
+    rows, q, do, lse_log2, delta = _query_tiles(Q, DO, LSE, DELTA, g, offs_m, Lq, stride_qg, stride_qm, stride_qd,
+                                                stride_dog, stride_dom, stride_dod, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     q_inside = rows[:, None] & (offs_dqk[None, :] < D_QK)
-    q = _tile(Q + g * stride_qg, offs_m, offs_dqk, stride_qm, stride_qd, Lq, D_QK)
-    do = _tile(DO + g * stride_dog, offs_m, offs_dv, stride_dom, stride_dod, Lq, D_V)
-    lse_log2 = tl.load(LSE + g * Lq + offs_m, mask=rows, other=0.0) * LOG2E
-    delta = tl.load(DELTA + g * Lq + offs_m, mask=rows, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K + kg * stride_kg, offs_n, offs_dqk, stride_kn, stride_kd, Lk, D_QK)
-        v = _tile(V + kg * stride_vg, offs_n, offs_dv, stride_vn, stride_vd, Lk, D_V)
+        k, v = _key_tiles(K, V, kg, offs_n, Lk, stride_kg, stride_kn, stride_kd, stride_vg, stride_vn, stride_vd,
+                          D_QK, D_V, BLOCK_DQK, BLOCK_DV)
         s = _scores_log2(q, k, offs_n, Lk, MASK, stride_mg, stride_mn, kg, scale_log2, HAS_MASK, UPCAST, PRECISION)
         p = _probabilities(s, lse_log2)
         dp = dot(do, tl.trans(v), UPCAST, PRECISION)
