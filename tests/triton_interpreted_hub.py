@@ -19,7 +19,7 @@ triton_blocks = pytest.importorskip("biggan_smyrf.attention.triton.blocks")
 if not triton_blocks.INTERPRETED:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
 
-from biggan_smyrf.attention import hashing, plan  # noqa: E402
+from biggan_smyrf.attention import cuda_route, hashing, plan  # noqa: E402
 from biggan_smyrf.attention.triton import clusters, hub  # noqa: E402
 from biggan_smyrf.attention.triton.launches import observe_launches  # noqa: E402
 from helpers import deterministic_algorithms  # noqa: E402
@@ -155,15 +155,15 @@ def test_shared_keys_must_divide_the_query_runs():
 
 
 def accumulate(dtype, masked, deterministic, seed=4, returned=True):
-    """hub_round_backward into random float32 buffers -> (initial buffers, final buffers, launches,
+    """cuda_route.hub_round_backward_into random float32 buffers -> (initial buffers, final buffers, launches,
     the gradients it returns without buffers (or None), hub keys)."""
     q, hub_k, hub_v, mask, hubs, grad, out, g = round_inputs(dtype, masked, seed)
     _, lse = plan.hub_round_forward(q, hub_k, hub_v, SCALE, "triton", mask)
     start = [torch.randn(B, n, d, generator=g) for n, d in ((N_TOKENS, D_QK), (M_ROWS, D_QK), (M_ROWS, D_V))]
     buffers = [x.clone() for x in start]
     with deterministic_algorithms(deterministic), launches() as names:
-        result = plan.hub_round_backward(grad, q, hub_k, hub_v, out, lse, SCALE, "triton", mask, hubs, *buffers)
-        assert result == (None, None, None)
+        result = cuda_route.hub_round_backward_into(grad, q, hub_k, hub_v, out, lse, SCALE, mask, hubs, *buffers)
+        assert result is None
         if returned:
             returned = plan.hub_round_backward(grad, q, hub_k, hub_v, out, lse, SCALE, "triton", mask)
     return start, buffers, names, returned, hubs

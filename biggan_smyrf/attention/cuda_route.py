@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from .plan import Plan, hub_round_backward, hub_round_forward, weighted
+from .plan import Plan, hub_round_forward, hub_split, weighted
 from .summaries import HUB_MASK_LOGIT
 from .triton.blocks import row_dot
+from .triton import clusters
 from .triton.buffers import gradient_accumulators, route_gradients, route_inputs
 from .triton.combine import combine_rounds
+from .triton.hub import add_hub_gradients
 from .triton.rounds import Rounds
 from .triton.summaries import fold_summary_grads, write_summaries
 
@@ -54,6 +56,20 @@ def _prepared(q, k, v, plan: Plan):
         rows = torch.arange(M, M + extra, device=k.device).view(1, H, n_clusters, n_summaries).expand(B, -1, -1, -1)
         k_index = torch.cat([plan.k_order.view(B, H, n_clusters, -1), rows], dim=3).view(B, H, -1)
     return q, k, v, bias, k_index
+
+
+def hub_round_backward_into(grad, q, hub_k, hub_v, out, lse, scale, hub_mask, hub, dq_acc, dk_acc, dv_acc):
+    """The hub round's gradients (`plan.hub_round_backward`) added into the route's float32
+    accumulators: dq into dq_acc (B, N, d_qk, contiguous), the hub keys' dK and dV into dk_acc /
+    dv_acc (B, M', d) at their token rows `hub` (B, n_hub). Launches: the row dot, the cluster
+    backward (one kernel, two in deterministic mode) and one that sums the P query runs' key
+    gradients into dk_acc and dv_acc."""
+    _, qp, kp, vp, mp = hub_split(q, hub_k, hub_v, hub_mask, "triton")
+    G, Lq = qp.shape[:2]
+    # Key gradients per query run in float32, so that the sum over the runs rounds once.
+    _, dk, dv = clusters.backward(grad.reshape(G, Lq, -1), qp, kp, vp, out.reshape(G, Lq, -1), lse.reshape(G, Lq),
+                                  scale, mp, dq_acc=dq_acc.view(G, Lq, -1), key_grad_dtype=torch.float32)
+    add_hub_gradients(dk, dv, hub, dk_acc, dv_acc)
 
 
 class _PermutedRounds(torch.autograd.Function):
@@ -94,8 +110,7 @@ class _PermutedRounds(torch.autograd.Function):
             # Before the hashed rounds: its weighted gradient (B, N, d_v) is freed before they run.
             # The hub keys' rows get their gradient at `hub`, added to the accumulators like the rest.
             grad_hub = weighted(grad_out, w_hub, q.dtype)
-            hub_round_backward(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, "triton", hub_mask,
-                               hub=hub, dq_acc=dq, dk_acc=dk, dv_acc=dv)
+            hub_round_backward_into(grad_hub, q, hub_k, hub_v, out, lse_hub, scale, hub_mask, hub, dq, dk, dv)
             del grad_hub
         Rounds(q, k, v, bias, q_order, k_index, sizes, scale).backward(grad_out, norm, delta, into=(dq, dk, dv))
         if sizes.n_summaries:

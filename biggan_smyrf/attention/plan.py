@@ -5,8 +5,7 @@
 (every query against the hub keys) runs through the cluster kernel on either route, so its forward
 and backward live here, with the round weights (`log_participation` for dedup, `round_normalisers`
 for the permuted route's backward, `weighted` for the hub round's share of the gradient). A module
-of its own so that neither route reaches into the other; it imports triton only when the
-hub round accumulates into a caller's buffers (the CUDA route).
+of its own so that neither route reaches into the other, and free of triton.
 """
 from __future__ import annotations
 
@@ -52,7 +51,7 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 HUB_QUERY_PARTS = {"cpu": 8, "cuda": 64}
 
 
-def _hub_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel: str):
+def hub_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel: str):
     """(B, N, d) queries -> (B * P, N / P, d). The "triton" kernel reads one copy of the hub keys,
     values and mask per batch element for its P query runs (as they are); the other kernels get
     them repeated P times, contiguous."""
@@ -70,38 +69,17 @@ def _hub_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional
 def hub_round_forward(q, hub_k, hub_v, scale, kernel, hub_mask):
     """Every query against the hub keys: (out (B, N, d_v), lse (B, N)). One launch with "triton"."""
     B, N, _ = q.shape
-    _, qp, kp, vp, mp = _hub_split(q, hub_k, hub_v, hub_mask, kernel)
+    _, qp, kp, vp, mp = hub_split(q, hub_k, hub_v, hub_mask, kernel)
     o, lse = attention_forward(qp, kp, vp, scale, kernel, mp)
     return o.reshape(B, N, -1), lse.reshape(B, N)
 
 
-def hub_round_backward(grad, q, hub_k, hub_v, out, lse, scale, kernel, hub_mask, hub=None,
-                       dq_acc=None, dk_acc=None, dv_acc=None):
+def hub_round_backward(grad, q, hub_k, hub_v, out, lse, scale, kernel, hub_mask):
     """The hub round's gradients: (dq (B, N, d_qk), d_hub_k (B, n_hub, d_qk), d_hub_v (B, n_hub, d_v)).
-
-    With the "triton" kernel, float32 accumulators may take them instead: dq added into dq_acc
-    (B, N, d_qk, contiguous), the hub keys' dK and dV into dk_acc / dv_acc (B, M', d) at their
-    token rows `hub` (B, n_hub); then all three are given (with `hub`) and the result is (None,
-    None, None). Launches: the row dot, the cluster backward (one kernel, two in deterministic mode)
-    and one that sums the P query runs' key gradients into dk_acc and dv_acc.
-    """
+    (The CUDA route adds them into its own accumulators instead: `cuda_route.hub_round_backward_into`.)"""
     B, N, _ = q.shape
-    parts, qp, kp, vp, mp = _hub_split(q, hub_k, hub_v, hub_mask, kernel)
+    parts, qp, kp, vp, mp = hub_split(q, hub_k, hub_v, hub_mask, kernel)
     G, Lq = qp.shape[:2]
-    accumulate = dk_acc is not None
-    if accumulate != (dv_acc is not None) or accumulate != (dq_acc is not None) or (accumulate and hub is None):
-        raise ValueError("hub_round_backward accumulates dq, dk and dv together: pass dq_acc, dk_acc, dv_acc and hub")
-    if accumulate:
-        if kernel != "triton":
-            raise ValueError(f"hub_round_backward accumulates with the 'triton' kernel only, not {kernel!r}")
-        from .triton.clusters import backward
-        from .triton.hub import add_hub_gradients
-
-        # Key gradients per query run in float32, so that the sum over the runs rounds once.
-        _, dk, dv = backward(grad.reshape(G, Lq, -1), qp, kp, vp, out.reshape(G, Lq, -1), lse.reshape(G, Lq), scale, mp,
-                             dq_acc=dq_acc.view(G, Lq, -1), key_grad_dtype=torch.float32)
-        add_hub_gradients(dk, dv, hub, dk_acc, dv_acc)
-        return None, None, None
     dq, dk, dv = attention_backward(
         grad.reshape(G, Lq, -1), qp, kp, vp, out.reshape(G, Lq, -1), lse.reshape(G, Lq), scale, kernel, mp,
     )
