@@ -119,12 +119,13 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2.
+    """One short demo run shared by the end-to-end tests: 4 G iterations, checkpoint every 2, in a
+    new interpreter (`python train.py ...`, as a user starts it; other runs of the suite are prewarmed).
     Read-only: a test that trains on from it or writes beside it works in a copy (`demo_copy`).
     Made once per session, also under xdist (`made_once`)."""
     return made_once(tmp_path_factory, "demo_run", lambda cwd: train(
         cwd, "--run=demo", "--model.loop.max_g_iters=4", "--model.loop.ckpt_every=2", "--model.loop.sample_every=2",
-        "--model.loop.val_every=2"))
+        "--model.loop.val_every=2", fresh=True))
 
 
 @pytest.fixture(scope="session")

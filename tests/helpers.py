@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: train.py runs in a subprocess (`train`, `load`), and a tiny
-BigGAN trained in-process on random images (`tiny_module`, `loader`, `fit`)."""
+"""Helpers shared by the tests: train.py runs in a process of their own (`train`, `start`, `load`),
+and a tiny BigGAN trained in-process on random images (`tiny_module`, `loader`, `fit`)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,13 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytorch_lightning as pl
+from typing import TYPE_CHECKING
+
 import torch
 
-from biggan_smyrf.attention import AttentionConfig
-from biggan_smyrf.metrics import MetricsConfig
-from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
-from biggan_smyrf.training import BigGAN, EMAConfig, LoopConfig, OptimConfig
+from benchmarks.checks import prewarmed
+
+# Lightning and the model are imported where used: conftest.py imports this module in every pytest
+# process, also in those that only collect or run the Triton-interpreter cases, which would
+# otherwise pay Lightning's seconds of imports for nothing.
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from biggan_smyrf.training import BigGAN
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -30,13 +36,33 @@ FAST = [
 ]
 
 
-def train(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
+def environment(**extra: str) -> dict:
+    """This process's environment for a train.py of the tests: the callbacks in tests/ importable."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **extra}
+
+
+def train(cwd: Path, *args: str, check: bool = True, fresh: bool = False, env: dict | None = None,
+          ) -> subprocess.CompletedProcess:
+    """`train.py --config demo.yaml <FAST> <args>` in `cwd`, to its end. A process of its own, forked
+    from one that has imported train.py (benchmarks/checks/prewarmed.py: the 5-7 s of imports are
+    paid once per test worker, not at each of the suite's dozens of starts); `fresh`: a new
+    interpreter, exactly as a user starts it."""
+    args = ["--config", str(DEMO), *FAST, *args]
+    env = env or environment()
+    if fresh:
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=600)
+    else:
+        proc = prewarmed.run(ROOT / "train.py", args, cwd, env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def start(cwd: Path, *args: str, log: Path, env: dict | None = None) -> prewarmed.Started:
+    """`train.py --config demo.yaml <FAST> <args>` started in `cwd` (prewarmed, as `train`), its
+    stdout and stderr in `log`: a process to signal, kill and wait for."""
+    return prewarmed.start(ROOT / "train.py", ["--config", str(DEMO), *FAST, *args], cwd, log, env or environment())
 
 
 def load(path: Path) -> dict:
@@ -44,6 +70,11 @@ def load(path: Path) -> dict:
 
 
 def tiny_module(**overrides) -> BigGAN:
+    from biggan_smyrf.attention import AttentionConfig
+    from biggan_smyrf.metrics import MetricsConfig
+    from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
+    from biggan_smyrf.training import BigGAN, EMAConfig, LoopConfig, OptimConfig
+
     kwargs = dict(
         generator=GeneratorConfig(resolution=32, ch=8, dim_z=32, shared_dim=16, attention_resolutions=[32],
                                   attention=AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)),
@@ -71,6 +102,8 @@ def loader():
 
 
 def fit(module: BigGAN, tmp_path: Path, ckpt_path: str = None, **trainer_kwargs) -> pl.Trainer:
+    import pytorch_lightning as pl
+
     steps = module.optim_cfg.num_d_steps * module.optim_cfg.accumulate
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,

@@ -21,6 +21,7 @@ import torch
 
 
 from conftest import DEMO, FAST, ROOT, load, train
+from helpers import environment
 
 G_ITERS = 4
 # 2 D steps per G step, each over 2 accumulated micro-batches of 4 images per rank; G over 2 as well.
@@ -146,10 +147,8 @@ def test_two_nodes_stopped_and_resumed_end_bit_identical_to_the_uninterrupted_ru
 
 
 def launch_error(cwd: Path, *args: str, env: dict) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--run=err", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=300)
+    proc = train(cwd, "--run=err", *args, check=False, env=environment(**env))
     return proc, time.perf_counter() - start
 
 

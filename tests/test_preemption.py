@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,10 @@ import pytest
 from biggan_smyrf.training.checkpoint_io import partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 
-from conftest import DEMO, FAST, ROOT, load, made_once, train
+from benchmarks.checks.prewarmed import Started
+from conftest import load, made_once, train
+from helpers import environment
+from helpers import start as train_process
 
 LENGTH = 8
 # A sample grid per G iteration: the test sees which iterations are done without asking train.py.
@@ -33,10 +34,9 @@ def uninterrupted(tmp_path_factory) -> dict:
     return load(cwd / "checkpoints" / "r" / "last.ckpt")
 
 
-def start(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--run=r", *RUN, *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **(env or {})}
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(cwd: Path, *args: str, env: dict | None = None) -> Started:
+    """The run started in `cwd`, its output appended to cwd/log."""
+    return train_process(cwd, "--run=r", *RUN, *args, log=cwd / "log", env=environment(**(env or {})))
 
 
 def completed_g_iters(run: Path) -> int:
@@ -45,11 +45,11 @@ def completed_g_iters(run: Path) -> int:
     return int(grids[-1].stem.rsplit("_", 1)[1]) if grids else 0
 
 
-def signal_after(proc: subprocess.Popen, run: Path, signum: int, g_iters: int = 2) -> int:
+def signal_after(proc: Started, run: Path, signum: int, g_iters: int = 2) -> int:
     """Sends `signum` once `g_iters` G iterations are done; returns how many were done then."""
     deadline = time.monotonic() + 600
     while completed_g_iters(run) < g_iters:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert proc.poll() is None, proc.output()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
     done = completed_g_iters(run)
@@ -78,7 +78,8 @@ def test_signal_saves_the_iteration_and_the_resumed_run_ends_as_uninterrupted(tm
     env = {**SLURM, "PATH": f"{fake_scontrol(tmp_path / 'bin')}:{os.environ['PATH']}"} if slurm else None
     proc = start(tmp_path, env=env)
     done = signal_after(proc, run, signum)
-    output, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    output = proc.output()
     assert proc.returncode == 128 + signum, output[-3000:]
     saved = load(run / "last.ckpt")["biggan_smyrf"]
     assert done <= saved["g_iters"] < LENGTH and saved["micro_step"] == 0  # nothing lost, a whole G iteration
@@ -90,8 +91,8 @@ def test_signal_saves_the_iteration_and_the_resumed_run_ends_as_uninterrupted(tm
         resumed = start(tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"})  # the job's command, unchanged
     else:
         resumed = start(tmp_path, "--ckpt_path=last")
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output[-3000:]
+    resumed.wait(timeout=600)
+    assert resumed.returncode == 0, resumed.output()[-3000:]
     assert training_state_differences(uninterrupted, load(run / "last.ckpt")) == []
 
 
@@ -102,13 +103,10 @@ def test_second_ctrl_c_aborts_without_touching_the_checkpoint(tmp_path):
     before = last.read_bytes()
     proc = start(tmp_path, "--ckpt_path=last", "--model.loop.max_g_iters=1000")
     signal_after(proc, last.parent, signal.SIGINT, g_iters=4)
-    lines = []
-    for line in proc.stdout:  # the second Ctrl-C once the first is acknowledged
-        lines.append(line)
-        if "Ctrl-C again" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    output = "".join(lines) + proc.communicate(timeout=120)[0]
+    if proc.wait_for_output("Ctrl-C again", timeout=120):  # the second Ctrl-C once the first is acknowledged
+        proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    output = proc.output()
     assert "Ctrl-C again" in output, output[-3000:]
     assert proc.returncode not in (0, 128 + signal.SIGINT), output[-3000:]
     assert last.read_bytes() == before and not partial_path(last).exists()

@@ -25,6 +25,7 @@ from biggan_smyrf.training.checkpoint_io import AtomicCheckpointIO, partial_path
 from biggan_smyrf.training.resume_check import training_state_differences
 from biggan_smyrf.training.state import attention_generators
 
+from benchmarks.checks import prewarmed
 from conftest import DEMO, FAST, ROOT, load, made_once, train
 from helpers import fit, tiny_module
 
@@ -130,9 +131,10 @@ io.save_checkpoint({"weights": torch.ones(1000)}, path)
 
 @pytest.mark.slow
 def test_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path):
-    path = tmp_path / "run" / "last.ckpt"
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, capture_output=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    path, script = tmp_path / "run" / "last.ckpt", tmp_path / "killed_mid_write.py"
+    script.write_text(KILLED_MID_WRITE)
+    proc = prewarmed.run(script, [str(path)], ROOT, timeout=120)  # a process of its own (helpers.train)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert torch.equal(torch.load(path)["weights"], torch.zeros(1000))  # the old checkpoint, whole
     assert partial_path(path).exists()  # the torn write went to the side file
     AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(1000)}, path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import signal
-import subprocess
 import sys
 import time
 
@@ -18,7 +17,9 @@ from biggan_smyrf.models import DiscriminatorConfig, attention_blocks, attention
 from biggan_smyrf.training import AttentionSchedule, BigGAN, OptimConfig
 from biggan_smyrf.training.ema import make_ema, update_ema
 
-from helpers import DEMO, FAST, ROOT, fit, load, tiny_module, train
+from benchmarks.checks import prewarmed
+from helpers import DEMO, FAST, ROOT, environment, fit, load, tiny_module, train
+from helpers import start as train_process
 
 
 @pytest.mark.slow
@@ -81,9 +82,8 @@ def test_existing_run_is_never_overwritten(demo_copy, run_dir, monkeypatch, caps
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--run=killed",
-           "--model.loop.max_g_iters=100000", "--model.loop.ckpt_every=1", "--model.loop.val_every=100000", "--model.loop.sample_every=100000"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = train_process(tmp_path, "--run=killed", "--model.loop.max_g_iters=100000", "--model.loop.ckpt_every=1",
+                         "--model.loop.val_every=100000", "--model.loop.sample_every=100000", log=tmp_path / "log")
     ckpt = tmp_path / "checkpoints" / "killed" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt.exists() and load(ckpt)["biggan_smyrf"]["g_iters"] >= 3):
@@ -193,11 +193,8 @@ def test_schedule_with_sizes_that_do_not_fit_fails_at_construction():
 @pytest.mark.slow
 def test_validate_subcommand_evaluates_a_checkpoint(demo_copy):
     ckpt = demo_copy / "checkpoints" / "demo" / "last.ckpt"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "validate", "--config", str(DEMO), *FAST, "--run=eval",
-         f"--ckpt_path={ckpt}"],
-        cwd=demo_copy, capture_output=True, text=True, timeout=600,
-    )
+    proc = prewarmed.run(ROOT / "train.py", ["validate", "--config", str(DEMO), *FAST, "--run=eval", f"--ckpt_path={ckpt}"],
+                         demo_copy, environment(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val/d_real_dense" in proc.stdout and "diag/smyrf_error_32px" in proc.stdout
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import common  # noqa: E402
+from benchmarks.checks import prewarmed  # noqa: E402
 from benchmarks.common import ROOT, benchmark_parser, markdown_table, write_results  # noqa: E402
 
 from biggan_smyrf.training.checkpoint_io import partial_path  # noqa: E402
@@ -42,9 +43,9 @@ from biggan_smyrf.training.resume_check import training_state, training_state_di
 POLL_S = 0.0  # a write in progress is looked for without pause: a small checkpoint is written in a few ms
 
 
-def train_command(args, run: str, resume: bool, extra: tuple[str, ...] = ()) -> list[str]:
+def train_arguments(args, run: str, resume: bool, extra: tuple[str, ...] = ()) -> list[str]:
     return [
-        sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.yaml"), f"--run={run}",
+        "--config", str(ROOT / "configs" / "demo.yaml"), f"--run={run}",
         f"--model.generator.ch={args.ch}", f"--model.discriminator.ch={args.ch}", f"--data.batch_size={args.batch_size}",
         "--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--seed_everything={args.seed}", f"--model.loop.max_g_iters={args.g_iters}",
@@ -53,10 +54,17 @@ def train_command(args, run: str, resume: bool, extra: tuple[str, ...] = ()) -> 
     ]
 
 
-def start(args, workdir: Path, run: str, resume: bool, log, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start(args, workdir: Path, run: str, resume: bool, log: Path, extra: tuple[str, ...] = ()):
+    """train.py started in `workdir`, its output appended to `log`: a new interpreter with
+    --fresh-interpreter, else a fork of one that has imported it (prewarmed.py), which spares each
+    of the check's restarts the 5-7 CPU-seconds of imports and changes nothing a kill can hit."""
+    train_args = train_arguments(args, run, resume, extra)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(train_command(args, run, resume, extra), cwd=workdir, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    if not args.fresh_interpreter:
+        return prewarmed.start(ROOT / "train.py", train_args, workdir, log, env)
+    with open(log, "a") as out:
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *train_args], cwd=workdir, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 def mtime(path: Path) -> int:
@@ -89,7 +97,7 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def reference_run(args, workdir: Path, log) -> tuple[Path, float]:
+def reference_run(args, workdir: Path, log: Path) -> tuple[Path, float]:
     """The uninterrupted run, and the median time between its checkpoints (seconds)."""
     ckpt = workdir / "checkpoints" / "reference" / "last.ckpt"
     proc, times, last = start(args, workdir, "reference", False, log), [], 0
@@ -99,12 +107,12 @@ def reference_run(args, workdir: Path, log) -> tuple[Path, float]:
             times.append(time.monotonic())
         time.sleep(0.02)
     if proc.returncode != 0:
-        raise SystemExit(f"the reference run failed (exit {proc.returncode}); see {log.name}")
+        raise SystemExit(f"the reference run failed (exit {proc.returncode}); see {log}")
     gaps = [b - a for a, b in zip(times, times[1:])]
     return ckpt, statistics.median(gaps) if gaps else 1.0
 
 
-def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -> tuple[Path, list[dict], int]:
+def killed_runs(args, workdir: Path, interval: float, log: Path, rng: random.Random) -> tuple[Path, list[dict], int]:
     """Kills and resumes until `--kills` kills are done, then lets the run finish."""
     ckpt = workdir / "checkpoints" / "faulty" / "last.ckpt"
     rows = []
@@ -113,7 +121,7 @@ def killed_runs(args, workdir: Path, interval: float, log, rng: random.Random) -
         proc = start(args, workdir, "faulty", ckpt.exists(), log)
         started = time.monotonic()
         if not wait_for_new_checkpoint(proc, ckpt, mtime(ckpt)):
-            raise SystemExit(f"attempt {len(rows) + 1}: train.py exited ({proc.returncode}) before a checkpoint; see {log.name}")
+            raise SystemExit(f"attempt {len(rows) + 1}: train.py exited ({proc.returncode}) before a checkpoint; see {log}")
         if proc.poll() is not None:  # finished before this kill: --g-iters is too small for --kills
             return ckpt, rows, proc.returncode
         checkpointed = time.monotonic()
@@ -150,7 +158,7 @@ def done_g_iters(run: Path) -> int:
     return int(grids[-1].stem.rsplit("_", 1)[1]) if grids else 0
 
 
-def signalled_runs(args, workdir: Path, ckpt: Path, interval: float, log, rng: random.Random) -> list[dict]:
+def signalled_runs(args, workdir: Path, ckpt: Path, interval: float, log: Path, rng: random.Random) -> list[dict]:
     """SIGTERM and SIGINT rounds, alternating; each resumes the run and is stopped by its signal."""
     pairs = itertools.zip_longest([signal.SIGTERM] * args.sigterms, [signal.SIGINT] * args.sigints)
     rows = []
@@ -159,7 +167,7 @@ def signalled_runs(args, workdir: Path, ckpt: Path, interval: float, log, rng: r
         proc, started = start(args, workdir, "faulty", True, log, SIGNAL_ROUND), time.monotonic()
         while done_g_iters(ckpt.parent) <= resumed_from:  # training runs: one new G iteration done
             if proc.poll() is not None:
-                raise SystemExit(f"a {signum.name} round: train.py exited ({proc.returncode}) early; see {log.name}")
+                raise SystemExit(f"a {signum.name} round: train.py exited ({proc.returncode}) early; see {log}")
             time.sleep(0.02)
         time.sleep(rng.uniform(0, interval))
         done = done_g_iters(ckpt.parent)
@@ -190,6 +198,8 @@ def build_parser():
     parser.add_argument("--workdir", type=Path, default=None, help="where the runs are written (default: a temp dir)")
     parser.add_argument("--name", default="faults", help="results/<name>-cpu.{json,md}")
     parser.add_argument("--results-dir", type=Path, default=common.RESULTS)
+    parser.add_argument("--fresh-interpreter", action="store_true",
+                        help="start every train.py in a new interpreter (default: forks of one that imported it)")
     return parser
 
 
@@ -200,9 +210,10 @@ def main(argv=None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with open(workdir / "train.log", "w") as log:
-        reference, interval = reference_run(args, workdir, log)
-        faulty, rows, final_exit = killed_runs(args, workdir, interval, log, random.Random(args.seed))
+    log = workdir / "train.log"
+    log.unlink(missing_ok=True)
+    reference, interval = reference_run(args, workdir, log)
+    faulty, rows, final_exit = killed_runs(args, workdir, interval, log, random.Random(args.seed))
     differences = training_state_differences(load(reference), load(faulty)) if final_exit == 0 else ["(no final checkpoint)"]
     signalled = [r for r in rows if "ok" in r]
     summary = {
