@@ -6,7 +6,6 @@ import importlib.util
 import io
 import os
 import shlex
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from biggan_smyrf.commands import REPO_ROOT, script_command, tensorboard_command
 from biggan_smyrf.errors import DEBUG_ENV, reported_errors
 from biggan_smyrf.inference import cli as sample_cli
 
+from benchmarks.checks import prewarmed
 from conftest import DEMO, FAST, ROOT
 
 NOT_A_CHECKPOINT = "this is not a checkpoint\n"
@@ -135,13 +135,14 @@ def test_bugs_keep_their_traceback():
 
 @pytest.mark.slow
 def test_train_py_prints_no_traceback_unless_asked(tmp_path):
-    command = [sys.executable, str(ROOT / "train.py"), *train_args("--data.root", "nowhere")]
+    """As a process (prewarmed, helpers.train): an exception that escaped would print its traceback."""
+    args = train_args("--data.root", "nowhere")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(DEBUG_ENV, None)
-    quiet = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    quiet = prewarmed.run(ROOT / "train.py", args, tmp_path, env, timeout=300)
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
     assert quiet.stderr.strip().splitlines()[-1].startswith("error: dataset not found: nowhere")
-    loud = subprocess.run(command + ["--debug"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    loud = prewarmed.run(ROOT / "train.py", [*args, "--debug"], tmp_path, env, timeout=300)
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "FileNotFoundError" in loud.stderr
 
 
