@@ -14,6 +14,8 @@ from threadpoolctl import threadpool_limits
 
 from helpers import DEMO, FAST, ROOT, load, train  # noqa: F401 -- importable from conftest too
 
+pytest_plugins = ["pytester"]  # runpytest_inprocess: pytest command lines tested without a new interpreter
+
 # pytest-xdist runs the suite in one worker process per core (pyproject's addopts). Each worker and
 # every train.py it starts then computes on one thread: two workers with torch's default of a thread
 # per core would each spin-wait on a sibling thread the other worker holds.

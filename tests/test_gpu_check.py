@@ -202,13 +202,12 @@ def test_the_warm_up_and_test_shards_run_side_by_side_and_are_recorded_in_order(
 
 
 @pytest.mark.slow
-def test_shards_split_the_selected_tests_between_them():
-    import subprocess
-
-    def collected(*args):
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "--collect-only", "-q", "-m", "not cuda",
-                               str(ROOT / "tests" / "test_gpu_goals.py"), *args], capture_output=True, text=True, cwd=ROOT)
-        return [line for line in proc.stdout.splitlines() if "::" in line]
+def test_shards_split_the_selected_tests_between_them(pytester):
+    def collected(*args):  # pytest's own command line, run in this process (a new one would import torch again)
+        result = pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                                              "--collect-only", "-q", "-m", "not cuda",
+                                              str(ROOT / "tests" / "test_gpu_goals.py"), *args)
+        return [line for line in result.outlines if "::" in line]
 
     everything, shares = collected(), [collected("--shard", f"{i}/3") for i in (1, 2, 3)]
     assert len(everything) >= 3 and sorted(sum(shares, [])) == sorted(everything)
