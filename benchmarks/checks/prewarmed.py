@@ -15,6 +15,8 @@ server has started no thread, so the fork is safe (torch's thread pools start at
 
 What differs from a fresh interpreter: environment variables read at import time by the preloaded
 modules (torch's OMP_NUM_THREADS, for one) are the caller's at the server's start, not the child's.
+And as at any multiprocessing start, the child imports the caller's main module again first, so
+that module must keep its work under `if __name__ == "__main__":` (faults.py does).
 """
 from __future__ import annotations
 
