@@ -9,10 +9,8 @@ torchrun does, and float sums then round differently.)
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import torch
 
 
+from benchmarks.checks import prewarmed
 from conftest import DEMO, FAST, ROOT, load, train
 from helpers import environment
 
@@ -48,17 +47,18 @@ def torchrun_two_nodes(cwd: Path, *args: str, timeout: float = 300) -> list[subp
     """Two torchrun agents, one process each, meeting at a c10d rendezvous on 127.0.0.1: as two
     nodes would run the command documented in docs/multi-gpu.md."""
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+    cmd = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=biggan-test", "--rdzv-conf=join_timeout=120",
            # `--` ends torchrun's options: it would take train.py's --run for an abbreviation of its --run-path.
            "--", str(ROOT / "train.py"), "--config", str(DEMO), *FAST, "--trainer.num_nodes=2", "--trainer.devices=1", *args]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    agents = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    # The agents start prewarmed (as helpers.train does; they import torch), their workers as torchrun starts them.
+    logs = [(cwd / f"agent{i}-{port}.out", cwd / f"agent{i}-{port}.err") for i in range(2)]
+    agents = [prewarmed.start(prewarmed.Module("torch.distributed.run"), cmd, cwd, out, environment(), stderr=err)
+              for out, err in logs]
     done = []
     for agent in agents:
-        out, err = agent.communicate(timeout=timeout)
-        done.append(subprocess.CompletedProcess(cmd, agent.returncode, out, err))
+        agent.wait(timeout=timeout)
+        done.append(subprocess.CompletedProcess(cmd, agent.returncode, agent.output(), agent.errors()))
     for proc in done:
         assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return done

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PRELOAD = ["biggan_smyrf.cli"]
@@ -43,19 +44,32 @@ def context():
     return _context
 
 
-def _run_script(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
-    """In the forked child: what the interpreter does for `python script args` before running it."""
+@dataclass(frozen=True)
+class Module:
+    """A program given as a module, `python -m name`, where `start` takes a script's path."""
+
+    name: str
+
+
+def _run_program(program: str | Module, args: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
+    """In the forked child: what the interpreter does for `python script args` (or `python -m
+    module args`) before running it."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     for fd, path in ((1, stdout), (2, stderr)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), fd)
-    # sys.path as the interpreter makes it: the script's folder first, then PYTHONPATH's entries.
-    extra = [str(Path(script).parent), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    # sys.path as the interpreter makes it: the script's folder (the working folder for -m) first,
+    # then PYTHONPATH's entries.
+    first = os.getcwd() if isinstance(program, Module) else str(Path(program).parent)
+    extra = [first, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     sys.path[:] = extra + [p for p in sys.path if p not in extra]
-    sys.argv = [script, *args]
+    sys.argv = [program, *args]
     try:
-        runpy.run_path(script, run_name="__main__")
+        if isinstance(program, Module):
+            runpy.run_module(program.name, run_name="__main__", alter_sys=True)  # sets sys.argv[0] to its file
+        else:
+            runpy.run_path(program, run_name="__main__")
     finally:
         atexit._run_exitfuncs()  # the interpreter runs these at exit; multiprocessing's child would not
         sys.stdout.flush(), sys.stderr.flush()
@@ -107,17 +121,18 @@ class Started:
         return True
 
 
-def start(script: Path, args: list[str], cwd: Path, log: Path, env: dict | None = None,
+def start(script: Path | Module, args: list[str], cwd: Path, log: Path, env: dict | None = None,
           stderr: Path | None = None) -> Started:
     """`python script args` in `cwd` with environment `env` (default: this process's), its output
     in `log` (stderr too, unless `stderr` names another file), appended."""
-    process = context().Process(target=_run_script, args=(
-        str(script), list(args), str(cwd), dict(os.environ if env is None else env), str(log), str(stderr or log)))
+    program = script if isinstance(script, Module) else str(script)
+    process = context().Process(target=_run_program, args=(
+        program, list(args), str(cwd), dict(os.environ if env is None else env), str(log), str(stderr or log)))
     process.start()
     return Started(process, Path(log), Path(stderr or log))
 
 
-def run(script: Path, args: list[str], cwd: Path, env: dict | None = None,
+def run(script: Path | Module, args: list[str], cwd: Path, env: dict | None = None,
         timeout: float | None = None) -> subprocess.CompletedProcess:
     """subprocess.run(capture_output=True, text=True) for a started script: waits for it, kills it at
     `timeout` (raising subprocess.TimeoutExpired), returns its stdout and stderr."""
@@ -130,4 +145,5 @@ def run(script: Path, args: list[str], cwd: Path, env: dict | None = None,
             started.wait()
             raise
         texts = started.output(), started.errors()
-    return subprocess.CompletedProcess([sys.executable, str(script), *args], started.returncode, *texts)
+    program = ["-m", script.name] if isinstance(script, Module) else [str(script)]
+    return subprocess.CompletedProcess([sys.executable, *program, *args], started.returncode, *texts)
