@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -45,6 +46,13 @@ def test_a_started_script_has_its_arguments_folder_environment_and_exit_code(scr
     assert report["env"] == "yes" and report["extra_path"] and report["path0"] == str(script.parent)
     assert report["pid"] != os.getpid() and report["torch_loaded"]  # its own process, the imports done
     assert done.stdout.splitlines()[-1] == "atexit ran"  # the interpreter's exit handlers run
+
+    # `python -m script`: found through PYTHONPATH, sys.argv[0] its file, sys.path[0] the working folder.
+    env["PYTHONPATH"] = str(script.parent)
+    done = prewarmed.run(prewarmed.Module("script"), ["report", "0"], tmp_path, env, timeout=120)
+    report = json.loads(done.stdout.splitlines()[0])
+    assert done.returncode == 0 and report["argv"] == [str(script), "report", "0"] and report["path0"] == str(tmp_path)
+    assert done.args[:3] == [sys.executable, "-m", "script"]
 
 
 def test_a_started_script_takes_signals_and_is_killed_like_a_process(script, tmp_path):
