@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
 import torch
 
-from biggan_smyrf.attention import AttentionConfig
-from biggan_smyrf.metrics import MetricsConfig
-from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
-from biggan_smyrf.training import BigGAN, EMAConfig, LoopConfig, OptimConfig
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from biggan_smyrf.training import BigGAN
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -44,6 +44,11 @@ def load(path: Path) -> dict:
 
 
 def tiny_module(**overrides) -> BigGAN:
+    from biggan_smyrf.attention import AttentionConfig
+    from biggan_smyrf.metrics import MetricsConfig
+    from biggan_smyrf.models import DiscriminatorConfig, GeneratorConfig
+    from biggan_smyrf.training import BigGAN, EMAConfig, LoopConfig, OptimConfig
+
     kwargs = dict(
         generator=GeneratorConfig(resolution=32, ch=8, dim_z=32, shared_dim=16, attention_resolutions=[32],
                                   attention=AttentionConfig(kind="smyrf", n_hashes=2, q_cluster_size=256)),
@@ -71,6 +76,8 @@ def loader():
 
 
 def fit(module: BigGAN, tmp_path: Path, ckpt_path: str = None, **trainer_kwargs) -> pl.Trainer:
+    import pytorch_lightning as pl
+
     steps = module.optim_cfg.num_d_steps * module.optim_cfg.accumulate
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
