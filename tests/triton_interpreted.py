@@ -130,14 +130,21 @@ def test_strided_inputs_read_through_their_strides():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-# SMYRF recipes for the permuted route (cuda_route.py, triton/rounds.py): (N, M, settings).
+# SMYRF recipes for the permuted route (cuda_route.py, triton/rounds.py): (N, M, settings). The
+# interpreter's time grows with the clusters (one program per cluster and block): 2 clusters per
+# round (3 for the odd k-d split of "tails") already give every kernel several clusters and batch
+# elements to offset; a cluster's queries and keys, hence its blocks and tails, are what they were
+# with twice the clusters. (k-d hashing at more levels: triton_interpreted_hashing.py; summary
+# blocks across and inside clusters: triton_interpreted_summaries.py.)
 RECIPES = {
-    "defaults": (512, 128, dict(n_hashes=2, q_cluster_size=128)),
-    "paper": (512, 128, dict(n_hashes=3, q_cluster_size=128, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
-    # 96 queries and 24 + 5 keys per cluster: tails in every block loop.
-    "tails": (480, 120, dict(n_hashes=2, q_cluster_size=96, n_summaries=5)),
-    # One hashed round and the hub round (dedup has nothing to correct).
-    "one round": (256, 64, dict(n_hashes=1, q_cluster_size=64)),
+    # 128 queries and 32 + 2 summary keys per cluster.
+    "defaults": (256, 64, dict(n_hashes=2, q_cluster_size=128)),
+    "paper": (256, 64, dict(n_hashes=3, q_cluster_size=128, hashing="xbox", n_hub_keys=0, n_summaries=0, dedup="none")),
+    # 96 queries and 24 + 3 keys per cluster: tails in every block loop (3 summary keys, a divisor
+    # of the 72 keys as 5 was of 120; a summary block is a cluster's keys either way).
+    "tails": (288, 72, dict(n_hashes=2, q_cluster_size=96, n_summaries=3)),
+    # One hashed round and the hub round (dedup has nothing to correct); 64 queries and 16 + 1 keys per cluster.
+    "one round": (128, 32, dict(n_hashes=1, q_cluster_size=64)),
 }
 ROUTE_TOLERANCE = {torch.float32: 2e-6, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
