@@ -53,10 +53,13 @@ class LiveTensors(TorchDispatchMode):
     made it) and `made` (every storage allocated) cover the time since the last `reset()`.
     Storages made before entering are not counted. (torch.distributed._tools' MemTracker counts
     peaks too, but would count the interpreter's copies and cycles and cannot say which line made what.)
+    peaks=False keeps `made` alone: no peaks, and so none of the collections taken at each new one
+    (a garbage collection of the interpreter's cycles, a good part of a second at every new peak).
     """
 
-    def __init__(self):
+    def __init__(self, peaks: bool = True):
         super().__init__()
+        self.peaks = peaks
         self.live: dict[int, tuple] = {}
         self.current = 0
         self.reset()
@@ -90,7 +93,7 @@ class LiveTensors(TorchDispatchMode):
             self.made.append(self.live[key])
             self.current += nbytes
             weakref.finalize(storage, self._freed, key, nbytes)
-            if self.current > self.peak:
+            if self.peaks and self.current > self.peak:
                 # Triton's interpreter leaves reference cycles that hold a launch's arguments until
                 # the cyclic collector runs; compiled kernels on CUDA hold nothing. Collect before
                 # taking a peak, so the peak is the program's, not the interpreter's.

@@ -17,6 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 triton_blocks = pytest.importorskip("biggan_smyrf.attention.triton.blocks")
 if not triton_blocks.INTERPRETED:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+import interpreter_overheads  # noqa: E402,F401 -- overheads of Triton's interpreter, removed (see there)
 
 from biggan_smyrf.attention import hashing  # noqa: E402
 from biggan_smyrf.attention.triton import hashing as triton_hashing  # noqa: E402
